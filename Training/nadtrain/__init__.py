@@ -1,0 +1,1 @@
+"""Training pipeline for Not-a-Diagnosis (imports notadiagnosis; nothing imports it)."""
