@@ -1,0 +1,196 @@
+"""The classifier: load a verified model, predict malignancy probabilities at points of a CT.
+
+Estimator-style: ``Classifier.load(...)`` then ``predict(image, points_lps)``; no hidden state
+beyond the loaded model and its card. Each point's 64 mm cube is extracted in physical space,
+normalised with the card's constants, and classified with flip test-time augmentation (TTA): the
+probability is ``sigmoid(mean TTA logit / temperature)``, the uncertainty the standard deviation
+of the calibrated per-flip probabilities.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .device import select_device
+from .errors import InputError, NotADiagnosisError
+from .geometry import extract_patch
+from .model import ResNet3D
+from .preprocessing import normalize_hu
+from .saliency import layer_cam, map_to_ct_space
+from .weights import default_model_path, load_model
+
+# Flip TTA: identity, then left-right (x), anterior-posterior (y), superior-inferior (z).
+# Dimensions of a (N, 1, z, y, x) batch.
+TTA_FLIPS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,))
+OUTSIDE_WARNING_FRACTION = 0.10
+MAX_SLICE_THICKNESS_MM = 5.0
+
+
+class CancelledError(NotADiagnosisError):
+    """The user cancelled a running classification; no results are returned."""
+
+
+@dataclass
+class Prediction:
+    """The result for one point. ``uncertainty`` is NaN when TTA is off."""
+
+    point_lps: Tuple[float, float, float]
+    probability: float
+    uncertainty: float
+    outside_fraction: float
+    logit: float
+    warnings: List[str] = field(default_factory=list)
+
+
+class Classifier:
+    """A loaded, verified model on a device. Build it with :meth:`load` or :meth:`from_model`."""
+
+    def __init__(self, model: ResNet3D, card: Dict[str, Any], device: torch.device, device_description: str) -> None:
+        self.model = model.to(device).eval()
+        self.card = card
+        self.device = device
+        self.device_description = device_description
+        preprocessing = card.get("preprocessing", {})
+        self.patch_size = int(preprocessing.get("patch_size", 64))
+        self.spacing_mm = float(preprocessing.get("spacing_mm", 1.0))
+        self.hu_min = float(preprocessing.get("hu_min", -1000.0))
+        self.hu_max = float(preprocessing.get("hu_max", 400.0))
+        self.temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+        self.threshold = float(card.get("threshold", 0.5))
+        if not self.temperature > 0:
+            raise InputError(f"The model card's temperature must be positive, got {self.temperature}.")
+
+    @classmethod
+    def load(cls, path: Optional[str] = None, device: str = "auto", expected_sha256: Optional[str] = None) -> "Classifier":
+        """Load the bundled default model (``path=None``) or a model file, verified by sha256.
+
+        ``device``: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda``, ``gpu`` or ``mps``;
+        the choice is in ``device_description``.
+        """
+        model, card = load_model(default_model_path() if path is None else path, expected_sha256)
+        torch_device, description = select_device(device)
+        return cls(model, card, torch_device, description)
+
+    @classmethod
+    def from_model(cls, model: ResNet3D, card: Dict[str, Any], device: str = "cpu") -> "Classifier":
+        """Wrap an in-memory model and card (training evaluation, tests)."""
+        torch_device, description = select_device(device)
+        return cls(model, card, torch_device, description)
+
+    @property
+    def name(self) -> str:
+        """Model name and version, e.g. ``default 1.0.0``."""
+        return f"{self.card.get('name', 'model')} {self.card.get('version', '')}".strip()
+
+    def predict(
+        self,
+        image: sitk.Image,
+        points_lps: Sequence[Sequence[float]],
+        batch_size: int = 32,
+        tta: bool = True,
+        progress: bool = False,
+        callback: Optional[Callable[[int, int], Optional[bool]]] = None,
+    ) -> List[Prediction]:
+        """Classify every point (LPS mm) of ``image`` in batches; one :class:`Prediction` per point.
+
+        ``callback(done, total)`` is called after each batch; returning ``False`` cancels the run
+        (raising :class:`CancelledError`, so partial results are never returned as complete).
+        """
+        points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3) if len(points_lps) else np.zeros((0, 3))
+        if len(points) == 0:
+            raise InputError("No points were given; place at least one point on a nodule.")
+        if batch_size < 1:
+            raise InputError("The batch size must be at least 1.")
+        image_warnings = image_warnings_for(image)
+        predictions: List[Prediction] = []
+        batches = range(0, len(points), batch_size)
+        if progress and len(points) > batch_size:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="Classifying", unit="batch")
+        for start in batches:
+            chunk = points[start : start + batch_size]
+            patches = [extract_patch(image, point, self.patch_size, self.spacing_mm) for point in chunk]
+            normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
+            probabilities, uncertainties, logits = self.predict_patches(normalized, tta=tta)
+            for patch, probability, uncertainty, logit in zip(patches, probabilities, uncertainties, logits):
+                warnings = list(image_warnings) + patch_warnings_for(patch.outside_fraction, patch.array_hu)
+                predictions.append(
+                    Prediction(
+                        point_lps=tuple(float(v) for v in patch.point_lps),
+                        probability=float(probability),
+                        uncertainty=float(uncertainty),
+                        outside_fraction=float(patch.outside_fraction),
+                        logit=float(logit),
+                        warnings=warnings,
+                    )
+                )
+            if callback is not None and callback(len(predictions), len(points)) is False:
+                raise CancelledError("Classification cancelled; no results were kept.")
+        return predictions
+
+    def predict_patches(self, normalized: np.ndarray, tta: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Classify normalised patches (N, D, H, W) → (probabilities, uncertainties, mean logits).
+
+        Training's evaluation calls this too, so temperature fitting and inference see the same
+        TTA-mean logits.
+        """
+        batch = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32)).unsqueeze(1).to(self.device)
+        flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+        with torch.inference_mode():
+            logits = torch.stack([self.model(torch.flip(batch, dims) if dims else batch) for dims in flips])
+        logits = logits.float().cpu().numpy()  # (flips, N)
+        mean_logit = logits.mean(axis=0)
+        probabilities = _sigmoid(mean_logit / self.temperature)
+        if tta:
+            uncertainties = _sigmoid(logits / self.temperature).std(axis=0)
+        else:
+            uncertainties = np.full(len(mean_logit), np.nan)
+        return probabilities, uncertainties, mean_logit
+
+    def saliency(self, image: sitk.Image, point_lps: Sequence[float]) -> sitk.Image:
+        """LayerCAM saliency for one point, as a float32 image in [0, 1] on the CT's own grid."""
+        patch = extract_patch(image, point_lps, self.patch_size, self.spacing_mm)
+        tensor = torch.from_numpy(normalize_hu(patch.array_hu, self.hu_min, self.hu_max))[None, None].to(self.device)
+        cam = layer_cam(self.model, tensor)
+        return map_to_ct_space(cam, patch.image, image)
+
+
+def image_warnings_for(image: sitk.Image) -> List[str]:
+    """Warnings about the whole image that make every result on it unreliable."""
+    warnings = []
+    thickest = max(image.GetSpacing())
+    if thickest > MAX_SLICE_THICKNESS_MM:
+        warnings.append(f"voxels are {thickest:.1f} mm thick (> {MAX_SLICE_THICKNESS_MM:g} mm): small nodules are blurred")
+    # A strided look is enough to see whether the image holds air at -1000 HU, as any chest CT does.
+    sample = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4]
+    if sample.size and float(np.min(sample)) > -900.0:
+        warnings.append("no air at -1000 HU: this does not look like a CT in Hounsfield units")
+    return warnings
+
+
+def patch_warnings_for(outside_fraction: float, patch_hu: np.ndarray) -> List[str]:
+    """Warnings about one point's patch."""
+    warnings = []
+    if outside_fraction > OUTSIDE_WARNING_FRACTION:
+        warnings.append(f"{outside_fraction:.0%} of the 64 mm cube lies outside the CT (filled with air)")
+    centre = patch_hu.shape[0] // 2
+    core = patch_hu[centre - 1 : centre + 2, centre - 1 : centre + 2, centre - 1 : centre + 2]
+    if core.size and float(np.median(core)) < -700.0:
+        warnings.append("the point is in air or lung, not on tissue: is it on the nodule?")
+    return warnings
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
+
+
+# Kept for readers of the card: log-odds threshold equivalent of a probability threshold.
+def probability_to_logit(probability: float) -> float:
+    """Log-odds of a probability in (0, 1)."""
+    return math.log(probability / (1.0 - probability))

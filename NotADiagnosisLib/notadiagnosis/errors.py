@@ -1,0 +1,27 @@
+"""Exceptions for user mistakes.
+
+Every error a user can cause (a wrong file, a point outside the CT, a tampered model) is raised as a
+subclass of :class:`NotADiagnosisError` with a one-sentence message that says what was wrong and what
+to do. The CLI and the Slicer module turn these into a message; programming errors raise normally.
+"""
+from __future__ import annotations
+
+
+class NotADiagnosisError(Exception):
+    """Base class of every error caused by the user's input or setup."""
+
+
+class InputError(NotADiagnosisError):
+    """An input file, image or point list cannot be used as given."""
+
+
+class PointOutsideImageError(InputError):
+    """A point lies outside the CT's physical extent."""
+
+
+class WeightsError(NotADiagnosisError):
+    """Model weights or their card are missing, unreadable, tampered with or inconsistent."""
+
+
+class NoDefaultModelError(WeightsError):
+    """No trained default model is bundled with this installation."""
