@@ -1,0 +1,55 @@
+"""Temperature scaling and the decision threshold, both fitted on the validation split only."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import roc_curve
+
+from notadiagnosis.errors import InputError
+
+# Temperatures outside this range mean a broken model or a tiny validation set, not calibration.
+LOG_T_BOUNDS = (-4.0, 4.0)
+
+
+def _check(labels: np.ndarray, scores: np.ndarray) -> None:
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise InputError("labels and scores must be 1-D arrays of the same length.")
+    if np.unique(labels).size < 2:
+        raise InputError("the validation split holds one class only; calibration needs benign and malignant nodules.")
+
+
+def nll_at_temperature(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean binary cross-entropy of ``sigmoid(logits / temperature)`` (numerically stable form)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    y = np.asarray(labels, dtype=np.float64)
+    # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 minimising validation NLL of ``sigmoid(logit / T)`` (Guo et al. 2017)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    _check(labels, logits)
+    result = minimize_scalar(lambda log_t: nll_at_temperature(logits, labels, float(np.exp(log_t))),
+                             bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Probability threshold maximising sensitivity + specificity - 1 (Youden's J) on validation.
+
+    Among equally good cut points the midpoint between the chosen score and the next lower one is
+    returned, so a sample lying exactly on the threshold is not an accident of the data.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    _check(labels, probabilities)
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    finite = np.isfinite(thresholds)
+    j = np.where(finite, tpr - fpr, -np.inf)
+    best = int(np.argmax(j))
+    upper = thresholds[best]
+    lower_scores = probabilities[probabilities < upper]
+    lower = float(lower_scores.max()) if lower_scores.size else 0.0
+    return float((upper + lower) / 2.0)
