@@ -34,6 +34,7 @@ __all__ = [
     "read_fcsv",
     "read_points_csv",
     "parse_point",
+    "write_markups_json",
     "VOLUME_SUFFIXES",
 ]
 
@@ -416,6 +417,26 @@ def parse_point(text: str, lps: bool = False, label: str = "P1") -> LabelledPoin
     except ValueError:
         raise InputError(f"The point {text!r} must hold three numbers in mm, e.g. --point 12.5,-140,-60.") from None
     return _labelled(label, xyz, system, where=f"The point {text!r}")
+
+
+def write_markups_json(path: str | os.PathLike, points: Sequence[LabelledPoint], name: str = "Nodules") -> Path:
+    """Write points as a Slicer point list (``.mrk.json``, coordinateSystem LPS) that Slicer opens as is."""
+    path = Path(path)
+    document = {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": [{
+            "type": "Fiducial",
+            "name": name,
+            "coordinateSystem": "LPS",
+            "coordinateUnits": "mm",
+            "controlPoints": [
+                {"id": str(i), "label": p.label, "position": [float(v) for v in p.point_lps], "positionStatus": "defined"}
+                for i, p in enumerate(points, start=1)
+            ],
+        }],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def _labelled(label: str, xyz: Sequence[float], system: str, where: str | None = None) -> LabelledPoint:
