@@ -18,6 +18,8 @@ from .errors import InputError, PointOutsideImageError
 PATCH_SIZE = 64
 PATCH_SPACING_MM = 1.0
 AIR_HU = -1000.0
+# Points exactly on the CT's outer face must not be refused for a rounding error.
+_INDEX_TOLERANCE = 1e-6
 
 ArrayLike = Union[Sequence[float], np.ndarray]
 
@@ -79,7 +81,7 @@ def is_inside(image: sitk.Image, point_lps: ArrayLike) -> bool:
     """True when the point lies within the CT's voxels (half a voxel beyond the outer centres counts)."""
     index = continuous_index(image, _as_point(point_lps)[None])[0]
     size = np.array(image.GetSize(), dtype=np.float64)
-    return bool(np.all(index >= -0.5) and np.all(index <= size - 0.5))
+    return bool(np.all(index >= -0.5 - _INDEX_TOLERANCE) and np.all(index <= size - 0.5 + _INDEX_TOLERANCE))
 
 
 def extract_patch(

@@ -1,0 +1,132 @@
+"""Classifier: loading, device selection, batching, TTA, calibration, warnings, saliency."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers import add_sphere, make_ct, save_random_model
+from notadiagnosis import Classifier, InputError, PointOutsideImageError
+from notadiagnosis.classifier import CancelledError
+from notadiagnosis.device import select_device
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return save_random_model(tmp_path_factory.mktemp("model"), seed=1, temperature=2.0)
+
+
+@pytest.fixture(scope="module")
+def classifier(model_path):
+    return Classifier.load(model_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory):
+    ct = make_ct(size=(160, 160, 60), spacing=(0.75, 0.75, 2.0), origin=(-60.0, -60.0, -60.0), background_hu=-850.0)
+    array = sitk.GetArrayFromImage(ct)
+    array[:, :, :10] = -1000  # air beside the body, as in any chest CT
+    air = sitk.GetImageFromArray(array)
+    air.CopyInformation(ct)
+    ct = add_sphere(air, [0.0, 0.0, 0.0], 8.0, 30.0)
+    return add_sphere(ct, [25.0, -20.0, 10.0], 4.0, 50.0)
+
+
+POINTS = [[0.0, 0.0, 0.0], [25.0, -20.0, 10.0], [-30.0, 30.0, -20.0], [10.0, 10.0, 5.0], [-40.0, 5.0, 0.0]]
+
+
+def test_batch_and_single_prediction_agree(classifier, chest):
+    together = classifier.predict(chest, POINTS, batch_size=3)
+    alone = [classifier.predict(chest, [p], batch_size=1)[0] for p in POINTS]
+    assert len(together) == len(POINTS)
+    for a, b in zip(together, alone):
+        assert a.probability == pytest.approx(b.probability, abs=1e-5)
+        assert a.uncertainty == pytest.approx(b.uncertainty, abs=1e-5)
+        assert a.point_lps == b.point_lps
+
+
+def test_probabilities_use_the_card_temperature(classifier, chest):
+    result = classifier.predict(chest, POINTS[:2], tta=False)
+    for prediction in result:
+        assert prediction.probability == pytest.approx(1.0 / (1.0 + np.exp(-prediction.logit / 2.0)), rel=1e-6)
+        assert np.isnan(prediction.uncertainty)
+        assert 0.0 <= prediction.probability <= 1.0
+
+
+def test_tta_gives_an_uncertainty(classifier, chest):
+    result = classifier.predict(chest, POINTS[:2], tta=True)
+    assert all(np.isfinite(p.uncertainty) and p.uncertainty >= 0.0 for p in result)
+
+
+def test_outside_fraction_and_warnings(classifier, chest):
+    edge = classifier.predict(chest, [[-59.0, 0.0, 0.0]])[0]
+    assert edge.outside_fraction > 0.3
+    assert any("outside the CT" in w for w in edge.warnings)
+    inside = classifier.predict(chest, [[0.0, 0.0, 0.0]])[0]
+    assert inside.outside_fraction == 0.0 and inside.warnings == []
+    lung = classifier.predict(chest, [[-30.0, 30.0, -20.0]])[0]
+    assert any("not on tissue" in w for w in lung.warnings)
+
+
+def test_image_that_is_not_ct_is_flagged(classifier):
+    mri_like = make_ct(size=(80, 80, 40), spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0), background_hu=300.0)
+    prediction = classifier.predict(mri_like, [[40.0, 40.0, 20.0]])[0]
+    assert any("Hounsfield" in w for w in prediction.warnings)
+
+
+def test_thick_slices_are_flagged(classifier):
+    thick = make_ct(size=(80, 80, 10), spacing=(0.8, 0.8, 6.0), origin=(0, 0, 0), background_hu=-1000.0)
+    prediction = classifier.predict(thick, [[30.0, 30.0, 30.0]])[0]
+    assert any("thick" in w for w in prediction.warnings)
+
+
+def test_point_outside_and_no_points_are_refused(classifier, chest):
+    with pytest.raises(PointOutsideImageError):
+        classifier.predict(chest, [[0.0, 0.0, 0.0], [500.0, 0.0, 0.0]])
+    with pytest.raises(InputError, match="No points"):
+        classifier.predict(chest, [])
+
+
+def test_cancel_returns_nothing(classifier, chest):
+    with pytest.raises(CancelledError):
+        classifier.predict(chest, POINTS, batch_size=2, callback=lambda done, total: False)
+
+
+def test_prediction_leaves_the_image_unchanged(classifier, chest):
+    before = sitk.GetArrayFromImage(chest).copy()
+    classifier.predict(chest, POINTS[:2])
+    classifier.saliency(chest, POINTS[0])
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(chest), before)
+
+
+def test_saliency_is_on_the_ct_grid_and_writable(classifier, chest, tmp_path):
+    saliency = classifier.saliency(chest, POINTS[0])
+    assert saliency.GetSpacing() == chest.GetSpacing()
+    assert saliency.GetDirection() == chest.GetDirection()
+    # Its origin lies on the CT's voxel lattice.
+    index = chest.TransformPhysicalPointToContinuousIndex(saliency.GetOrigin())
+    assert np.allclose(index, np.round(index), atol=1e-4)
+    values = sitk.GetArrayViewFromImage(saliency)
+    assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6 and values.max() > 0.0
+    # The patch is 64 mm wide: about 64 / 0.75 voxels in-plane.
+    assert 80 <= saliency.GetSize()[0] <= 90
+    path = tmp_path / "saliency.nrrd"
+    sitk.WriteImage(saliency, str(path))
+    assert sitk.ReadImage(str(path)).GetSize() == saliency.GetSize()
+
+
+def test_auto_device_says_which():
+    device, description = select_device("auto")
+    assert description.startswith(device.type)
+    with pytest.raises(InputError):
+        select_device("tpu")
+
+
+def test_missing_default_model_or_loaded_default(chest):
+    from notadiagnosis.errors import NoDefaultModelError
+
+    try:
+        classifier = Classifier.load(device="cpu")
+    except NoDefaultModelError:
+        return
+    assert 0.0 <= classifier.predict(chest, [[0.0, 0.0, 0.0]])[0].probability <= 1.0
