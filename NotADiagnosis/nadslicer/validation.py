@@ -1,0 +1,52 @@
+"""Whether the inputs allow a classification, checked cheaply (no numpy, SimpleITK or torch).
+
+The widget calls :func:`input_problem` on every change to enable **Classify** and to say, in its
+tooltip, what is missing. The full checks (points inside the CT, readable voxels) run in the logic.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+# vtkMRMLMarkupsNode::PositionDefined (stable since Slicer 4.11; read from the node when present).
+_POSITION_DEFINED = 2
+
+
+def position_defined_status(markups_node) -> int:
+    """The value of ``vtkMRMLMarkupsNode.PositionDefined``."""
+    return int(getattr(markups_node, "PositionDefined", _POSITION_DEFINED))
+
+
+def count_placed_points(markups_node) -> int:
+    """How many control points are placed (what Classify would use); 0 for no node."""
+    if markups_node is None:
+        return 0
+    defined = position_defined_status(markups_node)
+    return sum(
+        1 for index in range(markups_node.GetNumberOfControlPoints())
+        if markups_node.GetNthControlPointPositionStatus(index) == defined
+    )
+
+
+def _nonlinear_transform_name(node) -> Optional[str]:
+    transform = node.GetParentTransformNode()
+    if transform is not None and not transform.IsTransformToWorldLinear():
+        return transform.GetName()
+    return None
+
+
+def input_problem(volume_node, markups_node) -> Optional[str]:
+    """What stops a classification, in one sentence, or None when the inputs look usable."""
+    if volume_node is None:
+        return "Select the chest CT as input volume."
+    image_data = volume_node.GetImageData()
+    if image_data is None or min(image_data.GetDimensions()) < 1:
+        return f"The volume '{volume_node.GetName()}' holds no voxels; load the CT again."
+    if markups_node is None:
+        return "Select or create a point list, then place a point on each nodule."
+    if count_placed_points(markups_node) == 0:
+        return f"Place at least one point of '{markups_node.GetName()}' on a nodule (Place button)."
+    for node, role in ((volume_node, "volume"), (markups_node, "point list")):
+        transform_name = _nonlinear_transform_name(node)
+        if transform_name is not None:
+            return f"The {role} '{node.GetName()}' is under the non-linear transform '{transform_name}'; harden or remove it."
+    return None
