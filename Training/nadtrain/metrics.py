@@ -1,0 +1,215 @@
+"""Evaluation metrics on predictions (no model, no files): AUC with a patient-cluster bootstrap CI,
+threshold metrics, calibration (ECE), the size-only baseline, and per-characteristic breakdowns.
+
+Everything takes plain arrays so that tests can check the numbers against hand computations.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
+
+from notadiagnosis.errors import InputError
+
+N_BINS = 10
+SIZE_BINS_MM: Tuple[Tuple[float, float], ...] = ((0.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, float("inf")))
+TEXTURE_CLASSES = ("solid", "part-solid", "ground-glass")
+
+
+def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
+    """ROC AUC, or None when one class is absent (undefined, not 0.5)."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or np.unique(labels).size < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def threshold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> Dict[str, object]:
+    """Accuracy, sensitivity, specificity, PPV, NPV and the confusion matrix for ``p >= threshold``."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(probabilities) >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+
+    def ratio(a: int, b: int) -> Optional[float]:
+        return a / b if b else None
+
+    return {
+        "threshold": float(threshold),
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp,
+                             "layout": "rows true benign/malignant, columns predicted benign/malignant",
+                             "matrix": [[tn, fp], [fn, tp]]},
+    }
+
+
+def calibration_bins(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = N_BINS) -> Tuple[float, List[dict]]:
+    """Expected calibration error over ``n_bins`` equal-width bins of the predicted P(malignant).
+
+    ECE = sum over bins of (n_bin / n) * |observed malignant fraction - mean predicted probability|.
+    Bin i holds p in [i/n_bins, (i+1)/n_bins), the last bin also p = 1.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.size == 0:
+        raise InputError("no predictions to evaluate.")
+    which = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
+    bins, ece = [], 0.0
+    for i in range(n_bins):
+        mask = which == i
+        n = int(mask.sum())
+        entry = {"low": i / n_bins, "high": (i + 1) / n_bins, "n": n, "mean_probability": None, "observed_fraction": None}
+        if n:
+            entry["mean_probability"] = float(probabilities[mask].mean())
+            entry["observed_fraction"] = float(labels[mask].mean())
+            ece += n / labels.size * abs(entry["observed_fraction"] - entry["mean_probability"])
+        bins.append(entry)
+    return float(ece), bins
+
+
+def _cluster_index(groups: Optional[Sequence[str]], n: int) -> List[np.ndarray]:
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    groups = np.asarray(groups)
+    _, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    _, starts = np.unique(inverse[order], return_index=True)
+    return np.split(order, starts[1:])
+
+
+def bootstrap_auc(labels: np.ndarray, score_sets: Sequence[np.ndarray], groups: Optional[Sequence[str]] = None,
+                  n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """AUCs of each score set on ``n_boot`` resamples (rows: resamples, columns: score sets).
+
+    Resampling draws whole clusters (patients) with replacement, because a patient's nodules and a
+    nodule's several renderings are not independent; resamples with one class only are skipped.
+    """
+    labels = np.asarray(labels)
+    clusters = _cluster_index(groups, labels.size)
+    rng = np.random.default_rng(seed)
+    results = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(clusters), len(clusters))
+        idx = np.concatenate([clusters[i] for i in pick])
+        y = labels[idx]
+        if y.min() == y.max():
+            continue
+        results.append([roc_auc_score(y, np.asarray(s)[idx]) for s in score_sets])
+    return np.asarray(results, dtype=np.float64).reshape(-1, len(score_sets))
+
+
+def percentile_ci(values: np.ndarray, level: float = 0.95) -> Optional[List[float]]:
+    """Percentile interval of bootstrap values, or None when there are none."""
+    if values.size == 0:
+        return None
+    alpha = (1.0 - level) / 2.0
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))]
+
+
+def summarize(labels: np.ndarray, probabilities: np.ndarray, threshold: float,
+              groups: Optional[Sequence[str]] = None, n_boot: int = 2000, seed: int = 0) -> Dict[str, object]:
+    """AUC with bootstrap 95% CI, threshold metrics, ECE with its bins, Brier score."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    auc = auc_or_none(labels, probabilities)
+    boots = bootstrap_auc(labels, [probabilities], groups, n_boot, seed) if auc is not None and n_boot else np.empty((0, 1))
+    ece, bins = calibration_bins(labels, probabilities)
+    return {
+        "n": int(labels.size), "n_malignant": int(labels.sum()),
+        "auc": auc, "auc_ci95": percentile_ci(boots[:, 0]), "bootstrap_resamples": int(boots.shape[0]),
+        **threshold_metrics(labels, probabilities, threshold),
+        "ece": ece, "calibration_bins": bins,
+        "brier": float(brier_score_loss(labels, probabilities)) if labels.size else None,
+    }
+
+
+def auc_margin(labels: np.ndarray, model_scores: np.ndarray, baseline_scores: np.ndarray,
+               groups: Optional[Sequence[str]] = None, n_boot: int = 2000, seed: int = 0) -> Dict[str, object]:
+    """Model AUC minus baseline AUC on the same samples, with a paired cluster-bootstrap 95% CI."""
+    a, b = auc_or_none(labels, model_scores), auc_or_none(labels, baseline_scores)
+    if a is None or b is None:
+        return {"auc_margin": None, "ci95": None, "fraction_of_resamples_model_better": None}
+    boots = bootstrap_auc(labels, [model_scores, baseline_scores], groups, n_boot, seed) if n_boot else np.empty((0, 2))
+    diff = boots[:, 0] - boots[:, 1]
+    return {"auc_margin": a - b, "ci95": percentile_ci(diff),
+            "fraction_of_resamples_model_better": float((diff > 0).mean()) if diff.size else None}
+
+
+class SizeBaseline:
+    """Logistic regression on log(median diameter in mm): the size-only reference model."""
+
+    def __init__(self) -> None:
+        self.model = LogisticRegression(C=1e6)  # effectively unregularised: one feature, many samples
+
+    @staticmethod
+    def _features(diameter_mm: np.ndarray) -> np.ndarray:
+        diameter_mm = np.asarray(diameter_mm, dtype=np.float64)
+        if not np.all(np.isfinite(diameter_mm)) or np.any(diameter_mm <= 0):
+            raise InputError("every nodule needs a positive median_diameter_mm for the size-only baseline.")
+        return np.log(diameter_mm).reshape(-1, 1)
+
+    def fit(self, diameter_mm: np.ndarray, labels: np.ndarray) -> "SizeBaseline":
+        if np.unique(labels).size < 2:
+            raise InputError("the size-only baseline needs benign and malignant training nodules.")
+        self.model.fit(self._features(diameter_mm), np.asarray(labels).astype(int))
+        return self
+
+    def predict_proba(self, diameter_mm: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self._features(diameter_mm))[:, 1]
+
+    def describe(self) -> Dict[str, float]:
+        return {"feature": "log(median diameter in mm)", "coefficient": float(self.model.coef_[0, 0]),
+                "intercept": float(self.model.intercept_[0])}
+
+
+def size_bin(diameter_mm: float) -> str:
+    """Size bin label of a diameter, e.g. ``"6-10 mm"`` or ``">=20 mm"``."""
+    for low, high in SIZE_BINS_MM:
+        if low <= diameter_mm < high:
+            if low == 0.0:
+                return f"<{high:g} mm"
+            if high == float("inf"):
+                return f">={low:g} mm"
+            return f"{low:g}-{high:g} mm"
+    return "unknown"
+
+
+def texture_class(texture_median: Optional[float]) -> str:
+    """LIDC texture rating (1 non-solid/ground-glass ... 3 part-solid ... 5 solid) -> class name.
+
+    Median <= 2: ground-glass; median >= 4: solid; in between (3, 2.5, 3.5): part-solid.
+    """
+    if texture_median is None or not np.isfinite(texture_median):
+        return "unknown"
+    if texture_median <= 2.0:
+        return "ground-glass"
+    if texture_median >= 4.0:
+        return "solid"
+    return "part-solid"
+
+
+def breakdown(labels: np.ndarray, model_probs: np.ndarray, baseline_probs: np.ndarray, categories: Sequence[str],
+              groups: Optional[Sequence[str]] = None, n_boot: int = 500, seed: int = 0,
+              order: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    """Per category: counts, model AUC (with CI) and baseline AUC; AUC is None where one class is absent."""
+    labels = np.asarray(labels).astype(int)
+    categories = np.asarray(categories)
+    groups_arr = None if groups is None else np.asarray(groups)
+    names = list(order) if order is not None else sorted(set(categories.tolist()))
+    out: Dict[str, dict] = {}
+    for name in names:
+        mask = categories == name
+        if not mask.any():
+            continue
+        y, p, b = labels[mask], np.asarray(model_probs)[mask], np.asarray(baseline_probs)[mask]
+        auc = auc_or_none(y, p)
+        boots = bootstrap_auc(y, [p], None if groups_arr is None else groups_arr[mask], n_boot, seed) \
+            if auc is not None and n_boot else np.empty((0, 1))
+        out[name] = {"n": int(mask.sum()), "n_malignant": int(y.sum()), "auc": auc,
+                     "auc_ci95": percentile_ci(boots[:, 0]), "baseline_auc": auc_or_none(y, b)}
+    return out
