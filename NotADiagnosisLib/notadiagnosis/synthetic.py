@@ -28,6 +28,18 @@ NOISE_SD_HU = 18.0
 #: The nodule kinds the phantom holds, in the order of the returned list.
 NODULE_KINDS = ("solid-small-smooth", "solid-large-spiculated", "ground-glass", "calcified")
 
+# The nodules: kind, centre (LPS mm), diameter (mm), HU. Centres sit well inside the lungs (right
+# lung x < 0, left lung x > 0) and away from the hila.
+_NODULE_LAYOUT = (
+    ("solid-small-smooth", (-95.0, -25.0, 35.0), 6.0, SOLID_NODULE_HU),
+    ("solid-large-spiculated", (90.0, 30.0, -20.0), 22.0, SOLID_NODULE_HU),
+    ("ground-glass", (-88.0, 40.0, -35.0), 14.0, GROUND_GLASS_HU),
+    ("calcified", (85.0, -30.0, 45.0), 8.0, CALCIFIED_HU),
+)
+# Vessels keep this far (mm) from a nodule's surface (its spiculae included), so that each nodule's
+# look is its own kind's and not a vessel's.
+_VESSEL_CLEARANCE_MM = 6.0
+
 # Field of view (x: right->left, y: anterior->posterior, z: inferior->superior) in mm.
 _FOV_MM = (340.0, 260.0, 180.0)
 
@@ -136,28 +148,30 @@ def _paint_airway_and_spine(volume: np.ndarray, grid: _Grid) -> None:
 
 
 def _paint_vessels(volume: np.ndarray, grid: _Grid, lungs: list, rng: np.random.Generator) -> None:
-    """Branching blood-vessel tubes from each hilum outwards, clipped to the lung."""
+    """Branching blood-vessel tubes from each hilum outwards, clipped to the lung, clear of the nodules."""
+    keep_out = [(np.asarray(c, float), d / 2.0 * (2.4 if k == "solid-large-spiculated" else 1.0) + _VESSEL_CLEARANCE_MM)
+                for k, c, d, _hu in _NODULE_LAYOUT]
     for centre, semi in lungs:
         side = np.sign(centre[0])
         hilum = centre + np.array([-side * 0.75 * semi[0], -0.05 * semi[1], 0.0])
         for direction in ([side, 0.0, 1.0], [side, 0.0, -1.0], [side, -0.8, 0.1], [side, 0.8, -0.1],
                           [side, -0.5, 0.8], [side, 0.5, -0.8]):
-            _grow_branch(volume, grid, centre, semi, hilum, np.asarray(direction, float), 4.0, 0, rng)
+            _grow_branch(volume, grid, centre, semi, keep_out, hilum, np.asarray(direction, float), 4.0, 0, rng)
 
 
-def _grow_branch(volume, grid, centre, semi, start, direction, radius_mm, depth, rng) -> None:
+def _grow_branch(volume, grid, centre, semi, keep_out, start, direction, radius_mm, depth, rng) -> None:
     direction = direction / np.linalg.norm(direction)
     length_mm = rng.uniform(25.0, 40.0) * (0.8 ** depth)
     end = start + direction * length_mm
-    _paint_tube(volume, grid, centre, semi, start, end, radius_mm)
+    _paint_tube(volume, grid, centre, semi, keep_out, start, end, radius_mm)
     if depth >= 4 or radius_mm < 1.0:
         return
     for _ in range(2):
         turn = rng.normal(0.0, 0.5, size=3)
-        _grow_branch(volume, grid, centre, semi, end, direction + turn, radius_mm * 0.72, depth + 1, rng)
+        _grow_branch(volume, grid, centre, semi, keep_out, end, direction + turn, radius_mm * 0.72, depth + 1, rng)
 
 
-def _paint_tube(volume, grid, centre, semi, a, b, radius_mm) -> None:
+def _paint_tube(volume, grid, centre, semi, keep_out, a, b, radius_mm) -> None:
     lo = np.minimum(a, b) - radius_mm - 1.0
     hi = np.maximum(a, b) + radius_mm + 1.0
     sl, (z, y, x) = grid.box(lo, hi)
@@ -169,23 +183,20 @@ def _paint_tube(volume, grid, centre, semi, a, b, radius_mm) -> None:
     dist = np.sqrt((x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2)
     inside_lung = (((x - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2 + ((z - centre[2]) / semi[2]) ** 2) < 0.92
     w = _soft_inside(dist - radius_mm) * inside_lung
+    for nodule_centre, clearance_mm in keep_out:
+        if np.all(nodule_centre + clearance_mm >= lo) and np.all(nodule_centre - clearance_mm <= hi):
+            c = nodule_centre
+            w = w * (((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) > clearance_mm ** 2)
     region = volume[sl]
     np.maximum(region, region + w * (BLOOD_HU - region), out=region)
 
 
 def _paint_nodules(volume: np.ndarray, grid: _Grid, rng: np.random.Generator) -> list:
-    # Centres sit well inside the lungs (right lung x < 0, left lung x > 0, LPS) and away from the hila.
-    layout = (
-        ("solid-small-smooth", (-95.0, -25.0, 35.0), 6.0, SOLID_NODULE_HU),
-        ("solid-large-spiculated", (90.0, 30.0, -20.0), 22.0, SOLID_NODULE_HU),
-        ("ground-glass", (-88.0, 40.0, -35.0), 14.0, GROUND_GLASS_HU),
-        ("calcified", (85.0, -30.0, 45.0), 8.0, CALCIFIED_HU),
-    )
     nodules = []
-    for index, (kind, centre, diameter_mm, hu) in enumerate(layout, start=1):
+    for index, (kind, centre, diameter_mm, hu) in enumerate(_NODULE_LAYOUT, start=1):
         centre = np.asarray(centre, dtype=float)
         radius = diameter_mm / 2.0
-        reach = radius * (2.4 if kind == "solid-large-spiculated" else 1.2) + 2.0
+        reach = radius * (2.5 if kind == "solid-large-spiculated" else 1.2) + 2.0
         sl, (z, y, x) = grid.box(centre - reach, centre + reach)
         dx, dy, dz = x - centre[0], y - centre[1], z - centre[2]
         r = np.sqrt(dx ** 2 + dy ** 2 + dz ** 2)
@@ -226,11 +237,11 @@ def _spiculae(dx, dy, dz, r, radius, rng, count: int = 24) -> np.ndarray:
     for _ in range(count):
         axis = rng.normal(size=3)
         axis /= np.linalg.norm(axis)
-        length = radius * rng.uniform(0.6, 1.3)
+        length = radius * rng.uniform(0.7, 1.4)
         along = dx * axis[0] + dy * axis[1] + dz * axis[2]
         across = np.sqrt(np.maximum(r ** 2 - along ** 2, 0.0))
-        # Spike radius shrinks from 1.6 mm at the surface to 0 at its tip.
+        # Spike radius shrinks from 2 mm at the surface to 0 at its tip.
         frac = np.clip((along - radius * 0.8) / length, 0.0, 1.0)
-        width = 1.6 * (1.0 - frac) * (along > radius * 0.5) * (along < radius + length)
+        width = 2.0 * (1.0 - frac) * (along > radius * 0.5) * (along < radius + length)
         w = np.maximum(w, _soft_inside(across - width, edge_mm=0.5) * (width > 0))
     return w
