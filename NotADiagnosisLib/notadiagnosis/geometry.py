@@ -20,6 +20,7 @@ PATCH_SPACING_MM = 1.0
 AIR_HU = -1000.0
 # Points exactly on the CT's outer face must not be refused for a rounding error.
 _INDEX_TOLERANCE = 1e-6
+_OUTSIDE_SENTINEL = -1.0e30
 
 ArrayLike = Union[Sequence[float], np.ndarray]
 
@@ -103,36 +104,20 @@ def extract_patch(
             f"The point (LPS {point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f} mm) lies outside the CT; "
             "place it inside the image (and check RAS vs LPS)."
         )
-    reference = patch_reference(point, size, spacing)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("The CT has several components per voxel; give a single-channel (grey-level) CT.")
-    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    reference = patch_reference(point, size, spacing)
+    # Voxels outside the CT get a sentinel no CT can hold, so ITK's own inside/outside decision
+    # gives the outside fraction for free; they then become air.
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, _OUTSIDE_SENTINEL, sitk.sitkFloat32)
     array_hu = sitk.GetArrayFromImage(resampled)
-    return Patch(
-        array_hu=array_hu,
-        image=resampled,
-        outside_fraction=_outside_fraction(image, reference),
-        point_lps=point,
-    )
-
-
-def _outside_fraction(image: sitk.Image, reference: sitk.Image) -> float:
-    """Share of the reference grid's voxel centres that fall outside ``image``.
-
-    The cube's voxel centres map to CT indices affinely (index = c + i*a + j*b + k*d), so the test
-    is done on broadcast axes rather than on a list of 262,144 points.
-    """
-    size = reference.GetSize()
-    origin = np.array(reference.GetOrigin(), dtype=np.float64)
-    base = continuous_index(image, origin[None])[0]
-    axis_steps = continuous_index(image, origin[None] + np.eye(3) * reference.GetSpacing()[0]) - base
-    limit = np.array(image.GetSize(), dtype=np.float64) - 0.5
-    i = np.arange(size[0])[None, None, :, None]
-    j = np.arange(size[1])[None, :, None, None]
-    k = np.arange(size[2])[:, None, None, None]
-    index = base + i * axis_steps[0] + j * axis_steps[1] + k * axis_steps[2]
-    inside = np.all((index >= -0.5) & (index <= limit), axis=-1)
-    return float(1.0 - inside.mean())
+    outside = array_hu == np.float32(_OUTSIDE_SENTINEL)
+    outside_fraction = float(outside.mean())
+    if outside_fraction > 0.0:
+        array_hu[outside] = AIR_HU
+        resampled = sitk.GetImageFromArray(array_hu)
+        resampled.CopyInformation(reference)
+    return Patch(array_hu=array_hu, image=resampled, outside_fraction=outside_fraction, point_lps=point)
 
 
 def _as_point(point_lps: ArrayLike) -> np.ndarray:
