@@ -1,0 +1,124 @@
+"""Evaluation metrics, temperature and threshold on known predictions, checked against hand computation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nadtrain import calibration, metrics
+
+# Six nodules, worked by hand below.
+LABELS = np.array([0, 0, 0, 1, 1, 1])
+PROBS = np.array([0.10, 0.40, 0.35, 0.80, 0.30, 0.90])
+
+
+def test_auc_matches_the_hand_count_of_ordered_pairs():
+    # 9 (malignant, benign) pairs: 0.80 and 0.90 beat all three benign (6), 0.30 beats only 0.10 (1).
+    assert metrics.auc_or_none(LABELS, PROBS) == pytest.approx(7 / 9)
+
+
+def test_threshold_metrics_match_the_hand_count():
+    # p >= 0.5: 0.80, 0.90 -> TP 2; 0.30 -> FN 1; benign all below -> TN 3, FP 0.
+    m = metrics.threshold_metrics(LABELS, PROBS, 0.5)
+    assert m["confusion_matrix"]["matrix"] == [[3, 0], [1, 2]]
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(1.0)
+    assert m["accuracy"] == pytest.approx(5 / 6)
+    assert m["ppv"] == pytest.approx(1.0)
+    assert m["npv"] == pytest.approx(3 / 4)
+
+
+def test_ece_matches_the_hand_computation():
+    # Bins of width 0.1: [0.1]->0 |0.1|; [0.35, 0.30]->{0,1} |0.5-0.325|; [0.4]->0 |0.4|; [0.8]->1 |0.2|; [0.9]->1 |0.1|.
+    expected = (1 * 0.1 + 2 * 0.175 + 1 * 0.4 + 1 * 0.2 + 1 * 0.1) / 6
+    ece, bins = metrics.calibration_bins(LABELS, PROBS)
+    assert ece == pytest.approx(expected)
+    assert [b["n"] for b in bins] == [0, 1, 0, 2, 1, 0, 0, 0, 1, 1]
+    assert bins[3]["mean_probability"] == pytest.approx(0.325)
+    assert bins[3]["observed_fraction"] == pytest.approx(0.5)
+
+
+def test_probability_one_falls_in_the_last_bin_and_perfect_calibration_scores_zero():
+    ece, bins = metrics.calibration_bins(np.array([1, 0]), np.array([1.0, 0.0]))
+    assert ece == 0.0
+    assert bins[-1]["n"] == 1 and bins[0]["n"] == 1
+
+
+def test_youden_threshold_is_between_the_best_cut_and_the_next_score():
+    # Cut at >= 0.80 gives sens 2/3, 1-spec 0 (J = 2/3), better than >= 0.30 (J = 1/3): the midpoint
+    # between 0.80 and the next lower score 0.40 is 0.60.
+    assert calibration.youden_threshold(LABELS, PROBS) == pytest.approx(0.60)
+
+
+def test_fitted_temperature_recovers_the_temperature_that_generated_the_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, 20_000)
+    true_t = 2.5
+    labels = (rng.random(logits.size) < 1 / (1 + np.exp(-logits / true_t))).astype(int)
+    t = calibration.fit_temperature(logits, labels)
+    assert t == pytest.approx(true_t, rel=0.05)
+    nll = calibration.nll_at_temperature(logits, labels, t)
+    assert nll <= calibration.nll_at_temperature(logits, labels, t * 1.1)
+    assert nll <= calibration.nll_at_temperature(logits, labels, t / 1.1)
+
+
+def test_bootstrap_ci_brackets_the_auc_and_is_degenerate_for_perfect_separation():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 100)
+    scores = labels + rng.normal(0, 0.8, labels.size)
+    s = metrics.summarize(labels, scores.clip(0, 1), 0.5, n_boot=400)
+    low, high = s["auc_ci95"]
+    assert low < s["auc"] < high
+    assert high - low < 0.2
+    perfect = metrics.summarize(labels, labels * 0.8 + 0.1, 0.5, n_boot=200)
+    assert perfect["auc"] == 1.0 and perfect["auc_ci95"] == [1.0, 1.0]
+
+
+def test_renderings_of_one_nodule_do_not_narrow_the_patient_bootstrap():
+    # Ten copies of every sample, each group resampled whole, give the same AUCs as the originals:
+    # repeats of one nodule are not independent evidence.
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 20)
+    scores = labels + rng.normal(0, 1.0, labels.size)
+    ids = np.array([f"p{i:02d}" for i in range(labels.size)])
+    single = metrics.bootstrap_auc(labels, [scores], ids, n_boot=200, seed=5)
+    repeated = metrics.bootstrap_auc(np.repeat(labels, 10), [np.repeat(scores, 10)], np.repeat(ids, 10), n_boot=200, seed=5)
+    assert np.allclose(single, repeated)
+    naive = metrics.bootstrap_auc(np.repeat(labels, 10), [np.repeat(scores, 10)], None, n_boot=200, seed=5)
+    assert np.std(naive) < 0.6 * np.std(single)  # what ignoring the grouping would wrongly claim
+
+
+def test_auc_margin_is_model_minus_baseline_with_a_paired_interval():
+    labels = np.repeat([0, 1], 30)
+    rng = np.random.default_rng(3)
+    model = labels + rng.normal(0, 0.5, labels.size)
+    baseline = labels + rng.normal(0, 1.5, labels.size)
+    m = metrics.auc_margin(labels, model, baseline, n_boot=300)
+    assert m["auc_margin"] == pytest.approx(metrics.auc_or_none(labels, model) - metrics.auc_or_none(labels, baseline))
+    assert m["ci95"][0] < m["auc_margin"] < m["ci95"][1]
+    assert m["fraction_of_resamples_model_better"] > 0.9
+
+
+def test_size_baseline_learns_that_larger_nodules_are_more_often_malignant():
+    diameters = np.array([4, 5, 6, 7, 8, 9, 15, 18, 22, 25, 9, 16], dtype=float)
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0])
+    baseline = metrics.SizeBaseline().fit(diameters, labels)
+    p = baseline.predict_proba(np.array([5.0, 10.0, 30.0]))
+    assert p[0] < p[1] < p[2]
+    assert baseline.describe()["coefficient"] > 0
+
+
+def test_size_and_texture_classes():
+    assert [metrics.size_bin(d) for d in (3.0, 6.0, 9.9, 10.0, 25.0)] == ["<6 mm", "6-10 mm", "6-10 mm", "10-20 mm", ">=20 mm"]
+    assert [metrics.texture_class(t) for t in (1, 2, 2.5, 3, 3.5, 4, 5, None)] == [
+        "ground-glass", "ground-glass", "part-solid", "part-solid", "part-solid", "solid", "solid", "unknown"]
+
+
+def test_breakdown_reports_auc_only_where_both_classes_exist():
+    labels = np.array([0, 1, 0, 1, 1, 1])
+    probs = np.array([0.2, 0.7, 0.6, 0.4, 0.9, 0.8])
+    cats = np.array(["a", "a", "a", "a", "b", "b"])
+    out = metrics.breakdown(labels, probs, probs, cats, n_boot=0)
+    # In "a": pairs (0.7>0.2, 0.7>0.6, 0.4>0.2, 0.4<0.6) -> 3/4.
+    assert out["a"]["auc"] == pytest.approx(0.75)
+    assert out["a"]["n"] == 4 and out["a"]["n_malignant"] == 2
+    assert out["b"]["auc"] is None and out["b"]["n_malignant"] == 2
