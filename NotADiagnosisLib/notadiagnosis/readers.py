@@ -114,14 +114,21 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM slices.")
     files_by_uid: dict = {}
-    for directory in _walk_dirs(folder):
-        try:
-            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)
-        except RuntimeError:
-            continue
-        for uid in uids:
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
-            files_by_uid.setdefault(uid, []).extend(files)
+    # ITK warns on stderr for every folder without DICOM ("No Series were found"); an empty result
+    # is handled here, so silence it while scanning.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        for directory in _walk_dirs(folder):
+            try:
+                uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory)
+            except RuntimeError:
+                continue
+            for uid in uids:
+                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
+                files_by_uid.setdefault(uid, []).extend(files)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     series = []
     for uid, files in files_by_uid.items():
         description, modality = _describe_series(files[0])

@@ -1,0 +1,340 @@
+"""The `notadiagnosis` command line end to end on generated volumes, with a small random model.
+
+The random model's numbers mean nothing; these tests check that the command line reads, converts,
+classifies, writes and reports correctly, and that user mistakes end in one sentence and exit 1.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers import save_random_model
+from notadiagnosis import Classifier
+from notadiagnosis.cli import REMINDER, main
+from notadiagnosis.errors import NoDefaultModelError
+from notadiagnosis.readers import LabelledPoint, read_points, write_markups_json
+from notadiagnosis.synthetic import make_synthetic_chest_ct
+from notadiagnosis.weights import default_model_path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return save_random_model(tmp_path_factory.mktemp("model"), seed=3, temperature=1.5)
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory):
+    """The synthetic chest at coarse voxels (fast), written as NRRD; returns (path, image, nodules)."""
+    image, nodules = make_synthetic_chest_ct(seed=0, spacing=(1.4, 1.4, 2.5))
+    path = tmp_path_factory.mktemp("ct") / "chest.nrrd"
+    sitk.WriteImage(image, str(path), True)
+    return path, image, nodules
+
+
+def ras_text(point_lps) -> str:
+    x, y, z = point_lps
+    return f"{-x:g},{-y:g},{z:g}"
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_sentence_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("notadiagnosis: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, err)
+
+
+# --------------------------------------------------------------------------------------- classify
+
+
+def test_classify_prints_a_table_with_each_point_and_the_reminder(capsys, chest, model_path):
+    path, _, nodules = chest
+    code, out, _ = run_cli(capsys, "classify", path, "--point", ras_text(nodules[0]["center_lps"]),
+                           "--point", ras_text(nodules[2]["center_lps"]), "--model", model_path, "--device", "cpu")
+    assert code == 0
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("Point"))
+    for column in ("R (mm)", "A (mm)", "S (mm)", "Probability", "Uncertainty", "Outside", "Warnings"):
+        assert column in header
+    rows = [line for line in lines if line.startswith("P1 ") or line.startswith("P2 ")]
+    assert len(rows) == 2
+    r, a, s = (float(v) for v in ras_text(nodules[0]["center_lps"]).split(","))
+    assert rows[0].split()[1:4] == [f"{r:.1f}", f"{a:.1f}", f"{s:.1f}"]
+    assert lines[-1] == REMINDER and REMINDER.startswith("Not a diagnosis")
+
+
+def test_json_output_matches_the_library_prediction(capsys, chest, model_path):
+    path, image, nodules = chest
+    points = [n["center_lps"] for n in nodules]
+    args = ["classify", path, "--model", model_path, "--device", "cpu", "--json", "--batch-size", "3"]
+    for point in points:
+        args += ["--point", ras_text(point)]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0
+    document = json.loads(out)
+    assert document["disclaimer"] == REMINDER
+    assert document["tta"] is True and document["model"]["name"] == "random-test-model"
+    expected = Classifier.load(model_path, device="cpu").predict(image, points)
+    assert [p["label"] for p in document["points"]] == ["P1", "P2", "P3", "P4"]
+    for row, point, prediction in zip(document["points"], points, expected):
+        np.testing.assert_allclose(row["point_lps"], point, atol=1e-3)
+        np.testing.assert_allclose(row["point_ras"], [-point[0], -point[1], point[2]], atol=1e-3)
+        assert row["probability"] == pytest.approx(prediction.probability, abs=1e-6)
+        assert row["uncertainty"] == pytest.approx(prediction.uncertainty, abs=1e-6)
+        assert row["outside_fraction"] == 0.0
+        assert row["warnings"] == prediction.warnings
+        assert row["saliency"] is None
+
+
+def test_no_tta_reports_no_uncertainty(capsys, chest, model_path):
+    path, _, nodules = chest
+    code, out, _ = run_cli(capsys, "classify", path, "--point", ras_text(nodules[1]["center_lps"]),
+                           "--model", model_path, "--device", "cpu", "--json", "--no-tta")
+    assert code == 0
+    document = json.loads(out)
+    assert document["tta"] is False and document["points"][0]["uncertainty"] is None
+
+
+def test_lps_flag_and_ras_default_give_the_same_point(capsys, chest, model_path):
+    path, _, nodules = chest
+    x, y, z = nodules[3]["center_lps"]
+    _, ras_out, _ = run_cli(capsys, "classify", path, "--point", f"{-x},{-y},{z}", "--model", model_path, "--json")
+    _, lps_out, _ = run_cli(capsys, "classify", path, "--lps", "--point", f"{x},{y},{z}", "--model", model_path, "--json")
+    ras_row, lps_row = json.loads(ras_out)["points"][0], json.loads(lps_out)["points"][0]
+    np.testing.assert_allclose(ras_row["point_lps"], (x, y, z))
+    assert ras_row["point_lps"] == lps_row["point_lps"]
+    assert ras_row["probability"] == pytest.approx(lps_row["probability"], abs=1e-9)
+
+
+def test_negative_first_coordinate_is_taken_as_a_point_not_an_option(capsys, chest, model_path):
+    path, _, _ = chest
+    code, out, _ = run_cli(capsys, "classify", path, "--point", "-12.5,3,-4", "--model", model_path, "--json")
+    assert code == 0
+    assert json.loads(out)["points"][0]["point_ras"] == [-12.5, 3.0, -4.0]
+
+
+def test_csv_output_reads_back_as_the_same_points(capsys, chest, model_path, tmp_path):
+    path, _, nodules = chest
+    markups = write_markups_json(tmp_path / "nodules.mrk.json",
+                                 [LabelledPoint(n["name"], n["center_lps"]) for n in nodules])
+    code, out, err = run_cli(capsys, "classify", path, "--points", markups, "--model", model_path, "--csv")
+    assert code == 0
+    assert REMINDER in err  # kept off stdout so the CSV stays machine-readable
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [row["label"] for row in rows] == [n["name"] for n in nodules]
+    assert all(0.0 <= float(row["probability"]) <= 1.0 for row in rows)
+    assert all(float(row["uncertainty"]) >= 0.0 for row in rows)
+    result_csv = tmp_path / "results.csv"
+    result_csv.write_text(out)
+    for read_back, nodule in zip(read_points(result_csv), nodules):
+        assert read_back.label == nodule["name"]
+        np.testing.assert_allclose(read_back.point_lps, nodule["center_lps"], atol=1e-3)
+
+
+def test_saliency_maps_are_written_in_ct_space_and_readable(capsys, chest, model_path, tmp_path):
+    path, image, nodules = chest
+    out_dir = tmp_path / "maps"
+    code, out, _ = run_cli(capsys, "classify", path, "--point", ras_text(nodules[1]["center_lps"]),
+                           "--point", ras_text(nodules[3]["center_lps"]), "--model", model_path,
+                           "--saliency", out_dir, "--json")
+    assert code == 0
+    rows = json.loads(out)["points"]
+    files = sorted(out_dir.glob("*.nrrd"))
+    assert [Path(row["saliency"]) for row in rows] == files and len(files) == 2
+    for file, nodule in zip(files, (nodules[1], nodules[3])):
+        saliency = sitk.ReadImage(str(file))
+        assert saliency.GetPixelID() == sitk.sitkFloat32
+        np.testing.assert_allclose(saliency.GetSpacing(), image.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(saliency.GetDirection(), image.GetDirection(), atol=1e-9)
+        values = sitk.GetArrayViewFromImage(saliency)
+        assert values.min() >= 0.0 and values.max() <= 1.0 + 1e-6
+        # The map covers the point's cube, on the CT's voxel lattice.
+        index = saliency.TransformPhysicalPointToContinuousIndex(nodule["center_lps"])
+        assert all(0 <= i <= n - 1 for i, n in zip(index, saliency.GetSize()))
+        ct_index = np.array(image.TransformPhysicalPointToContinuousIndex(saliency.GetOrigin()))
+        np.testing.assert_allclose(ct_index, np.round(ct_index), atol=1e-4)
+
+
+def test_table_output_names_the_saliency_folder(capsys, chest, model_path, tmp_path):
+    path, _, nodules = chest
+    code, out, _ = run_cli(capsys, "classify", path, "--point", ras_text(nodules[0]["center_lps"]),
+                           "--model", model_path, "--saliency", tmp_path / "s")
+    assert code == 0 and str((tmp_path / "s").resolve()) in out
+
+
+# ------------------------------------------------------------------------------------ DICOM folders
+
+
+def test_dicom_folder_with_two_series_needs_series_and_then_classifies(capsys, tmp_path, model_path):
+    from test_readers import THICK_UID, THIN_UID, gradient_ct, write_dicom_series
+
+    write_dicom_series(tmp_path / "a", gradient_ct((40, 40, 30), (1.5, 1.5, 2.0), (-30.0, -30.0, -30.0)),
+                       THIN_UID, "thin", "a")
+    write_dicom_series(tmp_path / "b", gradient_ct((40, 40, 10), (1.5, 1.5, 6.0), (-30.0, -30.0, -30.0)),
+                       THICK_UID, "thick", "b")
+    code, out, err = run_cli(capsys, "classify", tmp_path, "--point", "0,0,0", "--model", model_path)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "--series" in err and THIN_UID in err and THICK_UID in err and "30 slices" in err
+
+    code, out, err = run_cli(capsys, "classify", tmp_path, "--series", THICK_UID, "--point", "0,0,0",
+                             "--model", model_path, "--json")
+    assert code == 0
+    warnings = json.loads(out)["points"][0]["warnings"]
+    assert any("6.0 mm thick" in w for w in warnings)  # the thick series was the one read
+
+
+# ------------------------------------------------------------------------------------- user mistakes
+
+
+def test_missing_ct_is_one_sentence_and_exit_1(capsys, tmp_path, model_path):
+    code, _, err = run_cli(capsys, "classify", tmp_path / "none.nrrd", "--point", "1,2,3", "--model", model_path)
+    assert_one_sentence_error(code, err, "does not exist")
+
+
+def test_point_outside_the_ct_names_the_point_and_the_ct_extent(capsys, chest, model_path):
+    path, _, _ = chest
+    code, _, err = run_cli(capsys, "classify", path, "--point", "400,0,0", "--model", model_path)
+    assert_one_sentence_error(code, err, "P1", "RAS 400.0, 0.0, 0.0", "spans R", "--lps")
+
+
+@pytest.mark.parametrize("point", ["1,2", "a,b,c", "1;2;3;4"])
+def test_malformed_point_is_one_sentence_and_exit_1(capsys, chest, model_path, point):
+    path, _, _ = chest
+    code, _, err = run_cli(capsys, "classify", path, "--point", point, "--model", model_path)
+    assert_one_sentence_error(code, err, "three numbers")
+
+
+def test_no_points_is_one_sentence_and_exit_1(capsys, chest, model_path):
+    path, _, _ = chest
+    code, _, err = run_cli(capsys, "classify", path, "--model", model_path)
+    assert_one_sentence_error(code, err, "--point")
+
+
+def test_missing_model_is_one_sentence_and_exit_1(capsys, chest, tmp_path):
+    path, _, _ = chest
+    code, _, err = run_cli(capsys, "classify", path, "--point", "1,2,3", "--model", tmp_path / "nope.json")
+    assert_one_sentence_error(code, err, "does not exist")
+
+
+def test_tampered_model_is_refused_before_any_result(capsys, chest, model_path, tmp_path):
+    path, _, _ = chest
+    copy = tmp_path / "model.safetensors"
+    data = bytearray(model_path.with_suffix(".safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    (tmp_path / "model.json").write_text(model_path.read_text())
+    code, out, err = run_cli(capsys, "classify", path, "--point", "1,2,3", "--model", tmp_path / "model.json")
+    assert_one_sentence_error(code, err, "sha256")
+    assert out == ""
+
+
+def test_unreadable_points_file_is_one_sentence_and_exit_1(capsys, chest, model_path, tmp_path):
+    path, _, _ = chest
+    bad = tmp_path / "points.csv"
+    bad.write_text("a,b,c\n1,2,3\n")
+    code, _, err = run_cli(capsys, "classify", path, "--points", bad, "--model", model_path)
+    assert_one_sentence_error(code, err, "x,y,z")
+
+
+def test_usage_mistake_is_an_argparse_error_with_exit_2(capsys, chest):
+    path, _, _ = chest
+    with pytest.raises(SystemExit) as info:
+        main(["classify", str(path), "--point", "1,2,3", "--batch-size", "0"])
+    assert info.value.code == 2
+    assert "batch-size" in capsys.readouterr().err
+
+
+def test_installed_command_reports_a_user_mistake_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "notadiagnosis.cli", "classify", str(tmp_path / "missing.nrrd"),
+                             "--point", "1,2,3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("notadiagnosis: error: ")
+
+
+# ----------------------------------------------------------------------------------------- info
+
+
+def test_info_prints_versions_device_and_the_given_model_card(capsys, model_path):
+    code, out, _ = run_cli(capsys, "info", "--model", model_path, "--device", "cpu")
+    assert code == 0
+    import torch
+
+    assert f"torch {torch.__version__}" in out and f"SimpleITK {sitk.Version_VersionString()}" in out
+    assert f"numpy {np.__version__}" in out and "python " in out
+    assert "Device: cpu" in out
+    assert '"name": "random-test-model"' in out and "sha256" in out
+
+
+def test_info_json_says_whether_a_default_model_is_bundled(capsys):
+    code, out, _ = run_cli(capsys, "info", "--json", "--device", "cpu")
+    assert code == 0
+    document = json.loads(out)
+    assert {"torch", "SimpleITK", "numpy", "python"} <= set(document["versions"])
+    try:
+        default_model_path()
+    except NoDefaultModelError:
+        assert document["model_card"] is None and "No default model is bundled" in document["note"]
+    else:
+        assert document["model_card"]["weights"]["sha256"]
+
+
+# ----------------------------------------------------------------------------------------- demo
+
+
+def check_demo_inputs(out_dir: Path) -> list:
+    expected_ct, nodules = make_synthetic_chest_ct()
+    ct = sitk.ReadImage(str(out_dir / "synthetic-chest-ct.nrrd"))
+    assert ct.GetSize() == expected_ct.GetSize() and ct.GetSpacing() == expected_ct.GetSpacing()
+    points = read_points(out_dir / "synthetic-nodules.mrk.json")
+    assert [p.label for p in points] == [n["name"] for n in nodules]
+    for point, nodule in zip(points, nodules):
+        np.testing.assert_allclose(point.point_lps, nodule["center_lps"])
+    return points
+
+
+def test_demo_runs_end_to_end_with_the_default_model_or_says_plainly_none_is_bundled(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "demo", "--out", tmp_path, "--device", "cpu")
+    assert code == 0
+    check_demo_inputs(tmp_path)
+    try:
+        default_model_path()
+    except NoDefaultModelError:
+        assert "No default model is bundled" in out and "NOTHING WAS CLASSIFIED" in out
+        assert "Probability" not in out and not (tmp_path / "saliency").exists()
+        assert not (tmp_path / "results.json").exists()
+    else:
+        assert len(list((tmp_path / "saliency").glob("*.nrrd"))) == 4
+        assert "Probability" in out
+    assert out.rstrip().endswith(REMINDER)
+
+
+def test_demo_with_a_model_classifies_each_nodule_and_writes_saliency_maps(capsys, tmp_path, model_path):
+    code, out, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--model", model_path)
+    assert code == 0
+    check_demo_inputs(tmp_path / "demo")
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [row["kind"] for row in results["points"]] == ["solid-small-smooth", "solid-large-spiculated",
+                                                          "ground-glass", "calcified"]
+    maps = sorted((tmp_path / "demo" / "saliency").glob("*.nrrd"))
+    assert len(maps) == 4 and [Path(row["saliency"]) for row in results["points"]] == maps
+    for row in results["points"]:
+        assert row["label"] in out
+    assert str((tmp_path / "demo" / "saliency").resolve()) in out
