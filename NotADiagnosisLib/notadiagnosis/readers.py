@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,10 +52,10 @@ class LabelledPoint:
     """A named point in LPS millimetres (ITK/DICOM patient space)."""
 
     label: str
-    point_lps: tuple  # (x, y, z) floats, LPS mm
+    point_lps: Tuple[float, float, float]
 
     @property
-    def point_ras(self) -> tuple:
+    def point_ras(self) -> Tuple[float, float, float]:
         """The same point in RAS millimetres (what Slicer displays)."""
         x, y, z = self.point_lps
         return (-x, -y, z)
@@ -68,7 +68,7 @@ class DicomSeries:
     uid: str
     description: str
     modality: str
-    files: tuple  # file paths (str) in the order GDCM sorts them
+    files: Tuple[str, ...]  # in the order GDCM sorts them
 
     @property
     def number_of_slices(self) -> int:
@@ -90,22 +90,52 @@ def read_ct(path: str | os.PathLike, series_uid: str | None = None, progress: bo
         raise InputError(f"The CT path {path} does not exist; give a volume file (.nrrd, .nii.gz, .mha) or a DICOM folder.")
     if path.is_dir():
         return read_dicom_series(path, series_uid=series_uid, progress=progress)
+    dicom_uid = _dicom_series_uid_of(path)
+    if dicom_uid is not None:
+        # One slice of a series was given: read the whole series it belongs to from its folder.
+        if series_uid is not None and series_uid.strip() != dicom_uid:
+            raise InputError(f"{path.name} belongs to series {dicom_uid}, not {series_uid}; pass the DICOM folder instead.")
+        return read_dicom_series(path.parent, series_uid=dicom_uid, progress=progress)
     if series_uid is not None:
-        raise InputError(f"A series UID was given but {path} is a single file; pass the DICOM folder instead.")
-    return read_volume_file(path)
+        raise InputError(f"A series UID was given but {path} is a single volume file; pass the DICOM folder instead.")
+    return read_volume_file(path, progress=progress)
 
 
-def read_volume_file(path: str | os.PathLike) -> sitk.Image:
+def read_volume_file(path: str | os.PathLike, progress: bool = False) -> sitk.Image:
     """Read one volume file with SimpleITK and check that it is a 3D scalar image."""
     path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    bar = None
+    if progress:
+        bar = _progress_bar(f"Reading {path.name}")
+        reader.AddCommand(sitk.sitkProgressEvent, lambda: bar.update(round(reader.GetProgress() * 100) - bar.n))
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(
             f"SimpleITK could not read {path} as an image ({_first_line(exc)}); "
             "give a .nrrd, .nii(.gz), .mha file or a DICOM folder."
         ) from None
+    finally:
+        if bar is not None:
+            bar.close()
     return _check_volume(image, str(path))
+
+
+def _dicom_series_uid_of(path: Path) -> str | None:
+    """The SeriesInstanceUID of a DICOM file, or None when the file is not DICOM."""
+    if path.suffix.lower() not in (".dcm", ".dicom", ".ima", ""):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if not reader.HasMetaDataKey("0020|000e"):  # only DICOM files carry a SeriesInstanceUID tag
+        return None
+    return reader.GetMetaData("0020|000e").strip()
 
 
 def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:

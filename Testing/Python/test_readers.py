@@ -170,6 +170,14 @@ def test_series_uid_selects_that_series_with_its_geometry(two_series_folder):
     np.testing.assert_allclose(thin.GetSpacing()[2], 1.25, atol=1e-4)
 
 
+def test_one_slice_file_reads_the_whole_series_it_belongs_to(two_series_folder):
+    one_slice = next((two_series_folder / "study" / "series2").glob("*.dcm"))
+    image = read_ct(one_slice)
+    assert image.GetSize() == (24, 20, 5)
+    with pytest.raises(InputError, match="belongs to series"):
+        read_ct(one_slice, series_uid=THIN_UID)
+
+
 def test_unknown_series_uid_is_refused_with_the_list(two_series_folder):
     with pytest.raises(InputError, match="No series with UID 9.9.9") as info:
         read_ct(two_series_folder, series_uid="9.9.9")
