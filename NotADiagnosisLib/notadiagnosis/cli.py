@@ -40,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"notadiagnosis: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("notadiagnosis: interrupted; no results were written.", file=sys.stderr)
+        print("notadiagnosis: interrupted; the run is incomplete and no results were printed.", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
