@@ -200,6 +200,7 @@ def read_dicom_series(
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice positions, to check for gaps
     bar = None
     if progress:
         bar = _progress_bar(f"Reading {chosen.number_of_slices} DICOM slices")
@@ -211,7 +212,35 @@ def read_dicom_series(
     finally:
         if bar is not None:
             bar.close()
+    _check_slice_positions(reader, image, chosen)
     return _check_volume(image, f"DICOM series {chosen.uid}")
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, image: sitk.Image, series: DicomSeries) -> None:
+    """Refuse a series whose slices are unevenly spaced (missing or duplicated slices).
+
+    ITK builds the volume with one slice spacing; a gap would silently misplace every slice after
+    it, so the patch would not be where the user pointed.
+    """
+    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    heights = []
+    for index in range(len(series.files)):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return  # no ImagePositionPatient: nothing to check against
+        try:
+            position = [float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")]
+        except ValueError:
+            return
+        heights.append(float(np.dot(position, normal)))
+    steps = np.diff(np.sort(heights))
+    if len(steps) == 0:
+        return
+    typical = float(np.median(steps))
+    if typical <= 1e-3 or np.any(np.abs(steps - typical) > 0.1 * typical + 0.01):
+        raise InputError(
+            f"Series {series.uid} has uneven slice positions (steps {steps.min():.2f} to {steps.max():.2f} mm): "
+            "slices are missing or duplicated; export the complete series again."
+        )
 
 
 def format_series_table(series: Sequence[DicomSeries]) -> str:

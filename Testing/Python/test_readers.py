@@ -184,6 +184,14 @@ def test_unknown_series_uid_is_refused_with_the_list(two_series_folder):
     assert THIN_UID in str(info.value) and THICK_UID in str(info.value)
 
 
+def test_series_with_a_missing_slice_is_refused(tmp_path):
+    write_dicom_series(tmp_path, gradient_ct((16, 16, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), THIN_UID, "gap", "s")
+    assert read_ct(tmp_path).GetSize() == (16, 16, 8)  # complete: fine
+    (tmp_path / "s004.dcm").unlink()
+    with pytest.raises(InputError, match="uneven slice positions"):
+        read_ct(tmp_path)
+
+
 def test_folder_without_dicom_is_refused(tmp_path):
     (tmp_path / "readme.txt").write_text("no slices here")
     with pytest.raises(InputError, match="No DICOM series"):
