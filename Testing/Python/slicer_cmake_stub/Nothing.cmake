@@ -1,0 +1,1 @@
+# Extension config generation and CPack are not exercised by the stub.
