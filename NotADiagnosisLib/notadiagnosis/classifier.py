@@ -108,31 +108,43 @@ class Classifier:
             raise InputError("The batch size must be at least 1.")
         image_warnings = image_warnings_for(image)
         predictions: List[Prediction] = []
-        batches = range(0, len(points), batch_size)
-        if progress and len(points) > batch_size:
+        bar = None
+        if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="Classifying", unit="batch")
-        for start in batches:
-            chunk = points[start : start + batch_size]
-            patches = [extract_patch(image, point, self.patch_size, self.spacing_mm) for point in chunk]
-            normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
-            probabilities, uncertainties, logits = self.predict_patches(normalized, tta=tta)
-            for patch, probability, uncertainty, logit in zip(patches, probabilities, uncertainties, logits):
-                warnings = list(image_warnings) + patch_warnings_for(patch.outside_fraction, patch.array_hu)
-                predictions.append(
-                    Prediction(
-                        point_lps=tuple(float(v) for v in patch.point_lps),
-                        probability=float(probability),
-                        uncertainty=float(uncertainty),
-                        outside_fraction=float(patch.outside_fraction),
-                        logit=float(logit),
-                        warnings=warnings,
-                    )
-                )
-            if callback is not None and callback(len(predictions), len(points)) is False:
-                raise CancelledError("Classification cancelled; no results were kept.")
+            # Shown only when the run lasts over a second.
+            bar = tqdm(total=len(points), desc="Classifying", unit="point", delay=1.0)
+        try:
+            for start in range(0, len(points), batch_size):
+                self._predict_batch(image, points[start : start + batch_size], tta, image_warnings, predictions)
+                if bar is not None:
+                    bar.update(len(predictions) - bar.n)
+                if callback is not None and callback(len(predictions), len(points)) is False:
+                    raise CancelledError("Classification cancelled; no results were kept.")
+        finally:
+            if bar is not None:
+                bar.close()
         return predictions
+
+    def _predict_batch(
+        self, image: sitk.Image, chunk: np.ndarray, tta: bool, image_warnings: List[str], predictions: List[Prediction]
+    ) -> None:
+        """Classify one batch of points and append their predictions."""
+        patches = [extract_patch(image, point, self.patch_size, self.spacing_mm) for point in chunk]
+        normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
+        probabilities, uncertainties, logits = self.predict_patches(normalized, tta=tta)
+        for patch, probability, uncertainty, logit in zip(patches, probabilities, uncertainties, logits):
+            warnings = list(image_warnings) + patch_warnings_for(patch.outside_fraction, patch.array_hu)
+            predictions.append(
+                Prediction(
+                    point_lps=tuple(float(v) for v in patch.point_lps),
+                    probability=float(probability),
+                    uncertainty=float(uncertainty),
+                    outside_fraction=float(patch.outside_fraction),
+                    logit=float(logit),
+                    warnings=warnings,
+                )
+            )
 
     def predict_patches(self, normalized: np.ndarray, tta: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classify normalised patches (N, D, H, W) → (probabilities, uncertainties, mean logits).
