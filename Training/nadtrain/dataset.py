@@ -434,3 +434,23 @@ def iter_shards(path: Union[str, Path]) -> Iterable[Dict[str, np.ndarray]]:
     for shard in manifest.get("shards", []):
         with np.load(path / shard) as data:
             yield {name: data[name] for name in ARRAY_NAMES}
+
+
+def load_patches(path: Union[str, Path], indices: Sequence[int]) -> np.ndarray:
+    """The patches (k,64,64,64) int16 of the given sample indices (dataset order), reading only their shards."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    wanted = np.asarray(indices, dtype=np.int64)
+    out = np.zeros((len(wanted),) + (PATCH_SIZE,) * 3, dtype=np.int16)
+    start = 0
+    for shard in manifest.get("shards", []):
+        with np.load(path / shard) as data:
+            n = len(data["labels"])
+            hit = np.flatnonzero((wanted >= start) & (wanted < start + n))
+            if len(hit):
+                patches = data["patches_hu"]
+                out[hit] = patches[wanted[hit] - start]
+        start += n
+    if np.any(wanted >= start) or np.any(wanted < 0):
+        raise DatasetError(f"sample index out of range: the dataset {path} holds {start} samples.")
+    return out
