@@ -62,17 +62,22 @@ def scene():
     return slicer.vtkMRMLScene()
 
 
-def _setup(scene, ct_image, transform_matrix=None):
+def _setup(scene, ct_image, transform_matrix=None, points_under_transform=False):
     """The CT as a volume node (optionally under a linear transform) and points placed on the nodules
-    where they appear in world coordinates."""
+    where they appear in world coordinates: either stored in world coordinates, or stored in the
+    CT's own coordinates under the same transform (as when both were moved together)."""
     volume = add_volume_from_image(scene, ct_image, "CT")
-    nodules_world_ras = lps_to_ras(NODULES_LPS)
-    if transform_matrix is not None:
-        transform = add_linear_transform(scene, transform_matrix, "Moved")
-        volume.SetAndObserveTransformNodeID(transform.GetID())
-        nodules_world_ras = (transform_matrix @ np.c_[nodules_world_ras, np.ones(len(nodules_world_ras))].T).T[:, :3]
-    points = add_points(scene, nodules_world_ras, ["N1", "N2", "N3"])
-    return volume, points
+    nodules_ras = lps_to_ras(NODULES_LPS)
+    if transform_matrix is None:
+        return volume, add_points(scene, nodules_ras, ["N1", "N2", "N3"])
+    transform = add_linear_transform(scene, transform_matrix, "Moved")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    if points_under_transform:
+        points = add_points(scene, nodules_ras, ["N1", "N2", "N3"])
+        points.SetAndObserveTransformNodeID(transform.GetID())
+        return volume, points
+    nodules_world_ras = (transform_matrix @ np.c_[nodules_ras, np.ones(len(nodules_ras))].T).T[:, :3]
+    return volume, add_points(scene, nodules_world_ras, ["N1", "N2", "N3"])
 
 
 def _options(**kwargs):
@@ -116,12 +121,16 @@ def test_second_run_adds_another_table_and_keeps_the_first(scene, ct_image, clas
     assert read_results_table(first.table_node) == read_results_table(second.table_node)
 
 
-@pytest.mark.parametrize("moved", [False, True], ids=["plain", "under-linear-transform"])
-def test_logic_gives_the_library_probabilities_for_the_same_points(scene, ct_image, classifier, moved):
+@pytest.mark.parametrize(
+    "moved, points_under_transform",
+    [(False, False), (True, False), (True, True)],
+    ids=["plain", "volume-under-linear-transform", "volume-and-points-under-linear-transform"],
+)
+def test_logic_gives_the_library_probabilities_for_the_same_points(scene, ct_image, classifier, moved, points_under_transform):
     """The library given the CT (moved the same way, built here without the module's code) and the
     points in LPS must agree with the table the logic wrote."""
     matrix = rigid_matrix([0, 1, 1], 25.0, [15.0, -10.0, 30.0]) if moved else None
-    volume, points = _setup(scene, ct_image, matrix)
+    volume, points = _setup(scene, ct_image, matrix, points_under_transform)
 
     result = logic.classify(volume, points, _options(saliency=False, tta=True), classifier=classifier)
 
@@ -146,8 +155,7 @@ def _moved_lps(matrix):
 
 
 def test_inputs_are_not_modified(scene, ct_image, classifier):
-    volume, points = _setup(scene, ct_image, rigid_matrix([1, 0, 0], 10.0, [0.0, 5.0, 0.0]))
-    points.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+    volume, points = _setup(scene, ct_image, rigid_matrix([1, 0, 0], 10.0, [0.0, 5.0, 0.0]), points_under_transform=True)
     before = snapshot(volume, points)
     volume_mtime = volume.GetMTime()
     image_mtime = volume.GetImageData().GetMTime()
