@@ -1,0 +1,175 @@
+"""Training on a tiny generated dataset: the loss goes down, a seed fixes the result on CPU, a run
+interrupted and resumed ends exactly where the uninterrupted run ends, checkpoints are atomic, and
+the torchrun (DDP) code path works with one gloo process."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from notadiagnosis.errors import NotADiagnosisError
+from notadiagnosis.model import build_model
+from notadiagnosis.preprocessing import normalize_hu
+from notadiagnosis.weights import load_model
+from nadtrain import checkpoint
+from nadtrain.dataset import load_dataset
+from nadtrain.toy import make_toy_dataset
+from nadtrain.train import TrainConfig, train
+
+EPOCHS = 6
+# Resume and determinism need several epochs, not learning: a cheaper run (one rendering per
+# nodule per epoch, so half the steps, and augmentation on so its RNG is exercised).
+SHORT = {"epochs": 3, "patience": 3, "one_render_per_epoch": True}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _config(dataset: Path, out: Path, **changes) -> TrainConfig:
+    base = TrainConfig(dataset=str(dataset), out=str(out), architecture="resnet3d-tiny", epochs=EPOCHS,
+                       batch_size=4, lr=3e-3, warmup_epochs=0.0, patience=EPOCHS, seed=0, augment=True,
+                       device="cpu", progress=False, calibration_tta=False,
+                       one_render_per_epoch=False)
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory) -> Path:
+    # 24 nodules of 12 patients, 2 renderings each: ~15 training nodules, one rendering per epoch.
+    return make_toy_dataset(tmp_path_factory.mktemp("toy") / "dataset", n_nodules=24, renders=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def full_run(toy_dataset, tmp_path_factory):
+    """A short training run, every rendering every epoch."""
+    out = tmp_path_factory.mktemp("full")
+    return out, train(_config(toy_dataset, out))
+
+
+@pytest.fixture(scope="module")
+def short_run(toy_dataset, tmp_path_factory):
+    """An uninterrupted SHORT run; keeps a copy of its first epoch's checkpoint."""
+    out = tmp_path_factory.mktemp("short")
+
+    def keep_first(epoch, record):
+        if epoch == 0:
+            shutil.copy(out / "checkpoint.safetensors", out / "after-epoch-1.safetensors")
+
+    train(_config(toy_dataset, out, **SHORT), on_epoch_end=keep_first)
+    return out
+
+
+def _train_loss(model: torch.nn.Module, dataset: Path, splits: dict) -> float:
+    data = load_dataset(dataset)
+    idx = np.array(splits["indices"]["train"])
+    x = torch.from_numpy(normalize_hu(data.patches_hu[idx])).unsqueeze(1)
+    y = torch.from_numpy(data.labels[idx].astype(np.float32))
+    with torch.no_grad():
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(model.eval()(x), y))
+
+
+def _tensors_equal(a: Path, b: Path) -> bool:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_short_training_lowers_the_loss(full_run, toy_dataset):
+    out, summary = full_run
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == EPOCHS
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 0.05
+    splits = json.loads((out / "splits.json").read_text())
+    torch.manual_seed(0)
+    initial = build_model("resnet3d-tiny")  # the same seeded initial weights as the run
+    trained = build_model("resnet3d-tiny")
+    trained.load_state_dict(checkpoint.load_checkpoint(out / "checkpoint.safetensors")[0])
+    assert _train_loss(trained, toy_dataset, splits) < _train_loss(initial, toy_dataset, splits)
+    # The run ends with a library model whose card carries what validation decided.
+    model, card = load_model(out / "model.json")
+    assert card["calibration"]["temperature"] == pytest.approx(summary["temperature"])
+    assert 0.0 < card["threshold"] < 1.0
+    assert card["training"]["data"]["n_samples"] == 48
+    assert card["training"]["split"]["leakage"]["test_patients_also_in_train_or_val"] == 0
+
+
+def test_interrupted_then_resumed_run_equals_the_uninterrupted_run(short_run, toy_dataset, tmp_path):
+    full = short_run
+
+    def crash_after_second(epoch, record):
+        if epoch == 0:
+            shutil.copy(tmp_path / "checkpoint.safetensors", tmp_path / "after-epoch-1.safetensors")
+        if epoch == 1:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        train(_config(toy_dataset, tmp_path, **SHORT), on_epoch_end=crash_after_second)
+    assert not (tmp_path / "model.json").exists()  # no partial model presented as finished
+    # Same seed, same first epoch, bit for bit (determinism on CPU).
+    assert _tensors_equal(tmp_path / "after-epoch-1.safetensors", full / "after-epoch-1.safetensors")
+
+    train(_config(toy_dataset, tmp_path, **SHORT), resume=True)
+    assert _tensors_equal(tmp_path / "checkpoint.safetensors", full / "checkpoint.safetensors")
+    assert _tensors_equal(tmp_path / "model.safetensors", full / "model.safetensors")
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(json.loads((tmp_path / "history.json").read_text())) == strip(
+        json.loads((full / "history.json").read_text()))
+
+
+def test_another_seed_gives_other_weights(short_run, toy_dataset, tmp_path):
+    full = short_run
+    train(_config(toy_dataset, tmp_path, **{**SHORT, "seed": 1, "epochs": 1, "patience": 1}))
+    assert not _tensors_equal(tmp_path / "checkpoint.safetensors", full / "after-epoch-1.safetensors")
+
+
+def test_resume_with_other_options_is_refused(full_run, toy_dataset):
+    full, _ = full_run
+    with pytest.raises(NotADiagnosisError, match="other training options"):
+        train(_config(toy_dataset, full, lr=1e-4), resume=True)
+
+
+def test_checkpoint_write_that_fails_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = build_model("resnet3d-tiny")
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(2, 1, 64, 64, 64)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save_checkpoint(path, model, optimizer, {"epoch": 0})
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", broken)
+    with pytest.raises(OSError):
+        checkpoint.save_checkpoint(path, model, optimizer, {"epoch": 1})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]  # no temporary left behind
+    # And the optimizer state comes back exactly, without pickle.
+    _, optim_state, state = checkpoint.load_checkpoint(path)
+    fresh = torch.optim.AdamW(model.parameters())
+    fresh.load_state_dict(optim_state)
+    for key, value in optimizer.state_dict()["state"][0].items():
+        assert torch.equal(fresh.state_dict()["state"][0][key], value)
+    assert state == {"epoch": 0}
+
+
+def test_torchrun_code_path_with_one_gloo_process(toy_dataset, tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    summary = train(_config(toy_dataset, tmp_path, **{**SHORT, "epochs": 1, "patience": 1}))
+    assert not torch.distributed.is_initialized()  # the process group is torn down at the end
+    _, card = load_model(tmp_path / "model.json")
+    assert card["training"]["processes"] == 1
+    assert summary["epochs_run"] == 1
