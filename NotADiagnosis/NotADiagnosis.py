@@ -137,7 +137,9 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.disclaimerLabel.text = DISCLAIMER
         self.ui.placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
-        self.ui.statusLabel.text = _("The model loads on the first Classify.")
+        from nadslicer.model_info import bundled_model_summary
+
+        self.ui.statusLabel.text = bundled_model_summary()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -240,10 +242,15 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except NotADiagnosisError as error:
             slicer.util.errorDisplay(str(error), windowTitle=_("Not a Diagnosis"))
             return
+        import qt
+
         from notadiagnosis.classifier import CancelledError
 
+        # Window-modal: while events are processed between batches, the inputs cannot be changed under
+        # the running classification, but Cancel stays clickable.
         progressDialog = slicer.util.createProgressDialog(
             labelText=_("Loading the model..."), maximum=0, windowTitle=_("Not a Diagnosis"),
+            windowModality=qt.Qt.WindowModal,
         )
         slicer.app.processEvents()
 

@@ -340,3 +340,21 @@ def test_clicking_a_row_centres_the_slice_views_on_its_point(scene, ct_image, cl
         np.testing.assert_allclose([matrix.GetElement(i, 3) for i in range(3)], position, atol=1e-6)
     assert row_position_ras(result.table_node, 3) is None
     assert row_position_ras(result.table_node, -1) is None
+
+
+def test_status_names_the_bundled_model_before_the_first_classify(tmp_path):
+    import json
+    from pathlib import Path
+
+    from nadslicer.model_info import DEFAULT_CARD, bundled_model_summary, library_dir
+    from notadiagnosis.weights import DEFAULT_MODEL_NAME, bundled_models_dir
+
+    # The card the status line reads is the library's default model card.
+    assert library_dir() / DEFAULT_CARD == bundled_models_dir() / f"{DEFAULT_MODEL_NAME}.json"
+    (tmp_path / "models").mkdir()
+    (tmp_path / DEFAULT_CARD).write_text(json.dumps({"name": "default", "version": "1.2.3"}), encoding="utf-8")
+    assert "Model default 1.2.3" in bundled_model_summary(tmp_path)
+    assert "No default model is bundled" in bundled_model_summary(tmp_path / "elsewhere")
+    (tmp_path / DEFAULT_CARD).write_text("{not json", encoding="utf-8")
+    assert "cannot be read" in bundled_model_summary(tmp_path)
+    assert isinstance(bundled_model_summary(), str) and Path(library_dir()).name == "notadiagnosis"

@@ -211,7 +211,7 @@ def test_logic_package_imports_neither_torch_nor_qt():
     loads not even those. torch arrives with the first classifier."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import nadslicer.validation;"
+        "import nadslicer.validation, nadslicer.model_info;"
         "heavy = {'numpy', 'SimpleITK', 'torch', 'notadiagnosis'} & set(sys.modules);"
         "assert not heavy, heavy;"
         "import nadslicer.logic, nadslicer.results, nadslicer.volumes, nadslicer.points, nadslicer.dependencies, nadslicer.errors;"
