@@ -47,6 +47,9 @@ _FLOAT_COLUMNS = {
     "slice_spacing_mm",
 }
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 SampleKey = Tuple[str, str, int]  # (nodule_id, background, render_index)
 
 
@@ -64,6 +67,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
+        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp creates 0600; datasets are meant to be shared
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
