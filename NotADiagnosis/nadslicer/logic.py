@@ -83,8 +83,22 @@ def get_classifier(model_path: Optional[str] = None, device: str = "Auto"):
     path_key = "<default>" if model_path is None else str(Path(model_path).expanduser().resolve())
     key = (path_key, device_name(device))
     if key not in _CLASSIFIERS:
+        check_device(key[1])
         _CLASSIFIERS[key] = Classifier.load(None if model_path is None else path_key, device=key[1])
     return _CLASSIFIERS[key]
+
+
+def check_device(name: str) -> None:
+    """Raise :class:`InputError` in the panel's words when the chosen device is not available here."""
+    from notadiagnosis.device import select_device
+
+    try:
+        select_device(name)
+    except InputError:
+        raise InputError(
+            "No GPU is available to this Slicer (neither CUDA nor Apple MPS); choose Device: Auto or CPU. "
+            "For an NVIDIA GPU, install the CUDA build of PyTorch with the PyTorch Utils module."
+        ) from None
 
 
 def clear_classifier_cache() -> None:

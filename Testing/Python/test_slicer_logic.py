@@ -358,3 +358,29 @@ def test_status_names_the_bundled_model_before_the_first_classify(tmp_path):
     (tmp_path / DEFAULT_CARD).write_text("{not json", encoding="utf-8")
     assert "cannot be read" in bundled_model_summary(tmp_path)
     assert isinstance(bundled_model_summary(), str) and Path(library_dir()).name == "notadiagnosis"
+
+
+def test_unavailable_gpu_is_refused_in_the_panels_words():
+    import torch
+
+    gpu_available = torch.cuda.is_available() or (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
+    if gpu_available:
+        logic.check_device("gpu")  # nothing to refuse on this machine
+        return
+    with pytest.raises(InputError, match="choose Device: Auto or CPU"):
+        logic.get_classifier(None, "GPU")
+
+
+def test_vector_volume_is_refused(scene):
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    from nadslicer.errors import VolumeError
+
+    image_data = vtk.vtkImageData()
+    image_data.SetDimensions(8, 8, 4)
+    image_data.GetPointData().SetScalars(numpy_to_vtk(np.zeros((8 * 8 * 4, 3), dtype=np.uint8), deep=True))
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "Photo")
+    node.SetAndObserveImageData(image_data)
+    with pytest.raises(VolumeError, match="3 components per voxel"):
+        volume_to_image(node)
