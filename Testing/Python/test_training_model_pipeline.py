@@ -1,0 +1,122 @@
+"""`nadtrain train` -> `evaluate` -> `export` through the command line on a tiny generated dataset:
+the report agrees with its own predictions and with the library's classifier, the exported card
+carries the report's numbers and reference predictions the bundled-weights test can replay, and
+leaky or mismatched reports are refused."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from notadiagnosis.classifier import Classifier
+from notadiagnosis.errors import NotADiagnosisError
+from notadiagnosis.preprocessing import normalize_hu
+from nadtrain.cli import main
+from nadtrain.dataset import load_dataset
+from nadtrain.export import export_model, reference_patches
+from nadtrain.toy import make_toy_dataset
+
+COMMON = ["--architecture", "resnet3d-tiny", "--batch-size", "4", "--lr", "3e-3", "--warmup-epochs", "0",
+          "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    dataset = make_toy_dataset(root / "dataset", n_nodules=20, renders=1, seed=1, backgrounds=("toy-a", "toy-b"))
+    run = root / "run"
+    assert main(["train", str(dataset), "--out", str(run), "--epochs", "2", "--holdout-background", "toy-b"] + COMMON) == 0
+    assert main(["evaluate", str(run), "--bootstrap", "100", "--device", "cpu", "--no-progress"]) == 0
+    exported = root / "export" / "toy.safetensors"
+    assert main(["export", str(run), "--out", str(exported), "--name", "toy", "--version", "0.0.1"]) == 0
+    report = json.loads((run / "evaluation" / "report.json").read_text())
+    return {"dataset": dataset, "run": run, "report": report, "exported": exported}
+
+
+def _predictions(run: Path):
+    with open(run / "evaluation" / "predictions.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_numbers_agree_with_its_predictions_file(pipeline):
+    rows = _predictions(pipeline["run"])
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["probability"]) for r in rows])
+    base = np.array([float(r["baseline_probability"]) for r in rows])
+    overall = pipeline["report"]["overall"]
+    threshold = pipeline["report"]["model"]["threshold"]
+    assert overall["n_samples"] == len(rows)
+    assert overall["model"]["auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-4)
+    assert overall["baseline"]["auc"] == pytest.approx(roc_auc_score(labels, base), abs=1e-4)
+    tp = int(((probs >= threshold) & (labels == 1)).sum())
+    assert overall["model"]["sensitivity"] == pytest.approx(tp / labels.sum())
+    assert overall["margin"]["auc_margin"] == pytest.approx(overall["model"]["auc"] - overall["baseline"]["auc"])
+
+
+def test_evaluation_probabilities_are_the_library_classifiers(pipeline):
+    rows = _predictions(pipeline["run"])[:4]
+    data = load_dataset(pipeline["dataset"])
+    classifier = Classifier.load(str(pipeline["run"] / "model.json"), device="cpu")
+    patches = normalize_hu(data.patches_hu[[int(r["sample"]) for r in rows]])
+    probs, _, _ = classifier.predict_patches(patches, tta=True)
+    assert np.allclose(probs, [float(r["probability"]) for r in rows], atol=1e-5)
+
+
+def test_report_has_figures_breakdowns_and_the_held_out_background(pipeline):
+    report, out = pipeline["report"], pipeline["run"] / "evaluation"
+    for name in report["figures"].values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(report["figures"]) == {"roc", "reliability", "confusion_matrix"}
+    backgrounds = report["by_background"]
+    assert backgrounds["toy-a"]["seen_in_training"] is True
+    assert backgrounds["toy-b"]["seen_in_training"] is False
+    assert backgrounds["toy-a"]["n_nodules"] == backgrounds["toy-b"]["n_nodules"]  # same test nodules in both
+    assert set(report["by_texture"]) <= {"solid", "part-solid", "ground-glass", "unknown"}
+    assert sum(v["n"] for v in report["by_size"].values()) == report["overall"]["n_samples"]
+    assert report["split"]["leakage"]["test_patients_also_in_train_or_val"] == 0
+    assert report["warnings"] == []
+
+
+def test_exported_card_carries_the_report_and_replays_its_reference_predictions(pipeline):
+    classifier = Classifier.load(str(pipeline["exported"]), device="cpu")
+    card, report = classifier.card, pipeline["report"]
+    run_card = json.loads((pipeline["run"] / "model.json").read_text())
+    assert card["name"] == "toy" and card["version"] == "0.0.1"
+    assert card["calibration"]["temperature"] == run_card["calibration"]["temperature"]
+    assert card["threshold"] == run_card["threshold"]
+    assert card["metrics"]["test"]["model"]["auc"] == report["overall"]["model"]["auc"]
+    assert card["metrics"]["test"]["size_only_baseline"]["auc"] == report["overall"]["baseline"]["auc"]
+    assert card["metrics"]["test"]["split"]["name"] == "test"
+    assert set(card["metrics"]["test"]["by_background"]) == {"toy-a", "toy-b"}
+    assert "TOY MODEL" in card["training"]["data"]["statement"]
+    names, patches = reference_patches()
+    probs, _, _ = classifier.predict_patches(normalize_hu(patches), tta=True)
+    recorded = card["reference_predictions"]["items"]
+    assert [item["name"] for item in recorded] == names
+    assert np.allclose(probs, [item["probability"] for item in recorded], atol=1e-6)
+
+
+def test_export_refuses_a_report_of_another_model(pipeline, tmp_path):
+    report = dict(pipeline["report"])
+    report["model"] = {**report["model"], "sha256": "0" * 64}
+    other = tmp_path / "report.json"
+    other.write_text(json.dumps(report))
+    with pytest.raises(NotADiagnosisError, match="another model"):
+        export_model(pipeline["run"], tmp_path / "x.safetensors", other)
+
+
+def test_leak_prone_split_is_flagged_in_the_report_and_kept_out_of_model_cards(tmp_path):
+    dataset = make_toy_dataset(tmp_path / "dataset", n_nodules=16, renders=2, seed=2)
+    run = tmp_path / "leaky"
+    assert main(["train", str(dataset), "--out", str(run), "--epochs", "1", "--split", "annotation",
+                 "--all-renders"] + COMMON) == 0
+    assert main(["evaluate", str(run), "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
+    report = json.loads((run / "evaluation" / "report.json").read_text())
+    assert report["split"]["leakage"]["test_nodules_also_in_train_or_val"] > 0
+    assert any("LEAK-PRONE" in w for w in report["warnings"])
+    assert main(["export", str(run), "--out", str(tmp_path / "m.safetensors")]) == 2  # refused, one-line error
+    assert not (tmp_path / "m.safetensors").exists()
