@@ -103,3 +103,14 @@ def test_top_level_cmake_describes_the_extension():
     for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(NotADiagnosis)",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert line in text, f"{line} missing from CMakeLists.txt"
+
+
+def test_names_follow_the_extensions_index_conventions():
+    """The index's checks: project() name equals the catalog file's name, the extension name does not
+    start with 'Slicer', the repository name does; the category is one the index accepts."""
+    project = re.search(r"^project\(\s*([^\s)]+)", TOP_CMAKE.read_text(encoding="utf-8"), flags=re.MULTILINE).group(1)
+    assert project == CATALOG_ENTRY.stem == "NotADiagnosis"
+    assert not project.lower().startswith("slicer")
+    repository = _entry()["scm_url"].rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    assert repository.startswith("Slicer")
+    assert _entry()["category"] in {"Analysis", "Quantification", "Segmentation", "Informatics", "Chest Imaging Platform"}
