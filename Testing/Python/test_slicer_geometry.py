@@ -187,3 +187,53 @@ def test_input_problem_names_what_is_missing(scene):
 
 def test_ras_to_lps_matrix_is_its_own_inverse():
     np.testing.assert_array_equal(RAS_TO_LPS @ RAS_TO_LPS, np.eye(4))
+
+
+def _read_with_slicer(scene, path):
+    """A volume node filled by Slicer's own reader (the storage node Slicer uses for Add Data)."""
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "read")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    return node
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])
+def test_volume_read_by_slicer_converts_to_the_geometry_simpleitk_reads(scene, tmp_path, suffix):
+    """Independent of the module's own node writer: Slicer's reader sets IJK->RAS from the file, the
+    module's conversion must give what SimpleITK reads from the same file."""
+    image = _random_ct(seed=7)
+    path = tmp_path / f"oblique{suffix}"
+    sitk.WriteImage(image, str(path))
+    converted = volume_to_image(_read_with_slicer(scene, path))
+    reference = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(converted.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(converted.GetSpacing(), reference.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(converted.GetDirection(), reference.GetDirection(), atol=1e-6)
+    assert np.array_equal(sitk.GetArrayViewFromImage(converted), sitk.GetArrayViewFromImage(reference))
+
+
+@pytest.mark.shared
+def test_real_chest_ct_read_by_slicer_matches_simpleitk(scene, chest_ct_path):
+    converted = volume_to_image(_read_with_slicer(scene, chest_ct_path))
+    reference = sitk.ReadImage(str(chest_ct_path))
+    assert converted.GetSize() == reference.GetSize() == (512, 512, 99)
+    np.testing.assert_allclose(converted.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(converted.GetSpacing(), reference.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(converted.GetDirection(), reference.GetDirection(), atol=1e-6)
+    assert np.array_equal(sitk.GetArrayViewFromImage(converted), sitk.GetArrayViewFromImage(reference))
+
+
+def test_points_saved_by_slicer_are_the_points_the_module_classifies(scene, tmp_path):
+    """The command line reads Slicer's .mrk.json files; it must see the same LPS points as the module."""
+    from notadiagnosis.readers import read_markups_json
+
+    points = add_points(scene, np.array([[10.5, -20.25, 30.0], [-1.0, 2.0, -3.0]]), ["a", "b"])
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "points.mrk.json"))
+    assert storage.WriteData(points) == 1
+    read = read_markups_json(tmp_path / "points.mrk.json")
+    module_points = placed_points_world(points)
+    assert [p.label for p in read] == module_points.labels
+    np.testing.assert_allclose([p.point_lps for p in read], ras_to_lps(module_points.positions_ras), atol=1e-9)
