@@ -176,7 +176,11 @@ def classify(
     table_node = write_results_table(scene, points.labels, points.positions_ras, predictions, metadata)
     saliency_node = None
     if maps:
-        saliency_node = add_saliency_volume(scene, volume_node, maps, image)
+        try:
+            saliency_node = add_saliency_volume(scene, volume_node, maps, image)
+        except Exception:
+            scene.RemoveNode(table_node)  # never a table that looks complete next to a missing overlay
+            raise
         table_node.SetNodeReferenceID("saliency", saliency_node.GetID())
         if options.show_overlay:
             show_overlay(scene, volume_node, saliency_node)

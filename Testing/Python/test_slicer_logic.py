@@ -384,3 +384,16 @@ def test_vector_volume_is_refused(scene):
     node.SetAndObserveImageData(image_data)
     with pytest.raises(VolumeError, match="3 components per voxel"):
         volume_to_image(node)
+
+
+def test_failure_while_writing_the_overlay_leaves_no_table(scene, ct_image, classifier, monkeypatch):
+    volume, points = _setup(scene, ct_image)
+    counts = _counts(scene)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(logic, "add_saliency_volume", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        logic.classify(volume, points, _options(saliency=True), classifier=classifier)
+    _assert_nothing_written(scene, counts)
