@@ -9,6 +9,7 @@ centre voxel's axes, shifts are a few voxels with air (0) filling the border.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Tuple
 
 import torch
 
@@ -23,7 +24,8 @@ class AugmentConfig:
     max_shift_vox: int = 4          # integer shift per axis, uniform in [-max, max] (1 voxel = 1 mm)
     intensity_scale: float = 0.10   # multiply by U(1 - s, 1 + s)
     intensity_shift: float = 0.05   # add U(-s, s)
-    noise_std: float = 0.01         # additive Gaussian noise, std drawn U(0, noise_std) per sample
+    noise_std: float = 0.0          # additive Gaussian noise, std U(0, noise_std) per sample; off by
+                                    # default: real backgrounds carry their own noise, and it is slow on CPU
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,41 +39,53 @@ def _per_sample(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     return mask.to(device).view(-1, 1, 1, 1, 1)
 
 
+def _window(shift: int, length: int) -> Tuple[slice, slice]:
+    """(destination, source) slices that move content by ``shift`` voxels along one axis."""
+    return slice(max(shift, 0), length + min(shift, 0)), slice(max(-shift, 0), length - max(shift, 0))
+
+
+def spatial_transform(x: torch.Tensor, flips: torch.Tensor, turns: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Per sample i: flip the axes where ``flips[i]`` (z, y, x) is set, turn ``turns[i]`` x 90 degrees
+    in the axial (y, x) plane, then move the content by ``shifts[i]`` voxels (z, y, x), air (0) filling
+    the uncovered border. One pass per sample: on CPU, batch-wide where()/pad cost 3-5x more."""
+    if x.shape[3] != x.shape[4] and bool((turns % 2).any()):
+        raise ValueError("axial 90-degree turns need square axial slices")
+    out = torch.zeros_like(x)
+    size = x.shape[2:]
+    for i in range(x.shape[0]):
+        sample = x[i]  # (C, Z, Y, X)
+        dims = [axis + 1 for axis in range(3) if bool(flips[i, axis])]
+        if dims:
+            sample = sample.flip(dims)
+        k = int(turns[i])
+        if k:
+            sample = torch.rot90(sample, k, dims=(2, 3))
+        (dz, sz), (dy, sy), (dx, sx) = (_window(int(shifts[i, a]), size[a]) for a in range(3))
+        out[i, :, dz, dy, dx] = sample[:, sz, sy, sx]
+    return out
+
+
+def _none(n: int) -> torch.Tensor:
+    return torch.zeros((n, 3), dtype=torch.int64)
+
+
 def random_flips(x: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
     """Flip each sample along z, y and x independently with probability ``prob``."""
-    for dim in (2, 3, 4):
-        flip = torch.rand(x.shape[0], generator=generator) < prob
-        if flip.any():
-            x = torch.where(_per_sample(flip, x.device), x.flip(dim), x)
-    return x
+    flips = torch.rand((x.shape[0], 3), generator=generator) < prob
+    return spatial_transform(x, flips, torch.zeros(x.shape[0], dtype=torch.int64), _none(x.shape[0]))
 
 
 def random_rot90_axial(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Turn each sample by k * 90 degrees in the axial (y, x) plane, k drawn per sample."""
-    if x.shape[3] != x.shape[4]:
-        raise ValueError("axial 90-degree turns need square axial slices")
-    k = torch.randint(0, 4, (x.shape[0],), generator=generator)
-    out = x.clone()
-    for turns in (1, 2, 3):
-        sel = torch.nonzero(k == turns).flatten().to(x.device)
-        if sel.numel():
-            out[sel] = torch.rot90(x[sel], turns, dims=(3, 4))
-    return out
+    turns = torch.randint(0, 4, (x.shape[0],), generator=generator)
+    return spatial_transform(x, _none(x.shape[0]).bool(), turns, _none(x.shape[0]))
 
 
 def random_shift(x: torch.Tensor, max_shift_vox: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each sample by a whole number of voxels per axis; the uncovered border becomes air (0)."""
-    if max_shift_vox <= 0:
-        return x
-    m = max_shift_vox
-    shifts = torch.randint(-m, m + 1, (x.shape[0], 3), generator=generator).tolist()
-    padded = torch.nn.functional.pad(x, (m, m, m, m, m, m), value=0.0)
-    z, y, w = x.shape[2:]
-    out = torch.empty_like(x)
-    for i, (dz, dy, dx) in enumerate(shifts):
-        # Content moves by +d: the output window starts d voxels before the original one.
-        out[i] = padded[i, :, m - dz:m - dz + z, m - dy:m - dy + y, m - dx:m - dx + w]
-    return out
+    m = max(int(max_shift_vox), 0)
+    shifts = torch.randint(-m, m + 1, (x.shape[0], 3), generator=generator)
+    return spatial_transform(x, _none(x.shape[0]).bool(), torch.zeros(x.shape[0], dtype=torch.int64), shifts)
 
 
 def random_intensity(x: torch.Tensor, scale: float, shift: float, noise_std: float,
@@ -80,7 +94,7 @@ def random_intensity(x: torch.Tensor, scale: float, shift: float, noise_std: flo
     n = x.shape[0]
     a = _per_sample(_uniform(n, 1.0 - scale, 1.0 + scale, generator), x.device)
     b = _per_sample(_uniform(n, -shift, shift, generator), x.device)
-    out = x * a + b
+    out = torch.addcmul(b, x, a)
     if noise_std > 0:
         std = _per_sample(_uniform(n, 0.0, noise_std, generator), x.device)
         # Noise is drawn on the batch's device (no 8M-value CPU->GPU copy), from a device
@@ -89,7 +103,7 @@ def random_intensity(x: torch.Tensor, scale: float, shift: float, noise_std: flo
         device_gen = torch.Generator(device=x.device)
         device_gen.manual_seed(seed)
         noise = torch.randn(x.shape, generator=device_gen, device=x.device, dtype=x.dtype)
-        out = out + noise * std
+        out.addcmul_(noise, std)
     return out.clamp_(0.0, 1.0)
 
 
@@ -97,11 +111,12 @@ def augment_batch(x: torch.Tensor, config: AugmentConfig, generator: torch.Gener
     """All augmentations of ``config`` applied to a batch (N, 1, Z, Y, X); never modifies ``x`` in place."""
     if x.dim() != 5:
         raise ValueError(f"expected a batch (N, 1, Z, Y, X), got shape {tuple(x.shape)}")
-    if config.flip_prob > 0:
-        x = random_flips(x, config.flip_prob, generator)
-    if config.rotate90:
-        x = random_rot90_axial(x, generator)
-    x = random_shift(x, config.max_shift_vox, generator)
+    n = x.shape[0]
+    flips = torch.rand((n, 3), generator=generator) < config.flip_prob
+    turns = torch.randint(0, 4, (n,), generator=generator) if config.rotate90 else torch.zeros(n, dtype=torch.int64)
+    m = max(int(config.max_shift_vox), 0)
+    shifts = torch.randint(-m, m + 1, (n, 3), generator=generator)
+    x = spatial_transform(x, flips, turns, shifts)
     if config.intensity_scale > 0 or config.intensity_shift > 0 or config.noise_std > 0:
         x = random_intensity(x, config.intensity_scale, config.intensity_shift, config.noise_std, generator)
     return x
