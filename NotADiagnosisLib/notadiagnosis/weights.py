@@ -13,14 +13,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from .errors import NoDefaultModelError, WeightsError
-from .model import ResNet3D, build_model
+
+if TYPE_CHECKING:  # torch is imported only by the functions that need it: reading a card stays light.
+    from .model import ResNet3D
 
 CARD_FORMAT = "notadiagnosis-model-card/1"
 DEFAULT_MODEL_NAME = "default"
@@ -49,12 +47,14 @@ def model_files(path: PathLike) -> Tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def save_model(model: ResNet3D, path: PathLike, card: Dict[str, Any]) -> Path:
+def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
     """Write ``model`` as ``<stem>.safetensors`` and its card ``<stem>.json``; return the card's path.
 
     The card given is completed (not modified in place) with the format, the architecture and the
     tensors file's name, format and sha256. Both files are written atomically.
     """
+    from safetensors.torch import save_file
+
     tensors_path, card_path = model_files(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -95,12 +95,17 @@ def read_card(path: PathLike) -> Dict[str, Any]:
     return card
 
 
-def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple[ResNet3D, Dict[str, Any]]:
+def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["ResNet3D", Dict[str, Any]]:
     """Load a model (eval mode, CPU) and its card, verifying the sha256 of the tensors file.
 
     ``expected_sha256`` pins the tensors file to a hash the caller trusts (e.g. one published with
     the model); the card's own hash is always checked too.
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import build_model
+
     tensors_path, card_path = model_files(path)
     card = read_card(card_path)
     if not tensors_path.is_file():
