@@ -135,6 +135,14 @@ def test_resume_with_other_options_is_refused(full_run, toy_dataset):
         train(_config(toy_dataset, full, lr=1e-4), resume=True)
 
 
+def test_a_finished_run_is_not_overwritten_without_resume(full_run, toy_dataset):
+    full, _ = full_run
+    before = (full / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(NotADiagnosisError, match="--resume"):
+        train(_config(toy_dataset, full))
+    assert (full / "checkpoint.safetensors").read_bytes() == before
+
+
 def test_checkpoint_write_that_fails_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     model = build_model("resnet3d-tiny")
     optimizer = torch.optim.AdamW(model.parameters())

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -296,6 +297,8 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     state: Dict[str, Any] = {"epoch": -1, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "stopped": None, "history": [], "train_seconds": 0.0}
     checkpoint_path = out / "checkpoint.safetensors"
+    if not resume and checkpoint_path.exists():
+        raise InputError(f"{out} already holds a training run; add --resume to continue it, or choose another --out.")
     if resume:
         model_state, optim_state, saved = _load_resume(checkpoint_path, config, split_description)
         model.load_state_dict(model_state)
@@ -431,6 +434,9 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
                                 batch_size=config.batch_size, progress=config.progress, desc="calibrating")
     val_labels = data.labels[val_all].astype(int)
     temperature = calibration.fit_temperature(val_logits, val_labels)
+    if not np.exp(calibration.LOG_T_BOUNDS[0]) * 1.01 < temperature < np.exp(calibration.LOG_T_BOUNDS[1]) / 1.01:
+        tqdm.write(f"warning: the fitted temperature {temperature:.3g} is at its bound: the validation logits "
+                   "carry almost no information (too little training or too small a validation split).")
     val_prob = 1.0 / (1.0 + np.exp(-val_logits / temperature))
     threshold = calibration.youden_threshold(val_labels, val_prob)
     val_metrics = {
@@ -462,7 +468,8 @@ def training_record(config: TrainConfig, data: Dataset, split_description: dict,
     split_summary["splits"] = {name: {k: v for k, v in info.items() if k != "patients"}
                                for name, info in split_description["splits"].items()}
     return {
-        "data": {"source": data.manifest.get("source"), "dataset": str(Path(config.dataset).resolve()),
+        # The dataset's folder name only: a shipped card should not carry the trainer's local paths.
+        "data": {"source": data.manifest.get("source"), "dataset": Path(config.dataset).resolve().name,
                  "n_samples": len(data), "n_nodules": int(np.unique(data.nodule_ids).size),
                  "n_patients": int(np.unique(data.patient_ids).size), "build_params": data.manifest.get("params", {}),
                  "backgrounds": sorted(set(data.background.tolist()) - {""})},
@@ -557,5 +564,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    train(config_from_args(args), resume=args.resume)
+    try:
+        train(config_from_args(args), resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"nadtrain train: interrupted; the last finished epoch is saved in {args.out}: rerun the same "
+              "command with --resume to continue.", file=sys.stderr)
+        return 130
     return 0
