@@ -16,6 +16,16 @@ def test_auc_matches_the_hand_count_of_ordered_pairs():
     assert metrics.auc_or_none(LABELS, PROBS) == pytest.approx(7 / 9)
 
 
+def test_bootstrap_auc_formula_equals_sklearn_including_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # rounding makes many ties
+    assert metrics.rank_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.rank_auc(LABELS, PROBS) == pytest.approx(7 / 9)
+
+
 def test_threshold_metrics_match_the_hand_count():
     # p >= 0.5: 0.80, 0.90 -> TP 2; 0.30 -> FN 1; benign all below -> TN 3, FP 0.
     m = metrics.threshold_metrics(LABELS, PROBS, 0.5)

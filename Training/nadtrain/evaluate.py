@@ -132,7 +132,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
         "bootstrap": {"resamples": n_boot, "unit": "patient", "seed": seed, "interval": "percentile 95%"},
     }
     backgrounds = sorted(set(data.background[idx].tolist()))
-    if len(backgrounds) > 1 or backgrounds != [""]:
+    if len(backgrounds) > 1:
         report["by_background"] = {}
         for name in backgrounds:
             entry = block(data.background[idx] == name)
