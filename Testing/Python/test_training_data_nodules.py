@@ -7,7 +7,7 @@ import SimpleITK as sitk
 
 from nadtrain.dataset import write_nodule_table
 from nadtrain.nodules import (CHARACTERISTICS, LidcError, SliceGeometry, build_nodule_table, find_series_dir,
-                              geometry_from_dicom_header, label_from_median, load_or_build_nodule_table,
+                              geometry_from_header, label_from_median, load_or_build_nodule_table,
                               read_series_geometry, select_labelled, table_summary, z_from_slice_index)
 
 
@@ -85,14 +85,9 @@ def test_slice_index_to_z_interpolates_and_extrapolates():
 
 def test_voxel_to_lps_matches_simpleitk_for_an_oblique_flipped_grid():
     """Row/column directions flipped and unequal pixel spacings: catches a swapped PixelSpacing or axis."""
-    import pydicom
-
-    header = pydicom.Dataset()
-    header.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
-    header.PixelSpacing = [0.7, 0.8]  # row spacing (between rows), column spacing (between columns)
-    header.ImagePositionPatient = [100.0, 50.0, -20.0]
     zvals = -20.0 + 2.0 * np.arange(10)
-    geometry = geometry_from_dicom_header(header, zvals)
+    # PixelSpacing is (row spacing = between rows, column spacing = between columns).
+    geometry = geometry_from_header([100.0, 50.0, -20.0], [-1, 0, 0, 0, -1, 0], [0.7, 0.8], zvals)
     image = sitk.Image(20, 30, 10, sitk.sitkInt16)  # x = columns, y = rows
     image.SetSpacing((0.8, 0.7, 2.0))
     image.SetOrigin((100.0, 50.0, -20.0))
@@ -126,3 +121,8 @@ def test_lidc_0001_centroid_in_lps_matches_the_dicom_read_by_simpleitk(lidc_root
     # The real nodule is there: soft tissue at the centroid, in a lung region.
     index = image.TransformPhysicalPointToIndex(centre)
     assert image[index] > -100
+
+
+def test_a_non_axial_series_is_refused_for_pylidc_slice_indexing():
+    with pytest.raises(LidcError, match="not axial"):
+        geometry_from_header([0.0, 0.0, 0.0], [1, 0, 0, 0, 0, -1], [0.7, 0.7], np.arange(3.0))

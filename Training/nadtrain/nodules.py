@@ -105,24 +105,37 @@ def z_from_slice_index(slice_zvals_mm: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.where(above, zvals[-1] + (k - len(zvals) + 1) * (zvals[-1] - zvals[-2]), z)
 
 
-def geometry_from_dicom_header(dataset, slice_zvals_mm: np.ndarray) -> SliceGeometry:
-    """SliceGeometry from a pydicom dataset of the series (any slice) and pylidc's slice z positions."""
-    orientation = np.array([float(v) for v in dataset.ImageOrientationPatient], dtype=np.float64)
-    if np.abs(orientation[2]) > 1e-3 or np.abs(orientation[5]) > 1e-3:
+def geometry_from_header(position_lps: Sequence[float], orientation: Sequence[float], pixel_spacing: Sequence[float],
+                         slice_zvals_mm: np.ndarray) -> SliceGeometry:
+    """SliceGeometry from a series' DICOM ImagePositionPatient, ImageOrientationPatient, PixelSpacing and pylidc's z positions."""
+    orientation = np.array([float(v) for v in orientation], dtype=np.float64)
+    if orientation.shape != (6,) or np.abs(orientation[2]) > 1e-3 or np.abs(orientation[5]) > 1e-3:
         raise LidcError("the series is not axial (ImageOrientationPatient has a z component); pylidc's slice indexing assumes axial slices.")
-    spacing = [float(v) for v in dataset.PixelSpacing]
+    spacing = [float(v) for v in pixel_spacing]
     return SliceGeometry(
-        first_position_lps=np.array([float(v) for v in dataset.ImagePositionPatient], dtype=np.float64),
+        first_position_lps=np.array([float(v) for v in position_lps], dtype=np.float64),
         row_direction=orientation[:3], col_direction=orientation[3:],
         row_spacing_mm=spacing[0], col_spacing_mm=spacing[1],
         slice_zvals_mm=np.asarray(slice_zvals_mm, dtype=np.float64),
     )
 
 
+def _dicom_tags(path: Path, tags: Sequence[str]) -> Dict[str, str]:
+    """DICOM tags ("gggg|eeee") of one file, read with SimpleITK (header only, no pixels)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.LoadPrivateTagsOff()
+    reader.ReadImageInformation()
+    return {tag: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else "" for tag in tags}
+
+
+SERIES_UID_TAG, POSITION_TAG, ORIENTATION_TAG, SPACING_TAG = "0020|000e", "0020|0032", "0020|0037", "0028|0030"
+
+
 def find_series_dir(lidc_root: Path, patient_id: str, series_uid: str) -> Path:
     """The folder under ``lidc_root/patient_id`` whose DICOM files belong to ``series_uid``."""
-    import pydicom
-
     base = Path(lidc_root) / patient_id
     if not base.is_dir():
         raise LidcError(f"no folder {base}; point --lidc-root (or pylidc's [dicom] path) at the folder holding LIDC-IDRI-XXXX folders.")
@@ -130,18 +143,19 @@ def find_series_dir(lidc_root: Path, patient_id: str, series_uid: str) -> Path:
         dicoms = sorted(f for f in files if f.lower().endswith(".dcm") and not f.startswith("."))
         if not dicoms:
             continue
-        header = pydicom.dcmread(os.path.join(folder, dicoms[0]), stop_before_pixels=True)
-        if str(header.SeriesInstanceUID).strip() == series_uid:
+        if _dicom_tags(Path(folder) / dicoms[0], [SERIES_UID_TAG])[SERIES_UID_TAG] == series_uid:
             return Path(folder)
     raise LidcError(f"no DICOM series {series_uid} under {base}; download that patient's CT from TCIA.")
 
 
 def read_series_geometry(series_dir: Path, slice_zvals_mm: np.ndarray) -> SliceGeometry:
     """SliceGeometry from the first DICOM header in ``series_dir``."""
-    import pydicom
-
     first = sorted(p for p in Path(series_dir).iterdir() if p.suffix.lower() == ".dcm")[0]
-    return geometry_from_dicom_header(pydicom.dcmread(str(first), stop_before_pixels=True), slice_zvals_mm)
+    tags = _dicom_tags(first, [POSITION_TAG, ORIENTATION_TAG, SPACING_TAG])
+    if not all(tags.values()):
+        raise LidcError(f"{first} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing.")
+    split = lambda value: [float(v) for v in value.split("\\")]
+    return geometry_from_header(split(tags[POSITION_TAG]), split(tags[ORIENTATION_TAG]), split(tags[SPACING_TAG]), slice_zvals_mm)
 
 
 # -- clustering ---------------------------------------------------------------------------------
