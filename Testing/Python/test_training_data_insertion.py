@@ -191,3 +191,22 @@ def test_the_inserted_shape_is_the_real_nodule_of_lidc_0001_in_its_own_ct(lidc_r
     assert true_dice > 0.85
     for wrong in (mask[::-1], mask[:, ::-1], mask[:, :, ::-1], mask.transpose(0, 2, 1)):
         assert dice(np.ascontiguousarray(wrong)) < true_dice - 0.05
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--backgrounds", "{tmp}/missing.nrrd", "--holdout-background", "none"], "does not exist"),
+    (["--backgrounds", "{tmp}/not-a-ct.nrrd", "--holdout-background", "none"], "cannot read background CT"),
+    (["--backgrounds", "{tmp}/not-a-ct.nrrd", "--holdout-background", "{tmp}/missing"], "held-out background"),
+    (["--renders", "0"], "--renders"),
+    (["--consensus", "1.5"], "--consensus"),
+])
+def test_unusable_insertion_options_are_one_sentence_errors(tmp_path, capsys, options, message):
+    (tmp_path / "not-a-ct.nrrd").write_text("not an image")
+    write_nodule_table(tmp_path / "t.csv", [{"nodule_id": "A/n0", "patient_id": "A", "label": 1, "n_readers": 1,
+                                             "annotation_ids": [84]}])
+    options = [o.format(tmp=tmp_path) for o in options]
+    code = main(["build", "insertion", "--out", str(tmp_path / "ds"), "--nodule-table", str(tmp_path / "t.csv"),
+                 "--quiet", "--workers", "1", *options])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

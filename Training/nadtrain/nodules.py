@@ -348,6 +348,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.lidc_root is not None and not Path(args.lidc_root).is_dir():
+        raise LidcError(f"--lidc-root {args.lidc_root} is not a folder; give the folder holding LIDC-IDRI-dddd folders.")
     rows = load_or_build_nodule_table(args.out, workers=args.workers, rebuild=args.rebuild, lidc_root=args.lidc_root)
     summary = table_summary(rows, args.min_readers)
     print(f"{args.out}: {summary['clusters']} nodule clusters in {summary['scans']} scans; "

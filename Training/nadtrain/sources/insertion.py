@@ -65,17 +65,20 @@ def read_ct(path: Path) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InsertionError(f"background CT {path} does not exist; give a CT file or a DICOM folder.")
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise InsertionError(f"{path} holds no DICOM series; give a CT file or a DICOM series folder.")
-        if len(series) > 1:
-            raise InsertionError(f"{path} holds {len(series)} DICOM series; give the folder of one series.")
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-        image = reader.Execute()
-    else:
-        image = sitk.ReadImage(str(path))
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise InsertionError(f"{path} holds no DICOM series; give a CT file or a DICOM series folder.")
+            if len(series) > 1:
+                raise InsertionError(f"{path} holds {len(series)} DICOM series; give the folder of one series.")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as error:  # SimpleITK's way of saying the file is not an image it can read
+        raise InsertionError(f"cannot read background CT {path}; give a CT SimpleITK reads (NRRD, NIfTI, MHA, DICOM folder).") from error
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InsertionError(f"{path} is not a single-channel 3D CT.")
     return image
@@ -425,14 +428,14 @@ def _render_task(task: Tuple[Dict[str, Any], List[Tuple[str, int]]]) -> Tuple[Di
 # -- build -------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backgrounds", nargs="+", type=Path, default=[DEFAULT_BACKGROUND],
-                        help="chest CTs (files or DICOM folders) to insert nodules into for training")
+                        help=f"chest CTs (files or DICOM folders) to insert nodules into for training (default {DEFAULT_BACKGROUND})")
     parser.add_argument("--holdout-background", type=Path, default=DEFAULT_HOLDOUT,
-                        help="a CT every nodule is also rendered into, for a held-out-background test ('none' to skip)")
+                        help=f"a CT every nodule is also rendered into, for a held-out-background test ('none' to skip; default {DEFAULT_HOLDOUT})")
     parser.add_argument("--renders", type=int, default=4, help="placements per nodule in the training backgrounds (default 4)")
     parser.add_argument("--holdout-renders", type=int, default=1, help="placements per nodule in the held-out background (default 1)")
-    parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers")
+    parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers (default 1)")
     parser.add_argument("--consensus", type=float, default=0.5, help="share of readers whose masks must cover a voxel (default 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
     parser.add_argument("--nodules", nargs="+", default=None, help="only these nodule ids (e.g. LIDC-IDRI-0001/n0)")
 
@@ -443,6 +446,13 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         raise InsertionError("--renders must be >= 1 and --holdout-renders >= 0.")
     if not 0.0 < args.consensus <= 1.0:
         raise InsertionError("--consensus must be in (0, 1].")
+    holdout = None if str(args.holdout_background).lower() == "none" else Path(args.holdout_background)
+    train_paths = [Path(p) for p in args.backgrounds]
+    for path in train_paths:
+        if not path.exists():
+            raise InsertionError(f"background CT {path} does not exist; give chest CT files or DICOM folders with --backgrounds.")
+    if holdout is not None and not holdout.exists():
+        raise InsertionError(f"held-out background {holdout} does not exist; give a CT with --holdout-background, or 'none'.")
     table = load_or_build_nodule_table(args.nodule_table, workers=args.workers, progress=not args.quiet)
     rows = select_labelled(table, args.min_readers)
     rows = [r for r in rows if r.get("annotation_ids")]
@@ -454,8 +464,6 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
     rows = sorted(rows, key=lambda r: r["nodule_id"])
     if args.limit is not None:
         rows = rows[: args.limit]
-    holdout = None if str(args.holdout_background).lower() == "none" else Path(args.holdout_background)
-    train_paths = [Path(p) for p in args.backgrounds]
     names = [background_name(p) for p in train_paths] + ([background_name(holdout)] if holdout else [])
     if len(set(names)) != len(names):
         raise InsertionError("two backgrounds share a name; rename one (the name is the file or folder stem).")

@@ -86,7 +86,7 @@ def _scan_task(task: Tuple[str, List[Dict[str, Any]]]) -> Tuple[List[Tuple[Dict[
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lidc-root", type=Path, default=None,
                         help="folder holding LIDC-IDRI-dddd folders (default: pylidc's [dicom] path in ~/.pylidcrc)")
-    parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers")
+    parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers (default 1)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
 
 
