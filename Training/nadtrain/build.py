@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 SOURCES = {
     "lidc": ("nadtrain.sources.lidc", "real LIDC-IDRI CT: the patch at each labelled nodule's centroid"),

