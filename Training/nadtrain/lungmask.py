@@ -71,6 +71,12 @@ class PlacementMap:
         fallback = max(1, len(self.clearance_mm) // 100)
         return self.indices_zyx[:fallback], False
 
+    def band(self, low_mm: float, high_mm: float) -> np.ndarray:
+        """Voxel indices whose clearance lies in [low_mm, high_mm] (e.g. centres of nodules touching the pleura)."""
+        first = int(np.searchsorted(-self.clearance_mm, -float(high_mm), side="left"))
+        last = int(np.searchsorted(-self.clearance_mm, -float(low_mm), side="right"))
+        return self.indices_zyx[first:last]
+
 
 def placement_map(array_hu: np.ndarray, spacing_zyx_mm: Sequence[float], mask: Optional[np.ndarray] = None,
                   min_clearance_mm: float = 2.0, exclude_zyx: Optional[np.ndarray] = None,

@@ -155,9 +155,21 @@ def _calcification_region(pattern: int, inner_mm: np.ndarray, inside: np.ndarray
 
 
 def render_nodule(background: Background, shape: NoduleShape, texture_median: float, calcification_median: float,
-                  slice_thickness_mm: float, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
-    """Insert one nodule at a random lung location of ``background``; return (patch HU (64,64,64), centre LPS, info)."""
+                  slice_thickness_mm: float, rng: np.random.Generator,
+                  juxtapleural_fraction: float = 0.0) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """Insert one nodule at a random lung location of ``background``; return (patch HU (64,64,64), centre LPS, info).
+
+    With probability ``juxtapleural_fraction`` the centre is taken 50-90% of the nodule's radius from
+    the lung border, so the nodule abuts the pleura (chest wall, mediastinum or diaphragm) as many
+    LIDC nodules do; otherwise the whole nodule lies inside the lung.
+    """
     candidates, fits = background.placements.candidates(shape.radius_mm)
+    placement = "intrapulmonary"
+    # No draw at all when the option is off, so builds without it keep their exact random sequence.
+    if juxtapleural_fraction > 0 and rng.random() < juxtapleural_fraction:
+        near_wall = background.placements.band(0.5 * shape.radius_mm, 0.9 * shape.radius_mm)
+        if len(near_wall):
+            candidates, fits, placement = near_wall, True, "juxtapleural"
     if len(candidates) == 0:
         raise InsertionError(f"background {background.name} has no lung location left for nodules.")
     index = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
@@ -192,7 +204,8 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
     occ = sitk.GetArrayFromImage(sitk.Resample(shape.image, sub, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
 
     out = background_hu.copy()
-    info: Dict[str, Any] = {"centre_lps": centre_lps.tolist(), "fits_in_lung": bool(fits), "kind": tissue_kind(texture_median)}
+    info: Dict[str, Any] = {"centre_lps": centre_lps.tolist(), "fits_in_lung": bool(fits), "kind": tissue_kind(texture_median),
+                            "placement": placement}
     if occ.any():
         bg = background_hu[box]
         inside = occ >= 0.5
@@ -243,13 +256,14 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
 _STATE: Dict[str, Any] = {}
 
 
-def _init_worker(background_folders: Dict[str, str], consensus: float, seed: int) -> None:
+def _init_worker(background_folders: Dict[str, str], consensus: float, seed: int, juxtapleural_fraction: float = 0.0) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
     _STATE["backgrounds"] = {name: load_background(Path(folder)) for name, folder in background_folders.items()}
     _STATE["consensus"] = consensus
     _STATE["seed"] = seed
+    _STATE["juxtapleural_fraction"] = juxtapleural_fraction
     _STATE["pylidc"] = import_pylidc()
 
 
@@ -268,7 +282,7 @@ def _render_task(task: Tuple[Dict[str, Any], List[Tuple[str, int]]]) -> Tuple[Di
             rng = np.random.default_rng(_seed(_STATE["seed"], row["nodule_id"], name, render))
             patch, _centre, info = render_nodule(
                 _STATE["backgrounds"][name], shape, float(row["texture_median"]), float(row["calcification_median"]),
-                float(row["slice_thickness_mm"]), rng)
+                float(row["slice_thickness_mm"]), rng, _STATE["juxtapleural_fraction"])
             info["radius_mm"] = shape.radius_mm
             out.append((name, render, patch, info))
         return row, out, None
@@ -289,6 +303,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
     parser.add_argument("--nodules", nargs="+", default=None, help="only these nodule ids (e.g. LIDC-IDRI-0001/n0)")
+    parser.add_argument("--juxtapleural-fraction", type=float, default=0.0,
+                        help="share of renders placed against the pleura instead of fully inside the lung (default 0)")
 
 
 def build(args: argparse.Namespace) -> Dict[str, Any]:
@@ -297,6 +313,8 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         raise InsertionError("--renders must be >= 1 and --holdout-renders >= 0.")
     if not 0.0 < args.consensus <= 1.0:
         raise InsertionError("--consensus must be in (0, 1].")
+    if not 0.0 <= args.juxtapleural_fraction <= 1.0:
+        raise InsertionError("--juxtapleural-fraction must be in [0, 1].")
     holdout = None if str(args.holdout_background).lower() == "none" else Path(args.holdout_background)
     train_paths = [Path(p) for p in args.backgrounds]
     for path in train_paths:
@@ -327,6 +345,8 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         "limit": args.limit, "nodules": sorted(args.nodules) if args.nodules else None,
         "in_plane_psf_fwhm_mm": IN_PLANE_PSF_FWHM_MM,
     }
+    if args.juxtapleural_fraction > 0:  # only when used: datasets built before the option keep resuming
+        params["juxtapleural_fraction"] = args.juxtapleural_fraction
     start = time.perf_counter()
     with DatasetWriter(out, "insertion", params, overwrite=args.overwrite) as writer:
         done = writer.done_keys()
@@ -346,16 +366,17 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             if missing:
                 tasks.append((row, missing))
         failures: List[str] = []
-        not_fitting = 0
+        not_fitting = juxtapleural = 0
         from ..build import run_tasks
 
         for row, renders, error in run_tasks(_render_task, tasks, args.workers, _init_worker,
-                                             (folders, args.consensus, args.seed), desc="inserting nodules",
+                                             (folders, args.consensus, args.seed, args.juxtapleural_fraction), desc="inserting nodules",
                                              unit="nodule", progress=not args.quiet, chunksize=2):
             if error:
                 failures.append(error)
                 continue
             not_fitting += sum(1 for *_rest, info in renders if not info["fits_in_lung"])
+            juxtapleural += sum(1 for *_rest, info in renders if info["placement"] == "juxtapleural")
             writer.add(np.stack([p for _n, _r, p, _i in renders]), [int(row["label"])] * len(renders),
                        [row["nodule_id"]] * len(renders), [row["patient_id"]] * len(renders),
                        [r for _n, r, _p, _i in renders], [n for n, _r, _p, _i in renders])
@@ -363,11 +384,12 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             print(f"warning: nodule left out: {failure}", file=sys.stderr)
         writer.build_info.update({"failures": failures, "seconds_last_run": round(time.perf_counter() - start, 1),
                                   "workers_last_run": args.workers})
-        writer.build_info["placements_not_fully_in_lung"] = int(writer.build_info.get("placements_not_fully_in_lung", 0)) + not_fitting
+        for key, count in (("placements_not_fully_in_lung", not_fitting), ("juxtapleural_placements", juxtapleural)):
+            writer.build_info[key] = int(writer.build_info.get(key, 0)) + count
         written = {key[0] for key in writer.done_keys()}
         writer.write_nodule_table([r for r in rows if r["nodule_id"] in written])
         n_samples = writer.n_samples
     labels = [int(r["label"]) for r in rows if r["nodule_id"] in written]
     return {"nodules": len(written), "malignant": sum(labels), "benign": len(labels) - sum(labels),
-            "samples": n_samples, "failed": len(failures), "placements_not_fully_in_lung": not_fitting,
+            "samples": n_samples, "failed": len(failures), "placements_not_fully_in_lung": not_fitting, "juxtapleural_placements": juxtapleural,
             "render_seconds": round(time.perf_counter() - start, 1)}
