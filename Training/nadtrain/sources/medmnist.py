@@ -80,6 +80,8 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
     if missing:
         raise MedMnistError(f"{path} lacks {', '.join(missing)}; give MedMNIST's nodulemnist3d_64.npz.")
     params = {"npz": path.name, "hu_low": args.hu_low, "hu_high": args.hu_high, "limit": args.limit}
+    from tqdm import tqdm
+
     rows: List[Dict[str, Any]] = []
     counts = {}
     with data, DatasetWriter(Path(args.out), "medmnist", params, overwrite=args.overwrite) as writer:
@@ -90,7 +92,8 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
             counts[split] = n
             ids = [f"medmnist/{split}/{i:04d}" for i in range(n)]
             rows.extend({"nodule_id": ids[i], "patient_id": ids[i], "label": int(labels[i]), "split": split} for i in range(n))
-            for start in range(0, n, CHUNK):
+            for start in tqdm(range(0, n, CHUNK), desc=f"converting MedMNIST {split}", unit="chunk",
+                              disable=getattr(args, "quiet", False)):
                 chunk = [i for i in range(start, min(n, start + CHUNK)) if sample_key(ids[i], "", 0) not in done]
                 if not chunk:
                     continue
