@@ -60,3 +60,15 @@ def test_lidc_root_without_any_labelled_patient_is_refused(tmp_path, small_table
                      out=str(tmp_path / "out"), overwrite=False)
     with pytest.raises(LidcError, match="none of the labelled"):
         lidc.build(args)
+
+
+def test_lidc_root_defaults_to_pylidcs_own_setting(tmp_path, monkeypatch):
+    from nadtrain.sources.lidc import resolve_lidc_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(LidcError, match="pylidcrc"):
+        resolve_lidc_root(None)
+    (tmp_path / "data").mkdir()
+    (tmp_path / ".pylidcrc").write_text(f"[dicom]\npath = {tmp_path / 'data'}\n")
+    assert resolve_lidc_root(None) == tmp_path / "data"
+    assert resolve_lidc_root(tmp_path) == tmp_path  # the option wins
