@@ -120,3 +120,18 @@ def test_leak_prone_split_is_flagged_in_the_report_and_kept_out_of_model_cards(t
     assert any("LEAK-PRONE" in w for w in report["warnings"])
     assert main(["export", str(run), "--out", str(tmp_path / "m.safetensors")]) == 2  # refused, one-line error
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_dataset_with_its_own_split_and_no_diameters_is_evaluated_without_the_size_baseline(tmp_path):
+    # MedMNIST brings a split and no nodule diameters: the report says the baseline is unavailable.
+    dataset = make_toy_dataset(tmp_path / "dataset", n_nodules=20, seed=3, medmnist_like=True)
+    run = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(run), "--epochs", "1", "--split", "source"] + COMMON) == 0
+    assert main(["evaluate", str(run), "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
+    report = json.loads((run / "evaluation" / "report.json").read_text())
+    assert report["baseline"]["available"] is False
+    assert report["overall"]["baseline"] is None and report["overall"]["model"]["n"] == 4
+    assert report["split"]["mode"] == "source"
+    assert main(["export", str(run), "--out", str(tmp_path / "m.safetensors"), "--name", "mm"]) == 0
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["metrics"]["test"]["size_only_baseline"]["available"] is False

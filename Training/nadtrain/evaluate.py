@@ -53,7 +53,14 @@ def _nodule_column(data: Dataset, indices: np.ndarray, column: str) -> np.ndarra
 
 
 def fit_size_baseline(data: Dataset, split: Split):
-    """Size-only baseline fitted on the training nodules (one row per nodule), Youden threshold on val."""
+    """Size-only baseline fitted on the training nodules (one row per nodule), Youden threshold on val.
+
+    Returns (baseline, threshold, None), or (None, None, reason) when the nodule table has no
+    diameters (MedMNIST brings none)."""
+    used = np.concatenate([split.indices[name] for name in ("train", "val", "test")])
+    diameters = _nodule_column(data, used, "median_diameter_mm")
+    if not np.all(np.isfinite(diameters) & (diameters > 0)):
+        return None, None, "the nodule table lacks median_diameter_mm for some nodules (MedMNIST has none)"
     train_idx = split.indices["train"]
     _, first = np.unique(data.nodule_ids[train_idx], return_index=True)
     per_nodule = train_idx[first]
@@ -62,7 +69,7 @@ def fit_size_baseline(data: Dataset, split: Split):
     val_idx = split.indices["val"]
     val_p = baseline.predict_proba(_nodule_column(data, val_idx, "median_diameter_mm"))
     threshold = calibration.youden_threshold(data.labels[val_idx].astype(int), val_p)
-    return baseline, threshold
+    return baseline, threshold, None
 
 
 def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Path] = None, split_name: str = "test",
@@ -91,9 +98,9 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     labels = data.labels[idx].astype(int)
     patients = data.patient_ids[idx]
     probs, unc, logits = predict_probabilities(classifier, data, idx, batch_size, tta, progress)
-    baseline, baseline_threshold = fit_size_baseline(data, split)
+    baseline, baseline_threshold, baseline_missing = fit_size_baseline(data, split)
     diameters = _nodule_column(data, idx, "median_diameter_mm")
-    base_probs = baseline.predict_proba(diameters)
+    base_probs = baseline.predict_proba(diameters) if baseline is not None else None
 
     held_out = set(description.get("params", {}).get("holdout_backgrounds", []))
     warnings = []
@@ -109,8 +116,10 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
             "n_samples": int(mask.sum()), "n_nodules": int(np.unique(data.nodule_ids[idx][mask]).size),
             "n_patients": int(np.unique(patients[mask]).size),
             "model": metrics.summarize(labels[mask], probs[mask], threshold, patients[mask], n_boot, seed),
-            "baseline": metrics.summarize(labels[mask], base_probs[mask], baseline_threshold, patients[mask], n_boot, seed),
-            "margin": metrics.auc_margin(labels[mask], probs[mask], base_probs[mask], patients[mask], n_boot, seed),
+            "baseline": None if base_probs is None else metrics.summarize(
+                labels[mask], base_probs[mask], baseline_threshold, patients[mask], n_boot, seed),
+            "margin": None if base_probs is None else metrics.auc_margin(
+                labels[mask], probs[mask], base_probs[mask], patients[mask], n_boot, seed),
         }
 
     everything = np.ones(len(idx), dtype=bool)
@@ -126,8 +135,9 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
         "split": {"name": split_name, "mode": description.get("mode"), "seed": description.get("seed"),
                   "params": description.get("params"), "leakage": leak},
         "warnings": warnings,
-        "baseline": {**baseline.describe(), "fitted_on": "train nodules (one row per nodule)",
-                     "threshold": baseline_threshold, "threshold_source": "validation split (Youden's J)"},
+        "baseline": ({**baseline.describe(), "available": True, "fitted_on": "train nodules (one row per nodule)",
+                      "threshold": baseline_threshold, "threshold_source": "validation split (Youden's J)"}
+                     if baseline is not None else {"available": False, "reason": baseline_missing}),
         "overall": block(everything),
         "bootstrap": {"resamples": n_boot, "unit": "patient", "seed": seed, "interval": "percentile 95%"},
     }
@@ -163,7 +173,7 @@ def _write_predictions(path: Path, data: Dataset, idx: np.ndarray, probs, unc, l
         for k, i in enumerate(idx):
             writer.writerow([int(i), data.nodule_ids[i], data.patient_ids[i], data.background[i],
                              int(data.render_index[i]), int(data.labels[i]), f"{probs[k]:.6f}", f"{unc[k]:.6f}",
-                             f"{logits[k]:.6f}", f"{base_probs[k]:.6f}"])
+                             f"{logits[k]:.6f}", "" if base_probs is None else f"{base_probs[k]:.6f}"])
 
 
 def format_summary(report: Dict[str, Any]) -> str:
@@ -172,7 +182,7 @@ def format_summary(report: Dict[str, Any]) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
     def line(name: str, b: Dict[str, Any]) -> str:
-        m, base, margin = b["model"], b["baseline"], b["margin"]
+        m, base, margin = b["model"], b["baseline"] or {"auc": None}, b["margin"] or {"auc_margin": None}
         ci = m["auc_ci95"] or [None, None]
         return (f"{name}: n={b['n_samples']} ({b['n_patients']} patients) model AUC {fmt(m['auc'])} "
                 f"[{fmt(ci[0])}, {fmt(ci[1])}], sens {fmt(m['sensitivity'])}, spec {fmt(m['specificity'])}, "

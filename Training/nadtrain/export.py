@@ -92,7 +92,8 @@ def metrics_from_report(report: Dict[str, Any]) -> Dict[str, Any]:
                   "n_samples": overall["n_samples"], "n_nodules": overall["n_nodules"],
                   "n_patients": overall["n_patients"], "leakage": split.get("leakage")},
         "model": _metric_block(overall["model"]),
-        "size_only_baseline": {**_metric_block(overall["baseline"]), **report["baseline"]},
+        "size_only_baseline": ({**_metric_block(overall["baseline"]), **report["baseline"]}
+                               if overall["baseline"] is not None else report["baseline"]),
         "margin_over_baseline": overall["margin"],
         "by_size": report.get("by_size"), "by_texture": report.get("by_texture"),
         "bootstrap": report.get("bootstrap"), "tta": report["model"].get("tta"),
@@ -101,7 +102,8 @@ def metrics_from_report(report: Dict[str, Any]) -> Dict[str, Any]:
     if "by_background" in report:
         out["by_background"] = {
             name: {"seen_in_training": e["seen_in_training"], "n_samples": e["n_samples"],
-                   "model": _metric_block(e["model"]), "size_only_auc": e["baseline"]["auc"],
+                   "model": _metric_block(e["model"]),
+                   "size_only_auc": e["baseline"]["auc"] if e["baseline"] is not None else None,
                    "margin_over_baseline": e["margin"]}
             for name, e in report["by_background"].items()}
     return out

@@ -204,7 +204,7 @@ def texture_class(texture_median: Optional[float]) -> str:
     return "part-solid"
 
 
-def breakdown(labels: np.ndarray, model_probs: np.ndarray, baseline_probs: np.ndarray, categories: Sequence[str],
+def breakdown(labels: np.ndarray, model_probs: np.ndarray, baseline_probs: Optional[np.ndarray], categories: Sequence[str],
               groups: Optional[Sequence[str]] = None, n_boot: int = 500, seed: int = 0,
               order: Optional[Sequence[str]] = None) -> Dict[str, dict]:
     """Per category: counts, model AUC (with CI) and baseline AUC; AUC is None where one class is absent."""
@@ -217,10 +217,11 @@ def breakdown(labels: np.ndarray, model_probs: np.ndarray, baseline_probs: np.nd
         mask = categories == name
         if not mask.any():
             continue
-        y, p, b = labels[mask], np.asarray(model_probs)[mask], np.asarray(baseline_probs)[mask]
+        y, p = labels[mask], np.asarray(model_probs)[mask]
         auc = auc_or_none(y, p)
         boots = bootstrap_auc(y, [p], None if groups_arr is None else groups_arr[mask], n_boot, seed) \
             if auc is not None and n_boot else np.empty((0, 1))
         out[name] = {"n": int(mask.sum()), "n_malignant": int(y.sum()), "auc": auc,
-                     "auc_ci95": percentile_ci(boots[:, 0]), "baseline_auc": auc_or_none(y, b)}
+                     "auc_ci95": percentile_ci(boots[:, 0]),
+                     "baseline_auc": None if baseline_probs is None else auc_or_none(y, np.asarray(baseline_probs)[mask])}
     return out

@@ -22,7 +22,7 @@ def _finish(fig, path: Path) -> str:
     return path.name
 
 
-def plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, base_probs: np.ndarray, report: Dict[str, Any],
+def plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, base_probs: Optional[np.ndarray], report: Dict[str, Any],
              background_masks: Optional[Dict[str, np.ndarray]] = None) -> str:
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     overall = report["overall"]
@@ -30,8 +30,9 @@ def plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, base_probs: np.n
     ci = overall["model"]["auc_ci95"]
     ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
     ax.plot(fpr, tpr, color="C0", lw=2, label=f"model AUC {overall['model']['auc']:.3f}{ci_text}")
-    fpr_b, tpr_b, _ = roc_curve(labels, base_probs)
-    ax.plot(fpr_b, tpr_b, color="C1", lw=1.5, ls="--", label=f"size-only AUC {overall['baseline']['auc']:.3f}")
+    if base_probs is not None:
+        fpr_b, tpr_b, _ = roc_curve(labels, base_probs)
+        ax.plot(fpr_b, tpr_b, color="C1", lw=1.5, ls="--", label=f"size-only AUC {overall['baseline']['auc']:.3f}")
     for k, (name, mask) in enumerate((background_masks or {}).items()):
         if np.unique(labels[mask]).size == 2:
             f, t, _ = roc_curve(labels[mask], probs[mask])
@@ -58,9 +59,10 @@ def plot_reliability(path: Path, report: Dict[str, Any]) -> str:
     ax.plot([0, 1], [0, 1], color="lightgray", lw=1, label="perfect calibration")
     ax.plot([b["mean_probability"] for b in bins], [b["observed_fraction"] for b in bins], "o-", color="C0",
             label=f"model (ECE {model['ece']:.3f})")
-    base = [b for b in report["overall"]["baseline"]["calibration_bins"] if b["n"]]
-    ax.plot([b["mean_probability"] for b in base], [b["observed_fraction"] for b in base], "s--", color="C1",
-            alpha=0.7, label=f"size-only (ECE {report['overall']['baseline']['ece']:.3f})")
+    if report["overall"]["baseline"] is not None:
+        base = [b for b in report["overall"]["baseline"]["calibration_bins"] if b["n"]]
+        ax.plot([b["mean_probability"] for b in base], [b["observed_fraction"] for b in base], "s--", color="C1",
+                alpha=0.7, label=f"size-only (ECE {report['overall']['baseline']['ece']:.3f})")
     ax.set_ylabel("observed malignant fraction")
     ax.set_title(f"Reliability, {report['split']['name']} split, T = {report['model']['temperature']:.2f}")
     ax.legend(loc="upper left", fontsize=8)
@@ -89,7 +91,7 @@ def plot_confusion(path: Path, report: Dict[str, Any]) -> str:
     return _finish(fig, path)
 
 
-def write_figures(out: Path, labels: np.ndarray, probs: np.ndarray, base_probs: np.ndarray, threshold: float,
+def write_figures(out: Path, labels: np.ndarray, probs: np.ndarray, base_probs: Optional[np.ndarray], threshold: float,
                   report: Dict[str, Any], background_masks: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, str]:
     """Write roc.png, reliability.png and confusion.png into ``out``; returns their file names."""
     figures = {"reliability": plot_reliability(out / "reliability.png", report),

@@ -26,12 +26,18 @@ def sphere_patch(diameter_mm: float, nodule_hu: float, rng: np.random.Generator,
 
 
 def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int = 1, seed: int = 0,
-                     nodules_per_patient: int = 2, backgrounds=("toy-a",)) -> Path:
-    """Write a complete dataset of ``n_nodules`` nodules x ``renders`` x ``backgrounds`` samples."""
+                     nodules_per_patient: int = 2, backgrounds=("toy-a",), medmnist_like: bool = False) -> Path:
+    """Write a complete dataset of ``n_nodules`` nodules x ``renders`` x ``backgrounds`` samples.
+
+    ``medmnist_like``: like a MedMNIST build instead: its own train/val/test split column, one
+    background "", and no diameters or ratings in the nodule table."""
     rng = np.random.default_rng(seed)
     rows = []
-    with DatasetWriter(path, "insertion", {"toy": True, "n": n_nodules, "renders": renders, "seed": seed,
-                                          "backgrounds": list(backgrounds)}, shard_samples=64) as writer:
+    if medmnist_like:
+        backgrounds, renders = ("",), 1
+    source = "medmnist" if medmnist_like else "insertion"
+    with DatasetWriter(path, source, {"toy": True, "n": n_nodules, "renders": renders, "seed": seed,
+                                      "backgrounds": list(backgrounds)}, shard_samples=64) as writer:
         for k in range(n_nodules):
             label = k % 2
             nodule_id = f"TOY-{k // nodules_per_patient:04d}/n{k % nodules_per_patient}"
@@ -39,15 +45,19 @@ def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int =
             diameter = float(rng.uniform(12, 22) if label else rng.uniform(4, 12))
             texture = TEXTURES[k % 3]
             nodule_hu = {5.0: 30.0, 3.0: -300.0, 1.0: -600.0}[texture] + (60.0 if label else 0.0)
-            rows.append({"nodule_id": nodule_id, "patient_id": patient_id, "series_uid": f"toy.{k}",
-                         "nodule_index": k % nodules_per_patient, "n_readers": 4,
-                         "median_malignancy": 4.5 if label else 1.5, "label": label,
-                         "median_diameter_mm": diameter, "median_volume_mm3": np.pi / 6 * diameter ** 3,
-                         "texture_median": texture, "calcification_median": 6.0})
+            row = {"nodule_id": nodule_id, "patient_id": patient_id, "label": label}
+            if not medmnist_like:
+                row.update({"series_uid": f"toy.{k}", "nodule_index": k % nodules_per_patient, "n_readers": 4,
+                            "median_malignancy": 4.5 if label else 1.5, "median_diameter_mm": diameter,
+                            "median_volume_mm3": np.pi / 6 * diameter ** 3, "texture_median": texture,
+                            "calcification_median": 6.0})
+            rows.append(row)
+            # MedMNIST-like split: by nodule pairs, so both classes land in every split.
+            split = ("train", "train", "train", "val", "test")[(k // 2) % 5] if medmnist_like else ""
             for background in backgrounds:
                 for render in range(renders):
                     offset = rng.uniform(-2, 2, 3)
                     patch = sphere_patch(diameter, nodule_hu, rng, offset_vox=offset)
-                    writer.add(patch[None], [label], [nodule_id], [patient_id], [render], [background])
+                    writer.add(patch[None], [label], [nodule_id], [patient_id], [render], [background], [split])
         writer.write_nodule_table(rows)
     return Path(path)
