@@ -71,6 +71,21 @@ def test_fitted_temperature_recovers_the_temperature_that_generated_the_labels()
     assert nll <= calibration.nll_at_temperature(logits, labels, t / 1.1)
 
 
+def test_platt_fit_recovers_temperature_and_offset_and_matches_the_malignant_rate():
+    rng = np.random.default_rng(6)
+    logits = rng.normal(0, 3, 20_000)
+    true_t, true_offset = 2.0, -0.8  # the shift class weighting leaves behind
+    labels = (rng.random(logits.size) < 1 / (1 + np.exp(-(logits + true_offset) / true_t))).astype(int)
+    t, offset = calibration.fit_platt(logits, labels)
+    assert t == pytest.approx(true_t, rel=0.05)
+    assert offset == pytest.approx(true_offset, abs=0.1)
+    # With a free offset, the maximum-likelihood fit predicts exactly the observed malignant rate.
+    probs = 1 / (1 + np.exp(-(logits + offset) / t))
+    assert probs.mean() == pytest.approx(labels.mean(), abs=1e-3)
+    assert calibration.nll_platt(logits, labels, t, offset) <= calibration.nll_at_temperature(
+        logits, labels, calibration.fit_temperature(logits, labels))
+
+
 def test_bootstrap_ci_brackets_the_auc_and_is_degenerate_for_perfect_separation():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1], 100)

@@ -98,6 +98,11 @@ def test_short_training_lowers_the_loss(full_run, toy_dataset):
     assert 0.0 < card["threshold"] < 1.0
     assert card["training"]["data"]["n_samples"] == 48
     assert card["training"]["split"]["leakage"]["test_patients_also_in_train_or_val"] == 0
+    # The calibration offset is folded into the last layer's bias; every other tensor is the best epoch's.
+    best, shipped = load_file(str(out / "best.safetensors")), load_file(str(out / "model.safetensors"))
+    offset = card["calibration"]["logit_offset_folded_into_weights"]
+    assert torch.allclose(shipped["head.bias"] - best["head.bias"], torch.tensor([offset]), atol=1e-5)
+    assert all(torch.equal(best[k], shipped[k]) for k in best if k != "head.bias")
 
 
 def test_interrupted_then_resumed_run_equals_the_uninterrupted_run(short_run, toy_dataset, tmp_path):

@@ -1,14 +1,22 @@
-"""Temperature scaling and the decision threshold, both fitted on the validation split only."""
+"""Calibration (temperature and logit offset) and the decision threshold, fitted on validation only.
+
+Why an offset as well as a temperature: class weighting (or balanced sampling) trains the model on
+a 50/50 prior, which shifts every logit by about log(n_benign / n_malignant). A temperature alone
+cannot remove a shift, so :func:`fit_platt` fits sigmoid((logit + offset) / T) (Platt scaling).
+The library's classifier knows only a temperature; ``train`` folds the offset into the final
+layer's bias, which adds it to every TTA logit, so the shipped model computes exactly this.
+"""
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.metrics import roc_curve
 
 from notadiagnosis.errors import InputError
 
 # Temperatures outside this range mean a broken model or a tiny validation set, not calibration.
 LOG_T_BOUNDS = (-4.0, 4.0)
+OFFSET_BOUNDS = (-20.0, 20.0)
 
 
 def _check(labels: np.ndarray, scores: np.ndarray) -> None:
@@ -34,6 +42,25 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     result = minimize_scalar(lambda log_t: nll_at_temperature(logits, labels, float(np.exp(log_t))),
                              bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
     return float(np.exp(result.x))
+
+
+def nll_platt(logits: np.ndarray, labels: np.ndarray, temperature: float, offset: float) -> float:
+    """Mean binary cross-entropy of ``sigmoid((logits + offset) / temperature)``."""
+    return nll_at_temperature(np.asarray(logits, dtype=np.float64) + offset, labels, temperature)
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray):
+    """(temperature, offset) minimising validation NLL of ``sigmoid((logit + offset) / T)``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    _check(labels, logits)
+
+    def objective(params: np.ndarray) -> float:
+        return nll_platt(logits, labels, float(np.exp(params[0])), float(params[1]))
+
+    start = np.array([np.log(fit_temperature(logits, labels)), 0.0])
+    result = minimize(objective, start, method="L-BFGS-B", bounds=[LOG_T_BOUNDS, OFFSET_BOUNDS])
+    return float(np.exp(result.x[0])), float(result.x[1])
 
 
 def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:

@@ -433,30 +433,40 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
     val_logits = predict_logits(model, data, val_all, device, tta=config.calibration_tta,
                                 batch_size=config.batch_size, progress=config.progress, desc="calibrating")
     val_labels = data.labels[val_all].astype(int)
-    temperature = calibration.fit_temperature(val_logits, val_labels)
+    temperature, offset = calibration.fit_platt(val_logits, val_labels)
     if not np.exp(calibration.LOG_T_BOUNDS[0]) * 1.01 < temperature < np.exp(calibration.LOG_T_BOUNDS[1]) / 1.01:
         tqdm.write(f"warning: the fitted temperature {temperature:.3g} is at its bound: the validation logits "
                    "carry almost no information (too little training or too small a validation split).")
-    val_prob = 1.0 / (1.0 + np.exp(-val_logits / temperature))
+    # Fold the offset into the last layer's bias: every (TTA) logit moves by ``offset``, so the
+    # library's sigmoid(mean logit / T) is the fitted sigmoid((logit + offset) / T).
+    with torch.no_grad():
+        model.head.bias += offset
+    calibrated = (val_logits + offset) / temperature
+    val_prob = 1.0 / (1.0 + np.exp(-calibrated))
     threshold = calibration.youden_threshold(val_labels, val_prob)
     val_metrics = {
         "split": "val", "n_samples": int(len(val_all)), "auc": safe_auc(val_labels, val_logits),
-        "nll_before_temperature": calibration.nll_at_temperature(val_logits, val_labels, 1.0),
-        "nll_after_temperature": calibration.nll_at_temperature(val_logits, val_labels, temperature),
+        "nll_uncalibrated": calibration.nll_at_temperature(val_logits, val_labels, 1.0),
+        "nll_calibrated": calibration.nll_platt(val_logits, val_labels, temperature, offset),
         "tta": config.calibration_tta,
     }
     card = base_card(config, temperature, threshold)
+    card["calibration"].update(
+        method="Platt scaling on validation NLL: sigmoid((logit + offset) / temperature), the offset folded "
+               "into the last layer's bias (it undoes the prior shift of class weighting)",
+        logit_offset_folded_into_weights=offset)
     card["threshold_method"] = "Youden's J on validation probabilities"
     card["training"] = training_record(config, data, split_description, state, device_description, ddp, wall_seconds)
     card["metrics"] = {"validation": val_metrics}
     save_model(model, out / "model.safetensors", card)
     _write_json(out / "history.json", state["history"])
-    summary = {"model": str(out / "model.json"), "temperature": temperature, "threshold": threshold,
+    summary = {"model": str(out / "model.json"), "temperature": temperature, "logit_offset": offset,
+               "threshold": threshold,
                "validation": val_metrics, "best_epoch": state["best_epoch"] + 1,
                "epochs_run": state["epoch"] + 1, "stopped": state["stopped"],
                "train_seconds": state["train_seconds"], "wall_seconds": wall_seconds, "device": device_description}
     _write_json(out / "train_summary.json", summary)
-    tqdm.write(f"model written to {out / 'model.safetensors'}: temperature {temperature:.3f}, "
+    tqdm.write(f"model written to {out / 'model.safetensors'}: temperature {temperature:.3f}, logit offset {offset:+.3f}, "
                f"threshold {threshold:.3f}, validation AUC {val_metrics['auc']:.4f}")
     return summary
 
