@@ -136,16 +136,18 @@ def test_another_seed_gives_other_weights(short_run, toy_dataset, tmp_path):
 
 def test_resume_with_other_options_is_refused(full_run, toy_dataset):
     full, _ = full_run
+    splits = (full / "splits.json").read_bytes()
     with pytest.raises(NotADiagnosisError, match="other training options"):
         train(_config(toy_dataset, full, lr=1e-4), resume=True)
+    assert (full / "splits.json").read_bytes() == splits
 
 
 def test_a_finished_run_is_not_overwritten_without_resume(full_run, toy_dataset):
     full, _ = full_run
-    before = (full / "checkpoint.safetensors").read_bytes()
+    before = {name: (full / name).read_bytes() for name in ("checkpoint.safetensors", "splits.json", "model.json")}
     with pytest.raises(NotADiagnosisError, match="--resume"):
-        train(_config(toy_dataset, full))
-    assert (full / "checkpoint.safetensors").read_bytes() == before
+        train(_config(toy_dataset, full, seed=5))
+    assert before == {name: (full / name).read_bytes() for name in before}
 
 
 def test_checkpoint_write_that_fails_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -26,20 +26,19 @@ from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
 from . import calibration, metrics, plots
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, load_dataset, load_patches
 from .splits import Split
 
 
-def predict_probabilities(classifier: Classifier, data: Dataset, indices: np.ndarray, batch_size: int = 32,
+def predict_probabilities(classifier: Classifier, patches_hu: np.ndarray, batch_size: int = 32,
                           tta: bool = True, progress: bool = True):
-    """(probabilities, uncertainties, logits) of the library classifier for the given samples."""
-    probs = np.empty(len(indices))
-    unc = np.empty(len(indices))
-    logits = np.empty(len(indices))
-    for start in tqdm(range(0, len(indices), batch_size), desc="evaluating", unit="batch", disable=not progress):
-        chunk = indices[start:start + batch_size]
-        p, u, z = classifier.predict_patches(normalize_hu(data.patches_hu[chunk]), tta=tta)
-        probs[start:start + len(chunk)], unc[start:start + len(chunk)], logits[start:start + len(chunk)] = p, u, z
+    """(probabilities, uncertainties, logits) of the library classifier for HU patches (n,64,64,64)."""
+    n = len(patches_hu)
+    probs, unc, logits = np.empty(n), np.empty(n), np.empty(n)
+    for start in tqdm(range(0, n, batch_size), desc="evaluating", unit="batch", disable=not progress):
+        stop = min(start + batch_size, n)
+        p, u, z = classifier.predict_patches(normalize_hu(patches_hu[start:stop]), tta=tta)
+        probs[start:stop], unc[start:stop], logits[start:stop] = p, u, z
     return probs, unc, logits
 
 
@@ -86,7 +85,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     dataset = Path(dataset) if dataset is not None else Path(description["dataset"])
     out = Path(out) if out is not None else run_dir / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(dataset)
+    data = load_dataset(dataset, load_patches=False)  # metadata only; the split's pixels are read below
     split = Split.from_description(description, len(data))
     if split_name not in split.indices:
         raise InputError(f"unknown split {split_name!r}; use train, val or test.")
@@ -97,7 +96,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     idx = split.indices[split_name]
     labels = data.labels[idx].astype(int)
     patients = data.patient_ids[idx]
-    probs, unc, logits = predict_probabilities(classifier, data, idx, batch_size, tta, progress)
+    probs, unc, logits = predict_probabilities(classifier, load_patches(dataset, idx), batch_size, tta, progress)
     baseline, baseline_threshold, baseline_missing = fit_size_baseline(data, split)
     diameters = _nodule_column(data, idx, "median_diameter_mm")
     base_probs = baseline.predict_proba(diameters) if baseline is not None else None

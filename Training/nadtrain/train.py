@@ -254,6 +254,9 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     else:
         device, device_description = select_device(config.device)
     out = Path(config.out)
+    checkpoint_path = out / "checkpoint.safetensors"
+    if not resume and checkpoint_path.exists():
+        raise InputError(f"{out} already holds a training run; add --resume to continue it, or choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -264,8 +267,6 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                        holdout_backgrounds=config.holdout_backgrounds)
     split_description = split.describe(data.patient_ids, data.nodule_ids, data.labels)
     split_description["dataset"] = str(Path(config.dataset).resolve())
-    if ddp.main:
-        _write_json(out / "splits.json", split_description)
 
     # Model and optimisation. The seed fixes the initial weights.
     torch.manual_seed(config.seed)
@@ -296,9 +297,6 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
 
     state: Dict[str, Any] = {"epoch": -1, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "stopped": None, "history": [], "train_seconds": 0.0}
-    checkpoint_path = out / "checkpoint.safetensors"
-    if not resume and checkpoint_path.exists():
-        raise InputError(f"{out} already holds a training run; add --resume to continue it, or choose another --out.")
     if resume:
         model_state, optim_state, saved = _load_resume(checkpoint_path, config, split_description)
         model.load_state_dict(model_state)
@@ -309,6 +307,8 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         state = saved["train_state"]
         if ddp.main:
             tqdm.write(f"resuming after epoch {state['epoch'] + 1} (best val AUC {state['best_auc']:.4f})")
+    if ddp.main:  # only once the run is known to be new or a matching resume
+        _write_json(out / "splits.json", split_description)
 
     train_model: torch.nn.Module = model
     if ddp.enabled:
