@@ -93,6 +93,8 @@ def test_exported_card_carries_the_report_and_replays_its_reference_predictions(
     assert card["metrics"]["test"]["split"]["name"] == "test"
     assert set(card["metrics"]["test"]["by_background"]) == {"toy-a", "toy-b"}
     assert "TOY MODEL" in card["training"]["data"]["statement"]
+    # A shipped card must not carry the trainer's local paths.
+    assert str(pipeline["run"].parent) not in pipeline["exported"].with_suffix(".json").read_text()
     names, patches = reference_patches()
     probs, _, _ = classifier.predict_patches(normalize_hu(patches), tta=True)
     recorded = card["reference_predictions"]["items"]

@@ -474,7 +474,7 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
 def training_record(config: TrainConfig, data: Dataset, split_description: dict, state: Dict[str, Any],
                     device_description: str, ddp: Dist, wall_seconds: float) -> Dict[str, Any]:
     """The card's ``training`` section: data, split (without sample indices), recipe, device, time."""
-    split_summary = {k: v for k, v in split_description.items() if k not in ("indices",)}
+    split_summary = {k: v for k, v in split_description.items() if k not in ("indices", "dataset")}
     split_summary["splits"] = {name: {k: v for k, v in info.items() if k != "patients"}
                                for name, info in split_description["splits"].items()}
     return {
