@@ -170,19 +170,6 @@ def training_groups(data: Dataset, indices: np.ndarray, one_render: bool) -> Lis
     return np.split(sorted_idx, starts[1:])
 
 
-def validation_indices(data: Dataset, indices: np.ndarray, one_render: bool) -> np.ndarray:
-    """Per-epoch validation samples: with ``one_render`` the first rendering of each nodule only."""
-    if not one_render:
-        return indices
-    keyed = sorted(indices.tolist(), key=lambda i: (data.nodule_ids[i], data.background[i], int(data.render_index[i])))
-    seen, keep = set(), []
-    for i in keyed:
-        if data.nodule_ids[i] not in seen:
-            seen.add(data.nodule_ids[i])
-            keep.append(i)
-    return np.array(sorted(keep), dtype=int)
-
-
 # -- model helpers -----------------------------------------------------------------------------
 def base_card(config: TrainConfig, temperature: float = 1.0, threshold: float = 0.5) -> Dict[str, Any]:
     """The model card's fixed parts (the library completes architecture and weights)."""
@@ -273,7 +260,9 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     model = build_model(config.architecture).to(device)
     train_set = NoduleEpochSet(data.patches_hu, data.labels,
                                training_groups(data, split.indices["train"], config.one_render_per_epoch), config.seed)
-    val_idx = validation_indices(data, split.indices["val"], config.one_render_per_epoch)
+    # Every validation sample (all renderings): a steadier AUC for early stopping than one per
+    # nodule, for about 4 ms per sample on CPU without TTA.
+    val_idx = split.indices["val"]
     item_labels = np.array([train_set.item_label(i) for i in range(len(train_set))])
     n_pos, n_neg = int(item_labels.sum()), int((1 - item_labels).sum())
     if n_pos == 0 or n_neg == 0:
