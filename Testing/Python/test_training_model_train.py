@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,3 +190,18 @@ def test_torchrun_code_path_with_one_gloo_process(toy_dataset, tmp_path, monkeyp
     _, card = load_model(tmp_path / "model.json")
     assert card["training"]["processes"] == 1
     assert summary["epochs_run"] == 1
+
+
+def test_torchrun_with_two_gloo_processes_stops_early_together_and_finishes(toy_dataset, tmp_path):
+    # Two real processes: rank 0 validates and broadcasts the early-stopping decision; a rank that
+    # missed it would hang in the next epoch's all-reduce (the timeout turns that into a failure).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "nadtrain.cli", "train", str(toy_dataset), "--out", str(tmp_path), "--architecture",
+               "resnet3d-tiny", "--epochs", "6", "--patience", "1", "--batch-size", "4", "--device", "cpu",
+               "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["stopped"].startswith("early stop") and summary["epochs_run"] < 6
+    _, card = load_model(tmp_path / "model.json")
+    assert card["training"]["processes"] == 2
