@@ -334,7 +334,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                             collate_fn=collate_normalized, num_workers=config.num_workers,
                             pin_memory=device.type == "cuda", persistent_workers=False)
         train_model.train()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, count)
+        loss_total, loss_count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                    disable=not (config.progress and ddp.main))
         for x, y, _ in bar:
@@ -350,11 +350,15 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_sum += torch.stack([loss.detach().double() * len(y), torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        if ddp.enabled:
-            dist.all_reduce(loss_sum)
-        train_loss = float(loss_sum[0] / loss_sum[1])
+            loss_value = loss.item()  # one sync per step; the progress bar shows it anyway
+            loss_total += loss_value * len(y)
+            loss_count += len(y)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if ddp.enabled:  # (float64 is fine on CUDA and CPU, the only DDP devices; MPS lacks it)
+            sums = torch.tensor([loss_total, float(loss_count)], dtype=torch.float64, device=device)
+            dist.all_reduce(sums)
+            loss_total, loss_count = float(sums[0]), int(sums[1])
+        train_loss = loss_total / max(loss_count, 1)
 
         # Validation, best weights, early stopping and the checkpoint on rank 0; the decision to
         # stop is broadcast so every rank leaves the loop together.
