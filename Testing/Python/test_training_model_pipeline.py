@@ -93,6 +93,9 @@ def test_exported_card_carries_the_report_and_replays_its_reference_predictions(
     assert card["metrics"]["test"]["split"]["name"] == "test"
     assert set(card["metrics"]["test"]["by_background"]) == {"toy-a", "toy-b"}
     assert "TOY MODEL" in card["training"]["data"]["statement"]
+    # Readable by every user of a shared installation (not mkstemp's 0600).
+    assert pipeline["exported"].stat().st_mode & 0o044 == 0o044
+    assert pipeline["exported"].with_suffix(".json").stat().st_mode & 0o044 == 0o044
     # A shipped card must not carry the trainer's local paths.
     assert str(pipeline["run"].parent) not in pipeline["exported"].with_suffix(".json").read_text()
     names, patches = reference_patches()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -140,7 +141,14 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
     card["metrics"] = {"validation": card.get("metrics", {}).get("validation"), "test": metrics_from_report(report),
                        "report_sha256": sha256_of(report_path)}
     card["reference_predictions"] = reference_predictions(Classifier.from_model(model, card, device="cpu"))
-    return save_model(model, out, card)
+    card_path = save_model(model, out, card)
+    # The library writes through mkstemp (mode 0600); shipped weights must be readable by every
+    # user of a shared installation, so give them the usual permissions (umask applied).
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in model_files(card_path):
+        os.chmod(path, 0o666 & ~umask)
+    return card_path
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
