@@ -161,6 +161,10 @@ class _atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            # mkstemp creates files readable by their owner only; give the usual umask-based mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.temporary, 0o666 & ~umask)
             os.replace(self.temporary, self.target)
         else:
             self.temporary.unlink(missing_ok=True)
