@@ -101,6 +101,18 @@ def test_held_out_background_is_only_in_test():
     assert in_a == in_b
 
 
+def test_excluded_patient_is_in_no_split_and_the_rest_is_unchanged():
+    patients, nodules, labels, _ = _samples(40, 8)
+    plain = make_split(patients, nodules, labels, seed=0)
+    excluded = plain_patient = str(patients[plain.indices["train"][0]])
+    split = make_split(patients, nodules, labels, seed=0, exclude_patients=[excluded])
+    for name in ("train", "val", "test"):
+        assert excluded not in set(patients[split.indices[name]])
+        kept = plain.indices[name][patients[plain.indices[name]] != plain_patient]
+        np.testing.assert_array_equal(split.indices[name], kept)
+    assert split.params["exclude_patients"] == [excluded]
+
+
 def test_source_split_uses_the_datasets_own_split():
     patients, nodules, labels, _ = _samples(30, 7)
     own = np.array(["train", "val", "test"] * (labels.size // 3) + ["train"] * (labels.size % 3))

@@ -130,6 +130,7 @@ def make_split(
     source_split: Optional[Sequence[str]] = None,
     background: Optional[Sequence[str]] = None,
     holdout_backgrounds: Iterable[str] = (),
+    exclude_patients: Iterable[str] = (),
 ) -> Split:
     """Split samples into train / val / test.
 
@@ -140,6 +141,8 @@ def make_split(
     mode "annotation": leak-prone; each sample is assigned independently (stratified by label).
     ``holdout_backgrounds``: samples rendered into these CT backgrounds are kept out of train and
     val entirely; test keeps them, so the report can show a never-seen background.
+    ``exclude_patients``: these patients' samples are used nowhere (e.g. LIDC-IDRI-0001, whose real
+    pixels are classified after training, must not have been seen as an inserted nodule either).
     """
     if mode not in MODES:
         raise InputError(f"unknown split mode {mode!r}; use one of {', '.join(MODES)}.")
@@ -153,6 +156,8 @@ def make_split(
         raise InputError("patient_ids, nodule_ids and labels must have the same length.")
     params = {"test_fraction": test_fraction, "n_folds": n_folds, "fold": fold,
               "holdout_backgrounds": sorted(holdout_backgrounds)}
+    if exclude_patients:
+        params["exclude_patients"] = sorted(exclude_patients)
 
     if mode == "source":
         if source_split is None:
@@ -190,6 +195,8 @@ def make_split(
             raise InputError(f"background(s) {sorted(unknown)} are not in the dataset; check --holdout-background.")
         held = np.isin(background, params["holdout_backgrounds"])
         assign = np.where(held & (assign != "test"), "unused", assign)
+    if params.get("exclude_patients"):
+        assign = np.where(np.isin(patient_ids, params["exclude_patients"]), "unused", assign)
     indices = {name: np.flatnonzero(assign == name) for name in SPLIT_NAMES}
     for name, idx in indices.items():
         if idx.size == 0:

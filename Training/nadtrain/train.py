@@ -72,6 +72,7 @@ class TrainConfig:
     n_folds: int = 5
     fold: int = 0
     holdout_backgrounds: List[str] = field(default_factory=list)
+    exclude_patients: List[str] = field(default_factory=list)
     one_render_per_epoch: bool = True
     balance: str = "weight"
     augment: bool = True
@@ -251,7 +252,8 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     split = make_split(data.patient_ids, data.nodule_ids, data.labels, mode=config.split, seed=config.seed,
                        test_fraction=config.test_fraction, n_folds=config.n_folds, fold=config.fold,
                        source_split=data.split, background=data.background,
-                       holdout_backgrounds=config.holdout_backgrounds)
+                       holdout_backgrounds=config.holdout_backgrounds,
+                       exclude_patients=config.exclude_patients)
     split_description = split.describe(data.patient_ids, data.nodule_ids, data.labels)
     split_description["dataset"] = str(Path(config.dataset).resolve())
 
@@ -543,6 +545,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, default=d.fold, help="which fold is validation (k-fold: train once per fold)")
     parser.add_argument("--holdout-background", action="append", default=[], metavar="NAME",
                         help="keep this CT background out of train and val (test keeps it); repeatable")
+    parser.add_argument("--exclude-patient", action="append", default=[], metavar="ID",
+                        help="use none of this patient's samples (train, val or test); repeatable")
     parser.add_argument("--all-renders", action="store_true",
                         help="use every rendering of every nodule each epoch (default: one per nodule per epoch)")
     parser.add_argument("--balance", default=d.balance, choices=BALANCE)
@@ -561,6 +565,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, split=args.split, test_fraction=args.test_fraction,
         n_folds=args.folds, fold=args.fold, holdout_backgrounds=list(args.holdout_background),
+        exclude_patients=list(args.exclude_patient),
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
         progress=not args.no_progress)
