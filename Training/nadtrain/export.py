@@ -45,7 +45,7 @@ DATA_STATEMENTS = {
 LABEL_STATEMENT = ("Labels: the median of the LIDC-IDRI radiologists' malignancy ratings per nodule, 1-2 benign, "
                    "4-5 malignant, 3 left out. These are radiologists' impressions, not pathology.")
 RETRAIN_STATEMENT = ("To retrain on the real LIDC-IDRI pixels: see Training/README.md "
-                     "(nadtrain build --source lidc, then nadtrain train, evaluate and export).")
+                     "(nadtrain build lidc --lidc-root PATH --out DIR, then nadtrain train, evaluate and export).")
 VALIDATION_STATEMENT = "This model has not been validated on patients. Not a diagnosis: research use only."
 
 
