@@ -109,6 +109,10 @@ def ensure_packages(requirements: Sequence[str], confirm: Optional[Callable[[str
     else:
         import slicer.util
 
+        app = getattr(slicer, "app", None)
+        if confirm is None and app is not None and app.testingEnabled():
+            # A self-test or ctest run must never block on a modal dialog.
+            raise DependencyError(f"Missing Python packages in testing mode: {', '.join(missing)}; install them first.")
         ask = confirm or (lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle=REQUESTER))
         if not ask(f"{REQUESTER} needs these Python packages, which will be installed now: {', '.join(missing)}. Continue?"):
             raise DependencyError(_declined_message(missing))

@@ -113,6 +113,11 @@ def extract_patch(
     array_hu = sitk.GetArrayFromImage(resampled)
     outside = array_hu == np.float32(_OUTSIDE_SENTINEL)
     outside_fraction = float(outside.mean())
+    if outside_fraction == 1.0:
+        # The point is inside, so at least its own voxel must be: ITK could not invert the geometry.
+        raise InputError(
+            "The CT's direction matrix cannot be used (degenerate or not orthonormal); fix the image header."
+        )
     if outside_fraction > 0.0:
         array_hu[outside] = AIR_HU
         resampled = sitk.GetImageFromArray(array_hu)

