@@ -106,21 +106,28 @@ def read_volume_file(path: str | os.PathLike, progress: bool = False) -> sitk.Im
     path = Path(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    image = _execute(
+        reader,
+        f"Reading {path.name}" if progress else None,
+        lambda reason: f"SimpleITK could not read {path} as an image ({reason}); "
+        "give a .nrrd, .nii(.gz), .mha file or a DICOM folder.",
+    )
+    return _check_volume(image, str(path))
+
+
+def _execute(reader, progress_description: str | None, error_message) -> sitk.Image:
+    """Run a SimpleITK reader, with a progress bar when described; a read failure becomes an InputError."""
     bar = None
-    if progress:
-        bar = _progress_bar(f"Reading {path.name}")
+    if progress_description is not None:
+        bar = _progress_bar(progress_description)
         reader.AddCommand(sitk.sitkProgressEvent, lambda: bar.update(round(reader.GetProgress() * 100) - bar.n))
     try:
-        image = reader.Execute()
+        return reader.Execute()
     except RuntimeError as exc:
-        raise InputError(
-            f"SimpleITK could not read {path} as an image ({_first_line(exc)}); "
-            "give a .nrrd, .nii(.gz), .mha file or a DICOM folder."
-        ) from None
+        raise InputError(error_message(_first_line(exc))) from None
     finally:
         if bar is not None:
             bar.close()
-    return _check_volume(image, str(path))
 
 
 def _dicom_series_uid_of(path: Path) -> str | None:
@@ -201,17 +208,11 @@ def read_dicom_series(
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     reader.MetaDataDictionaryArrayUpdateOn()  # per-slice positions, to check for gaps
-    bar = None
-    if progress:
-        bar = _progress_bar(f"Reading {chosen.number_of_slices} DICOM slices")
-        reader.AddCommand(sitk.sitkProgressEvent, lambda: bar.update(round(reader.GetProgress() * 100) - bar.n))
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"Could not read DICOM series {chosen.uid} in {folder} ({_first_line(exc)}).") from None
-    finally:
-        if bar is not None:
-            bar.close()
+    image = _execute(
+        reader,
+        f"Reading {chosen.number_of_slices} DICOM slices" if progress else None,
+        lambda reason: f"Could not read DICOM series {chosen.uid} in {folder} ({reason}).",
+    )
     _check_slice_positions(reader, image, chosen)
     return _check_volume(image, f"DICOM series {chosen.uid}")
 
