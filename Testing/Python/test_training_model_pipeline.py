@@ -134,7 +134,7 @@ def test_a_dataset_with_its_own_split_and_no_diameters_is_evaluated_without_the_
     assert main(["train", str(dataset), "--out", str(run), "--epochs", "1", "--split", "source"] + COMMON) == 0
     assert main(["evaluate", str(run), "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
     report = json.loads((run / "evaluation" / "report.json").read_text())
-    assert report["baseline"]["available"] is False
+    assert report["baseline"]["available"] is False and report["ratings_reference"] is None
     assert report["overall"]["baseline"] is None and report["overall"]["model"]["n"] == 4
     assert report["split"]["mode"] == "source"
     assert main(["export", str(run), "--out", str(tmp_path / "m.safetensors"), "--name", "mm"]) == 0

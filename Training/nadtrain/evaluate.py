@@ -4,6 +4,9 @@ The model is loaded the way users load it (``Classifier.load`` on ``model.json``
 and predicts with flip TTA, the card's temperature and its validation threshold. Beside it, the
 size-only baseline (logistic regression on log median diameter, fitted on the training nodules,
 threshold by Youden on validation) on the same test samples, and the model's AUC margin over it.
+Also the readers' ratings reference (``ratings.py``): what a logistic regression on the radiologists'
+own characteristic ratings reaches on the same samples -- not a competitor, an indication of how
+much the (synthesised) pixels could carry.
 Bootstrap CIs resample patients, since a patient's nodules and a nodule's renderings are not
 independent. When the dataset has several CT backgrounds, every result is also given per background
 (with whether that background was seen in training).
@@ -25,7 +28,7 @@ from notadiagnosis.errors import InputError
 from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
-from . import calibration, metrics, plots
+from . import calibration, metrics, plots, ratings
 from .dataset import Dataset, load_dataset, load_patches
 from .splits import Split
 
@@ -71,6 +74,18 @@ def fit_size_baseline(data: Dataset, split: Split):
     return baseline, threshold, None
 
 
+def fit_ratings_reference(data: Dataset, split: Split):
+    """Ratings reference fitted on the training nodules (one row per nodule); None when the table has no ratings."""
+    train_idx = split.indices["train"]
+    _, first = np.unique(data.nodule_ids[train_idx], return_index=True)
+    per_nodule = train_idx[first]
+    table = data.nodule_table()
+    features = ratings.features_for(data.nodule_ids[per_nodule], table)
+    if not ratings.has_ratings(features):
+        return None
+    return ratings.RatingsReference().fit(features, data.labels[per_nodule])
+
+
 def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Path] = None, split_name: str = "test",
                  device: str = "auto", batch_size: int = 32, n_boot: int = 2000, seed: int = 0,
                  tta: bool = True, progress: bool = True) -> Dict[str, Any]:
@@ -100,6 +115,10 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     baseline, baseline_threshold, baseline_missing = fit_size_baseline(data, split)
     diameters = _nodule_column(data, idx, "median_diameter_mm")
     base_probs = baseline.predict_proba(diameters) if baseline is not None else None
+    reference = fit_ratings_reference(data, split)
+    reference_summary = None if reference is None else metrics.summarize(
+        labels, reference.predict_proba(ratings.features_for(data.nodule_ids[idx], data.nodule_table())),
+        0.5, patients, n_boot, seed)
 
     held_out = set(description.get("params", {}).get("holdout_backgrounds", []))
     warnings = []
@@ -138,6 +157,9 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
                       "threshold": baseline_threshold, "threshold_source": "validation split (Youden's J)"}
                      if baseline is not None else {"available": False, "reason": baseline_missing}),
         "overall": block(everything),
+        "ratings_reference": None if reference is None else {
+            **reference.describe(), "fitted_on": "train nodules (one row per nodule)",
+            **{key: reference_summary[key] for key in ("auc", "auc_ci95")}},
         "bootstrap": {"resamples": n_boot, "unit": "patient", "seed": seed, "interval": "percentile 95%"},
     }
     backgrounds = sorted(set(data.background[idx].tolist()))
@@ -188,6 +210,8 @@ def format_summary(report: Dict[str, Any]) -> str:
                 f"ECE {fmt(m['ece'])}; size-only AUC {fmt(base['auc'])}; margin {fmt(margin['auc_margin'])}")
 
     lines = [line("overall", report["overall"])]
+    if report.get("ratings_reference"):
+        lines.append(f"readers' ratings reference (not an image model): AUC {fmt(report['ratings_reference']['auc'])}")
     for name, entry in report.get("by_background", {}).items():
         seen = "seen in training" if entry["seen_in_training"] else "held out from training"
         lines.append(line(f"background {name} ({seen})", entry))

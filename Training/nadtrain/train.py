@@ -44,7 +44,7 @@ from notadiagnosis.model import ARCHITECTURES, build_model, count_parameters
 from notadiagnosis.preprocessing import HU_MAX, HU_MIN, normalize_hu
 from notadiagnosis.weights import save_model
 
-from . import calibration
+from . import calibration, ratings
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_weights
 from .dataset import Dataset, load_dataset
@@ -81,6 +81,7 @@ class TrainConfig:
     num_workers: int = 0
     val_tta: bool = False
     calibration_tta: bool = True
+    aux_ratings: float = 0.0        # weight of the auxiliary ratings regression loss; 0 = off
     progress: bool = True
 
     def recipe(self) -> Dict[str, Any]:
@@ -169,6 +170,28 @@ def training_groups(data: Dataset, indices: np.ndarray, one_render: bool) -> Lis
     sorted_idx = indices[order]
     _, starts = np.unique(data.nodule_ids[sorted_idx], return_index=True)
     return np.split(sorted_idx, starts[1:])
+
+
+class AuxiliaryNet(torch.nn.Module):
+    """The classifier plus a linear head regressing the readers' ratings from the same pooled
+    features (training only: ``net`` alone is saved as the model; ``aux`` lives in checkpoints)."""
+
+    def __init__(self, net: torch.nn.Module, n_targets: int) -> None:
+        super().__init__()
+        self.net = net
+        self.aux = torch.nn.Linear(net.head.in_features, n_targets)
+
+    def forward(self, x: torch.Tensor):
+        pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool3d(self.net.features(x), 1), 1)
+        return self.net.head(self.net.dropout(pooled)).squeeze(1), self.aux(pooled)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the finite targets only (a reader may not have rated everything)."""
+    finite = torch.isfinite(target)
+    if not bool(finite.any()):
+        return prediction.sum() * 0.0
+    return ((prediction - torch.nan_to_num(target)) ** 2)[finite].mean()
 
 
 # -- model helpers -----------------------------------------------------------------------------
@@ -260,6 +283,16 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     # Model and optimisation. The seed fixes the initial weights.
     torch.manual_seed(config.seed)
     model = build_model(config.architecture).to(device)
+    # With auxiliary ratings the network trained (and checkpointed) is the model plus a ratings head.
+    aux_targets: Optional[torch.Tensor] = None
+    net: torch.nn.Module = model
+    if config.aux_ratings < 0:
+        raise InputError("--aux-ratings is a loss weight: 0 (off) or positive.")
+    if config.aux_ratings > 0:
+        table_features = ratings.features_for(data.nodule_ids, data.nodule_table())
+        targets = ratings.AuxTargets(table_features, split.indices["train"])
+        aux_targets = torch.from_numpy(targets.values).to(device)
+        net = AuxiliaryNet(model, targets.n_targets).to(device)
     train_set = NoduleEpochSet(data.patches_hu, data.labels,
                                training_groups(data, split.indices["train"], config.one_render_per_epoch), config.seed)
     # Every validation sample (all renderings): a steadier AUC for early stopping than one per
@@ -277,7 +310,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     steps_per_epoch = per_rank_items // config.batch_size if drop_last else math.ceil(per_rank_items / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -290,7 +323,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                              "stopped": None, "history": [], "train_seconds": 0.0}
     if resume:
         model_state, optim_state, saved = _load_resume(checkpoint_path, config, split_description)
-        model.load_state_dict(model_state)
+        net.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
@@ -301,10 +334,10 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     if ddp.main:  # only once the run is known to be new or a matching resume
         _write_json(out / "splits.json", split_description)
 
-    train_model: torch.nn.Module = model
+    train_model: torch.nn.Module = net
     if ddp.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None)
 
     if ddp.main:
         tqdm.write(
@@ -339,14 +372,19 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         loss_total, loss_count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
                    disable=not (config.progress and ddp.main))
-        for x, y, _ in bar:
+        for x, y, sample_idx in bar:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if config.augment:
                 x = augment_batch(x, augment_config, aug_gen)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = train_model(x)
-            loss = criterion(logits.float(), y)
+                output = train_model(x)
+            if aux_targets is not None:
+                logits, aux_prediction = output
+                loss = criterion(logits.float(), y) + config.aux_ratings * masked_mse(
+                    aux_prediction.float(), aux_targets[sample_idx.to(device)])
+            else:
+                loss = criterion(output.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -384,7 +422,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             state["train_seconds"] += record["seconds"]
             if state["bad_epochs"] >= config.patience:
                 state["stopped"] = f"early stop: no validation AUC gain for {config.patience} epochs"
-            save_checkpoint(checkpoint_path, model, optimizer, {
+            save_checkpoint(checkpoint_path, net, optimizer, {
                 "config": asdict(config), "recipe": config.recipe(), "split": _split_key(split_description),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "train_state": state})
@@ -400,7 +438,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             dist.broadcast(stop, src=0)
             if stop.item() > 0:
                 state["stopped"] = "early stop"
-            model.train()
+            net.train()
         if stop.item() > 0:
             break
 
@@ -482,6 +520,9 @@ def training_record(config: TrainConfig, data: Dataset, split_description: dict,
         "recipe": {**config.recipe(), "optimizer": "AdamW", "schedule": "linear warm-up then cosine per step",
                    "loss": "BCE with logits" + (" + positive-class weight n_benign/n_malignant" if config.balance == "weight" else ""),
                    "augmentation": AugmentConfig().to_dict() if config.augment else None,
+                   "auxiliary_loss": (f"{config.aux_ratings} x masked MSE of a linear head regressing the readers' "
+                                      f"standardised ratings {list(ratings.FEATURES)} (training only)"
+                                      if config.aux_ratings > 0 else None),
                    "early_stopping": "validation AUC"},
         "best_epoch": state["best_epoch"] + 1, "epochs_run": state["epoch"] + 1, "stopped": state["stopped"],
         "device": device_description, "processes": ddp.world_size,
@@ -554,6 +595,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, gpu or mps")
     parser.add_argument("--num-workers", type=int, default=d.num_workers)
+    parser.add_argument("--aux-ratings", type=float, default=d.aux_ratings, metavar="WEIGHT",
+                        help="also regress the readers' characteristic ratings and size from the patch "
+                             "(multi-task, training only) with this loss weight; 0 = off")
     parser.add_argument("--val-tta", action="store_true", help="flip TTA in per-epoch validation too (4x slower)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--no-progress", action="store_true")
@@ -568,6 +612,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         exclude_patients=list(args.exclude_patient),
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
+        aux_ratings=args.aux_ratings,
         progress=not args.no_progress)
 
 

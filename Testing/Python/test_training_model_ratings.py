@@ -1,0 +1,129 @@
+"""The readers' ratings as numbers: features from nodule-table rows, auxiliary targets, the ratings
+reference, and training with the auxiliary ratings head (``--aux-ratings``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+
+from notadiagnosis.errors import InputError
+from notadiagnosis.weights import load_model
+from nadtrain import checkpoint, ratings
+from nadtrain.cli import main
+from nadtrain.toy import make_toy_dataset
+from nadtrain.train import TrainConfig, masked_mse, train
+
+ROW = {"median_diameter_mm": "12.0", "subtlety": "5;4;3", "internalStructure": "1;1;1;1",
+       "calcification": "6;6;3", "sphericity": "3;5", "margin": "4;4;5;5", "lobulation": "1;2;3",
+       "spiculation": "1;1;5", "texture": "5;5;4;1"}
+
+
+def test_features_are_per_reader_medians_with_log_size_and_calcified_flag():
+    f = dict(zip(ratings.FEATURES, ratings.nodule_features(ROW)))
+    assert f["log_diameter_mm"] == pytest.approx(np.log(12.0))
+    assert f["subtlety_median"] == 4.0 and f["sphericity_median"] == 4.0 and f["margin_median"] == 4.5
+    assert f["texture_median"] == 4.5 and f["spiculation_median"] == 1.0
+    assert f["calcification_median"] == 6.0 and f["calcified"] == 0.0
+    assert ratings.nodule_features({**ROW, "calcification": "3;3;6"})[-1] == 1.0
+
+
+def test_missing_ratings_are_nan_and_a_median_column_is_a_fallback():
+    row = {"median_diameter_mm": "", "texture_median": "3.0", "spiculation": "x;y"}
+    f = dict(zip(ratings.FEATURES, ratings.nodule_features(row)))
+    assert np.isnan(f["log_diameter_mm"]) and np.isnan(f["spiculation_median"]) and np.isnan(f["calcified"])
+    assert f["texture_median"] == 3.0
+    assert not ratings.has_ratings(ratings.features_for(["a"], {"a": row}))
+    assert ratings.has_ratings(ratings.features_for(["a", "a"], {"a": ROW}))
+
+
+def test_aux_targets_are_standardised_on_training_rows_only():
+    rng = np.random.default_rng(0)
+    features = np.column_stack([rng.normal(2.0, 0.5, 50), rng.integers(1, 6, 50).astype(float),
+                                np.full(50, np.nan)])
+    features[3, 1] = np.nan
+    train_rows = np.arange(30)
+    targets = ratings.AuxTargets(np.pad(features, ((0, 0), (0, len(ratings.FEATURES) - 3)), constant_values=1.0),
+                                 train_rows)
+    train_values = targets.values[train_rows]
+    assert np.nanmean(train_values[:, 0]) == pytest.approx(0.0, abs=1e-5)
+    assert np.nanstd(train_values[:, 0]) == pytest.approx(1.0, abs=1e-4)
+    assert np.isnan(targets.values[3, 1]) and np.isnan(targets.values[:, 2]).all()  # masked, not invented
+    assert np.nanmean(targets.values[30:, 0]) != pytest.approx(0.0, abs=1e-3)  # other rows not refitted
+    with pytest.raises(InputError, match="aux-ratings"):
+        ratings.AuxTargets(np.full((5, len(ratings.FEATURES)), np.nan), np.arange(5))
+
+
+def test_masked_mse_ignores_missing_targets():
+    prediction = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    target = torch.tensor([[0.0, float("nan")], [3.0, 2.0]])
+    assert masked_mse(prediction, target).item() == pytest.approx((1.0 + 0.0 + 4.0) / 3)
+    assert masked_mse(prediction, torch.full((2, 2), float("nan"))).item() == 0.0
+
+
+def test_ratings_reference_ranks_by_the_ratings_it_was_fitted_on():
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = rng.integers(0, 2, n)
+    features = np.column_stack([np.log(rng.uniform(4, 10, n) + 10 * labels)]
+                               + [rng.integers(1, 6, n).astype(float) for _ in range(len(ratings.FEATURES) - 1)])
+    features[::7, 3] = np.nan  # missing values take the training mean
+    reference = ratings.RatingsReference().fit(features[:150], labels[:150])
+    auc = roc_auc_score(labels[150:], reference.predict_proba(features[150:]))
+    assert auc > 0.95
+    described = reference.describe()
+    assert described["features"] == list(ratings.FEATURES)
+    assert abs(described["standardised_coefficients"][0]) == max(map(abs, described["standardised_coefficients"]))
+
+
+@pytest.fixture(scope="module")
+def aux_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("aux")
+    dataset = make_toy_dataset(root / "dataset", n_nodules=24, renders=1, seed=2)
+    config = TrainConfig(dataset=str(dataset), out=str(root / "run"), architecture="resnet3d-tiny", epochs=2,
+                         batch_size=4, lr=3e-3, warmup_epochs=0.0, patience=2, device="cpu", progress=False,
+                         calibration_tta=False, aux_ratings=0.5)
+    return dataset, Path(config.out), config, train(config)
+
+
+def test_aux_head_trains_lives_in_the_checkpoint_and_stays_out_of_the_model(aux_run):
+    _, out, _, _ = aux_run
+    state = checkpoint.load_checkpoint(out / "checkpoint.safetensors")[0]
+    assert state["aux.weight"].shape == (len(ratings.FEATURES), 64)
+    assert "net.head.weight" in state
+    shipped = load_file(str(out / "model.safetensors"))
+    assert not any(key.startswith(("aux", "net.")) for key in shipped)
+    model, card = load_model(out / "model.json")  # the library loads it like any other model
+    assert "masked MSE" in card["training"]["recipe"]["auxiliary_loss"]
+    assert card["training"]["recipe"]["aux_ratings"] == 0.5
+    assert torch.equal(state["net.stem.0.weight"], load_file(str(out / "checkpoint.safetensors"))["model.net.stem.0.weight"])
+
+
+def test_aux_run_resumes_and_other_aux_weights_are_refused(aux_run, tmp_path):
+    dataset, out, config, summary = aux_run
+    from dataclasses import replace
+    with pytest.raises(checkpoint.CheckpointError, match="other training options"):
+        train(replace(config, aux_ratings=1.0), resume=True)
+    with pytest.raises(InputError, match="loss weight"):
+        train(replace(config, out=str(tmp_path / "neg"), aux_ratings=-1.0))
+
+
+def test_aux_ratings_on_a_dataset_without_ratings_is_refused(tmp_path):
+    dataset = make_toy_dataset(tmp_path / "dataset", n_nodules=20, seed=3, medmnist_like=True)
+    with pytest.raises(InputError, match="ratings"):
+        train(TrainConfig(dataset=str(dataset), out=str(tmp_path / "run"), architecture="resnet3d-tiny", epochs=1,
+                          batch_size=4, split="source", device="cpu", progress=False, aux_ratings=0.5))
+
+
+def test_evaluation_reports_the_ratings_reference_next_to_the_model(aux_run):
+    _, out, _, _ = aux_run
+    assert main(["evaluate", str(out), "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    reference = report["ratings_reference"]
+    # The toy's malignant spheres are the larger ones: size alone ranks them, and so do the ratings.
+    assert reference["auc"] == pytest.approx(1.0)
+    assert reference["features"] == list(ratings.FEATURES) and "not an image model" in reference["note"]

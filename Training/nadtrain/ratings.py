@@ -1,0 +1,135 @@
+"""The radiologists' characteristic ratings of each nodule, as numbers: training targets and a reference.
+
+LIDC-IDRI readers rated eight characteristics besides malignancy (subtlety, internal structure,
+calcification, sphericity, margin, lobulation, spiculation, texture) and outlined each nodule. The
+nodule table (``nadtrain nodules``) keeps every reader's ratings as ``"a;b;c"`` and the median
+diameter; this module turns them into one row of numbers per nodule (medians across readers).
+
+Two uses, both at training time only (the product never sees ratings, only pixels):
+
+- **Auxiliary targets** (``nadtrain train --aux-ratings W``): the network also regresses these
+  numbers from the patch, standardised on the training nodules. Multi-task learning of nodule
+  attributes is a common way to make a malignancy network look at what radiologists look at.
+- **Ratings reference** (``nadtrain evaluate``): a logistic regression on these numbers, fitted on
+  the training nodules. It is not an image model: it reads the readers' own judgements, which are
+  made by the same people who rated malignancy. On pixels synthesised from the readers' outlines
+  and texture ratings (the ``insertion`` source) it shows roughly how much an image model could
+  reach, and so whether a target is within the information the pixels carry.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from notadiagnosis.errors import InputError
+
+# Per-reader characteristic columns of the nodule table (malignancy is the label, never a feature).
+CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin",
+                   "lobulation", "spiculation", "texture")
+# Feature names, in column order: log size first, then the medians, then "calcified" (LIDC's
+# calcification rating 6 means absent; 1-5 are calcification patterns, nearly always benign).
+FEATURES = ("log_diameter_mm",) + tuple(f"{name}_median" for name in CHARACTERISTICS) + ("calcified",)
+
+
+def _median_of_ratings(value: Any) -> float:
+    if value is None or str(value).strip() == "":
+        return float("nan")
+    try:
+        return float(np.median([float(v) for v in str(value).split(";") if v.strip() != ""]))
+    except ValueError:
+        return float("nan")
+
+
+def nodule_features(row: Mapping[str, Any]) -> np.ndarray:
+    """The ``FEATURES`` of one nodule-table row; NaN where a value is missing."""
+    try:
+        diameter = float(row.get("median_diameter_mm") or "nan")
+    except ValueError:
+        diameter = float("nan")
+    # Per-reader strings when present, else a precomputed median column (``texture_median``...).
+    medians = [_median_of_ratings(row.get(name) or row.get(f"{name}_median")) for name in CHARACTERISTICS]
+    calcification = medians[CHARACTERISTICS.index("calcification")]
+    calcified = float(calcification < 6) if np.isfinite(calcification) else float("nan")
+    log_diameter = np.log(diameter) if np.isfinite(diameter) and diameter > 0 else float("nan")
+    return np.array([log_diameter, *medians, calcified], dtype=np.float64)
+
+
+def features_for(nodule_ids: Sequence[str], table: Mapping[str, Mapping[str, Any]]) -> np.ndarray:
+    """(n, len(FEATURES)) features for each id (rows repeat for a nodule's several samples)."""
+    cache: Dict[str, np.ndarray] = {}
+    out = np.full((len(nodule_ids), len(FEATURES)), np.nan)
+    for i, nodule_id in enumerate(nodule_ids):
+        if nodule_id not in cache:
+            row = table.get(nodule_id)
+            cache[nodule_id] = nodule_features(row) if row is not None else np.full(len(FEATURES), np.nan)
+        out[i] = cache[nodule_id]
+    return out
+
+
+def has_ratings(features: np.ndarray) -> bool:
+    """True when every row has a size and at least one characteristic rating."""
+    return bool(features.size) and bool(np.all(np.isfinite(features[:, 0]))) and bool(
+        np.all(np.isfinite(features[:, 1:]).any(axis=1)))
+
+
+class AuxTargets:
+    """Standardised rating targets for auxiliary regression (mean/std from the training rows)."""
+
+    def __init__(self, features: np.ndarray, train_rows: np.ndarray) -> None:
+        train = features[train_rows]
+        if not has_ratings(train):
+            raise InputError("--aux-ratings needs the readers' ratings in the nodule table "
+                             "(the insertion and lidc sources have them; MedMNIST does not).")
+        rated = np.isfinite(train).any(axis=0)  # a column nobody filled stays NaN (masked in the loss)
+        self.mean = np.full(train.shape[1], np.nan)
+        std = np.full(train.shape[1], np.nan)
+        self.mean[rated] = np.nanmean(train[:, rated], axis=0)
+        std[rated] = np.nanstd(train[:, rated], axis=0)
+        self.std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+        self.values = ((features - self.mean) / self.std).astype(np.float32)  # NaN stays NaN: masked
+
+    @property
+    def n_targets(self) -> int:
+        return self.values.shape[1]
+
+    def describe(self) -> Dict[str, List[float]]:
+        return {"features": list(FEATURES), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+class RatingsReference:
+    """Logistic regression on the readers' ratings (``FEATURES``); missing values take the training mean."""
+
+    def __init__(self) -> None:
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        self.fill = np.zeros(len(FEATURES))
+
+    def _filled(self, features: np.ndarray) -> np.ndarray:
+        features = np.array(features, dtype=np.float64, copy=True)
+        missing = ~np.isfinite(features)
+        features[missing] = np.take(self.fill, np.nonzero(missing)[1])
+        return features
+
+    def fit(self, features: np.ndarray, labels: np.ndarray) -> "RatingsReference":
+        if not has_ratings(features):
+            raise InputError("the ratings reference needs sizes and characteristic ratings for every training nodule.")
+        if np.unique(labels).size < 2:
+            raise InputError("the ratings reference needs benign and malignant training nodules.")
+        rated = np.isfinite(features).any(axis=0)
+        self.fill = np.zeros(features.shape[1])
+        self.fill[rated] = np.nanmean(features[:, rated], axis=0)
+        self.model.fit(self._filled(features), np.asarray(labels).astype(int))
+        return self
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self._filled(features))[:, 1]
+
+    def describe(self) -> Dict[str, Any]:
+        regression = self.model[-1]
+        return {"features": list(FEATURES), "standardised_coefficients": regression.coef_[0].tolist(),
+                "intercept": float(regression.intercept_[0]),
+                "note": "not an image model: the radiologists' own ratings (the same readers who rated "
+                        "malignancy); an indication of what the pixels could carry, not a competitor"}
