@@ -205,3 +205,38 @@ def test_torchrun_with_two_gloo_processes_stops_early_together_and_finishes(toy_
     assert summary["stopped"].startswith("early stop") and summary["epochs_run"] < 6
     _, card = load_model(tmp_path / "model.json")
     assert card["training"]["processes"] == 2
+
+
+def test_weight_average_is_validated_kept_and_resumed_exactly(toy_dataset, tmp_path):
+    # --ema: the best weights are the moving average (not the last step's), the average lives in
+    # the checkpoint, and a run interrupted after epoch 1 and resumed ends where the whole run ends.
+    options = {**SHORT, "epochs": 2, "patience": 2, "ema": 0.9}
+    full = tmp_path / "full"
+
+    def keep_each(epoch, record):
+        shutil.copy(full / "checkpoint.safetensors", full / f"after-epoch-{epoch + 1}.safetensors")
+
+    train(_config(toy_dataset, full, **options), on_epoch_end=keep_each)
+    history = json.loads((full / "history.json").read_text())
+    best_epoch = 1 + int(np.argmax([record["val_auc"] for record in history]))  # first maximum, as training keeps
+    state = checkpoint.load_checkpoint(full / f"after-epoch-{best_epoch}.safetensors")[0]
+    assert int(state["ema.n_averaged"]) > 1
+    averaged = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
+    trained = {k[len("trained."):]: v for k, v in state.items() if k.startswith("trained.")}
+    assert averaged.keys() == trained.keys()
+    assert not torch.equal(averaged["stem.0.weight"], trained["stem.0.weight"])
+    best = load_file(str(full / "best.safetensors"))
+    assert best.keys() == averaged.keys() and all(torch.equal(best[k], averaged[k]) for k in best)
+
+    resumed = tmp_path / "resumed"
+
+    def crash_after_first(epoch, record):
+        raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        train(_config(toy_dataset, resumed, **options), on_epoch_end=crash_after_first)
+    train(_config(toy_dataset, resumed, **options), resume=True)
+    assert _tensors_equal(resumed / "checkpoint.safetensors", full / "checkpoint.safetensors")
+    assert _tensors_equal(resumed / "model.safetensors", full / "model.safetensors")
+    with pytest.raises(NotADiagnosisError, match="ema"):
+        train(_config(toy_dataset, tmp_path / "bad", ema=1.5))

@@ -82,6 +82,7 @@ class TrainConfig:
     val_tta: bool = False
     calibration_tta: bool = True
     aux_ratings: float = 0.0        # weight of the auxiliary ratings regression loss; 0 = off
+    ema: float = 0.0                # decay of an exponential moving average of the weights; 0 = off
     progress: bool = True
 
     def recipe(self) -> Dict[str, Any]:
@@ -293,6 +294,17 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         targets = ratings.AuxTargets(table_features, split.indices["train"])
         aux_targets = torch.from_numpy(targets.values).to(device)
         net = AuxiliaryNet(model, targets.n_targets).to(device)
+    # With an EMA, validation, the best weights and the exported model are the averaged weights
+    # (smoother than the last step's, so early stopping picks on less noise); both live in checkpoints.
+    ema_model: Optional[torch.optim.swa_utils.AveragedModel] = None
+    checkpointed: torch.nn.Module = net
+    if not 0.0 <= config.ema < 1.0:
+        raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
+    if config.ema > 0:
+        ema_model = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+        checkpointed = torch.nn.ModuleDict({"trained": net, "ema": ema_model})
+    evaluated: torch.nn.Module = ema_model.module if ema_model is not None else model
     train_set = NoduleEpochSet(data.patches_hu, data.labels,
                                training_groups(data, split.indices["train"], config.one_render_per_epoch), config.seed)
     # Every validation sample (all renderings): a steadier AUC for early stopping than one per
@@ -323,7 +335,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                              "stopped": None, "history": [], "train_seconds": 0.0}
     if resume:
         model_state, optim_state, saved = _load_resume(checkpoint_path, config, split_description)
-        net.load_state_dict(model_state)
+        checkpointed.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
@@ -390,6 +402,8 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema_model is not None:
+                ema_model.update_parameters(model)
             loss_value = loss.item()  # one sync per step; the progress bar shows it anyway
             loss_total += loss_value * len(y)
             loss_count += len(y)
@@ -404,7 +418,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         # stop is broadcast so every rank leaves the loop together.
         stop = torch.zeros(1, device=device)
         if ddp.main:
-            val_logits = predict_logits(model, data, val_idx, device, tta=config.val_tta,
+            val_logits = predict_logits(evaluated, data, val_idx, device, tta=config.val_tta,
                                         batch_size=config.batch_size, progress=False)
             val_auc = safe_auc(data.labels[val_idx], val_logits)
             val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
@@ -412,7 +426,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             improved = np.isfinite(val_auc) and val_auc > state["best_auc"] + 1e-6
             if improved:
                 state.update(best_auc=val_auc, best_epoch=epoch, bad_epochs=0)
-                save_weights(out / "best.safetensors", model)
+                save_weights(out / "best.safetensors", evaluated)
             else:
                 state["bad_epochs"] += 1
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
@@ -422,7 +436,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             state["train_seconds"] += record["seconds"]
             if state["bad_epochs"] >= config.patience:
                 state["stopped"] = f"early stop: no validation AUC gain for {config.patience} epochs"
-            save_checkpoint(checkpoint_path, net, optimizer, {
+            save_checkpoint(checkpoint_path, checkpointed, optimizer, {
                 "config": asdict(config), "recipe": config.recipe(), "split": _split_key(split_description),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "train_state": state})
@@ -523,6 +537,8 @@ def training_record(config: TrainConfig, data: Dataset, split_description: dict,
                    "auxiliary_loss": (f"{config.aux_ratings} x masked MSE of a linear head regressing the readers' "
                                       f"standardised ratings {list(ratings.FEATURES)} (training only)"
                                       if config.aux_ratings > 0 else None),
+                   "weight_averaging": (f"exponential moving average, decay {config.ema} per step (buffers too); "
+                                        "validated, kept and exported" if config.ema > 0 else None),
                    "early_stopping": "validation AUC"},
         "best_epoch": state["best_epoch"] + 1, "epochs_run": state["epoch"] + 1, "stopped": state["stopped"],
         "device": device_description, "processes": ddp.world_size,
@@ -598,6 +614,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aux-ratings", type=float, default=d.aux_ratings, metavar="WEIGHT",
                         help="also regress the readers' characteristic ratings and size from the patch "
                              "(multi-task, training only) with this loss weight; 0 = off")
+    parser.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                        help="validate and keep an exponential moving average of the weights, e.g. 0.99; 0 = off")
     parser.add_argument("--val-tta", action="store_true", help="flip TTA in per-epoch validation too (4x slower)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--no-progress", action="store_true")
@@ -612,7 +630,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         exclude_patients=list(args.exclude_patient),
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
-        aux_ratings=args.aux_ratings,
+        aux_ratings=args.aux_ratings, ema=args.ema,
         progress=not args.no_progress)
 
 
