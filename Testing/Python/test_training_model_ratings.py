@@ -127,3 +127,17 @@ def test_evaluation_reports_the_ratings_reference_next_to_the_model(aux_run):
     # The toy's malignant spheres are the larger ones: size alone ranks them, and so do the ratings.
     assert reference["auc"] == pytest.approx(1.0)
     assert reference["features"] == list(ratings.FEATURES) and "not an image model" in reference["note"]
+
+
+def test_references_cover_every_test_fold_and_fold_zero_is_the_training_test_split(aux_run, tmp_path):
+    dataset, out, _, _ = aux_run
+    assert main(["references", str(dataset), "--out", str(tmp_path / "refs.json")]) == 0
+    result = json.loads((tmp_path / "refs.json").read_text())
+    folds = result["folds"]
+    assert [f["fold"] for f in folds] == list(range(5))
+    assert sum(f["n_nodules"] for f in folds) == 24  # every nodule is tested exactly once
+    splits = json.loads((out / "splits.json").read_text())
+    assert folds[0]["n_nodules"] == splits["splits"]["test"]["n_nodules"]
+    assert folds[0]["n_patients"] == splits["splits"]["test"]["n_patients"]
+    # Toy malignant spheres are the larger ones: size ranks every fold perfectly.
+    assert all(f["size_only_auc"] == 1.0 for f in folds) and result["size_only_auc"]["sd"] == 0.0

@@ -26,6 +26,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "samples": ("nadtrain.samples", "write a PNG of sample patches from several datasets side by side"),
     "train": ("nadtrain.train", "train a 3D ResNet on a dataset"),
     "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),
+    "references": ("nadtrain.references", "size-only and readers'-ratings AUC on every patient test fold (no pixels)"),
     "export": ("nadtrain.export", "export a trained model to the library's weights format with its card"),
 }
 
