@@ -135,3 +135,18 @@ def test_recorded_split_is_read_back_and_refused_on_another_dataset():
     assert all(np.array_equal(again.indices[k], split.indices[k]) for k in split.indices)
     with pytest.raises(NotADiagnosisError, match="dataset"):
         Split.from_description(described, labels.size + 1)
+
+
+def test_test_folds_partition_the_nodules_and_fold_zero_is_the_default_split():
+    patients, nodules, labels, _ = _samples(60, seed=4, renders=2)
+    default = make_split(patients, nodules, labels, seed=3)
+    assert "test_fold" not in default.params  # fold-0 splits describe themselves as before
+    splits = [make_split(patients, nodules, labels, seed=3, test_fold=k) for k in range(5)]
+    assert all(np.array_equal(default.indices[n], splits[0].indices[n]) for n in ("train", "val", "test"))
+    tests = [set(s.indices["test"].tolist()) for s in splits]
+    assert sum(len(t) for t in tests) == len(labels) and set().union(*tests) == set(range(len(labels)))
+    for s in splits[1:]:
+        assert s.params["test_fold"] in range(1, 5)
+        assert_no_patient_overlap(s, patients)
+    with pytest.raises(NotADiagnosisError, match="fold 5 does not exist"):
+        make_split(patients, nodules, labels, seed=3, test_fold=5)

@@ -131,12 +131,14 @@ def make_split(
     background: Optional[Sequence[str]] = None,
     holdout_backgrounds: Iterable[str] = (),
     exclude_patients: Iterable[str] = (),
+    test_fold: int = 0,
 ) -> Split:
     """Split samples into train / val / test.
 
     mode "patient" (default): test = ``round(1/test_fraction)``-fold patient-grouped stratified
-    hold-out (fold 0), then val = fold ``fold`` of an ``n_folds``-fold patient-grouped stratified
-    split of the rest (k-fold cross-validation: train once per ``fold``). Seeds fix everything.
+    hold-out (fold ``test_fold``, 0 by default), then val = fold ``fold`` of an ``n_folds``-fold
+    patient-grouped stratified split of the rest (k-fold cross-validation: train once per ``fold``;
+    cross-*testing*: once per ``test_fold``, each test fold disjoint). Seeds fix everything.
     mode "source": the dataset's own split column (MedMNIST's train/val/test).
     mode "annotation": leak-prone; each sample is assigned independently (stratified by label).
     ``holdout_backgrounds``: samples rendered into these CT backgrounds are kept out of train and
@@ -156,6 +158,8 @@ def make_split(
         raise InputError("patient_ids, nodule_ids and labels must have the same length.")
     params = {"test_fraction": test_fraction, "n_folds": n_folds, "fold": fold,
               "holdout_backgrounds": sorted(holdout_backgrounds)}
+    if test_fold:  # recorded only when not the default, so fold-0 splits describe themselves as before
+        params["test_fold"] = int(test_fold)
     if exclude_patients:
         params["exclude_patients"] = sorted(exclude_patients)
 
@@ -179,7 +183,7 @@ def make_split(
     else:
         uniq, nod_patient, nod_label, inverse = _per_nodule(nodule_ids, patient_ids, labels)
         n_test_folds = max(2, int(round(1.0 / test_fraction)))
-        rest, test = _stratified_group_fold(nod_label, nod_patient, n_test_folds, 0, seed)
+        rest, test = _stratified_group_fold(nod_label, nod_patient, n_test_folds, test_fold, seed)
         tr, va = _stratified_group_fold(nod_label[rest], nod_patient[rest], n_folds, fold, seed + 1)
         nod_assign = np.empty(uniq.size, dtype=object)
         nod_assign[test] = "test"

@@ -71,6 +71,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     n_folds: int = 5
     fold: int = 0
+    test_fold: int = 0
     holdout_backgrounds: List[str] = field(default_factory=list)
     exclude_patients: List[str] = field(default_factory=list)
     one_render_per_epoch: bool = True
@@ -277,7 +278,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                        test_fraction=config.test_fraction, n_folds=config.n_folds, fold=config.fold,
                        source_split=data.split, background=data.background,
                        holdout_backgrounds=config.holdout_backgrounds,
-                       exclude_patients=config.exclude_patients)
+                       exclude_patients=config.exclude_patients, test_fold=config.test_fold)
     split_description = split.describe(data.patient_ids, data.nodule_ids, data.labels)
     split_description["dataset"] = str(Path(config.dataset).resolve())
 
@@ -600,6 +601,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=d.test_fraction)
     parser.add_argument("--folds", type=int, default=d.n_folds, help="patient folds of train+val; one is validation")
     parser.add_argument("--fold", type=int, default=d.fold, help="which fold is validation (k-fold: train once per fold)")
+    parser.add_argument("--test-fold", type=int, default=d.test_fold,
+                        help="which patient fold is the test split (default 0; 1.. for cross-testing, see "
+                             "`nadtrain references`)")
     parser.add_argument("--holdout-background", action="append", default=[], metavar="NAME",
                         help="keep this CT background out of train and val (test keeps it); repeatable")
     parser.add_argument("--exclude-patient", action="append", default=[], metavar="ID",
@@ -626,7 +630,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         dataset=args.dataset, out=args.out, architecture=args.architecture, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, split=args.split, test_fraction=args.test_fraction,
-        n_folds=args.folds, fold=args.fold, holdout_backgrounds=list(args.holdout_background),
+        n_folds=args.folds, fold=args.fold, test_fold=args.test_fold, holdout_backgrounds=list(args.holdout_background),
         exclude_patients=list(args.exclude_patient),
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
