@@ -196,6 +196,35 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((prediction - torch.nan_to_num(target)) ** 2)[finite].mean()
 
 
+@dataclass
+class TrainingNetwork:
+    """What training optimises, checkpoints and validates, around the library ``model``."""
+
+    net: torch.nn.Module                       # forward for the loss: model, or model + ratings head
+    aux_targets: Optional[torch.Tensor]        # (n_samples, n_ratings) standardised, NaN = missing
+    ema: Optional[torch.optim.swa_utils.AveragedModel]
+    checkpointed: torch.nn.Module              # everything a resumed run needs
+    evaluated: torch.nn.Module                 # validated, kept as best, exported (a ResNet3D)
+
+
+def build_training_network(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: Split,
+                           device: torch.device) -> TrainingNetwork:
+    """Wrap ``model`` for ``--aux-ratings`` (a ratings head, training only) and ``--ema`` (averaged
+    weights: validated, kept and exported; smoother than the last step's). Both live in checkpoints."""
+    net: torch.nn.Module = model
+    aux_targets = None
+    if config.aux_ratings > 0:
+        targets = ratings.AuxTargets(ratings.features_for(data.nodule_ids, data.nodule_table()),
+                                     split.indices["train"])
+        aux_targets = torch.from_numpy(targets.values).to(device)
+        net = AuxiliaryNet(model, targets.n_targets).to(device)
+    if config.ema == 0:
+        return TrainingNetwork(net, aux_targets, None, net, model)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    return TrainingNetwork(net, aux_targets, ema, torch.nn.ModuleDict({"trained": net, "ema": ema}), ema.module)
+
+
 # -- model helpers -----------------------------------------------------------------------------
 def base_card(config: TrainConfig, temperature: float = 1.0, threshold: float = 0.5) -> Dict[str, Any]:
     """The model card's fixed parts (the library completes architecture and weights)."""
@@ -259,6 +288,10 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         raise InputError(f"unknown architecture {config.architecture!r}; use one of {', '.join(sorted(ARCHITECTURES))}.")
     if config.epochs < 1 or config.batch_size < 2:
         raise InputError("epochs must be at least 1 and the batch size at least 2.")
+    if config.aux_ratings < 0:
+        raise InputError("--aux-ratings is a loss weight: 0 (off) or positive.")
+    if not 0.0 <= config.ema < 1.0:
+        raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
     ddp = setup_distributed(config.device)
     if ddp.enabled and config.balance == "sampler":
         raise InputError("--balance sampler cannot be combined with DDP; use --balance weight.")
@@ -285,27 +318,9 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     # Model and optimisation. The seed fixes the initial weights.
     torch.manual_seed(config.seed)
     model = build_model(config.architecture).to(device)
-    # With auxiliary ratings the network trained (and checkpointed) is the model plus a ratings head.
-    aux_targets: Optional[torch.Tensor] = None
-    net: torch.nn.Module = model
-    if config.aux_ratings < 0:
-        raise InputError("--aux-ratings is a loss weight: 0 (off) or positive.")
-    if config.aux_ratings > 0:
-        table_features = ratings.features_for(data.nodule_ids, data.nodule_table())
-        targets = ratings.AuxTargets(table_features, split.indices["train"])
-        aux_targets = torch.from_numpy(targets.values).to(device)
-        net = AuxiliaryNet(model, targets.n_targets).to(device)
-    # With an EMA, validation, the best weights and the exported model are the averaged weights
-    # (smoother than the last step's, so early stopping picks on less noise); both live in checkpoints.
-    ema_model: Optional[torch.optim.swa_utils.AveragedModel] = None
-    checkpointed: torch.nn.Module = net
-    if not 0.0 <= config.ema < 1.0:
-        raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
-    if config.ema > 0:
-        ema_model = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
-        checkpointed = torch.nn.ModuleDict({"trained": net, "ema": ema_model})
-    evaluated: torch.nn.Module = ema_model.module if ema_model is not None else model
+    parts = build_training_network(config, model, data, split, device)
+    net, aux_targets, ema_model, checkpointed, evaluated = (
+        parts.net, parts.aux_targets, parts.ema, parts.checkpointed, parts.evaluated)
     train_set = NoduleEpochSet(data.patches_hu, data.labels,
                                training_groups(data, split.indices["train"], config.one_render_per_epoch), config.seed)
     # Every validation sample (all renderings): a steadier AUC for early stopping than one per
