@@ -130,10 +130,21 @@ def test_evaluation_reports_the_ratings_reference_next_to_the_model(aux_run):
 
 
 def test_references_cover_every_test_fold_and_fold_zero_is_the_training_test_split(aux_run, tmp_path):
-    dataset, out, _, _ = aux_run
-    assert main(["references", str(dataset), "--out", str(tmp_path / "refs.json")]) == 0
+    dataset, out, config, _ = aux_run
+    if not (out / "evaluation" / "report.json").is_file():
+        assert main(["evaluate", str(out), "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
+    assert main(["references", str(dataset), "--runs", str(out), "--out", str(tmp_path / "refs.json")]) == 0
     result = json.loads((tmp_path / "refs.json").read_text())
     folds = result["folds"]
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    (tested,) = folds[0]["runs"]  # the run's default test fold is 0
+    assert tested["model_auc"] == report["overall"]["model"]["auc"]
+    assert tested["margin"] == report["overall"]["margin"]["auc_margin"]
+    assert result["model_auc_over_folds_with_a_run"]["n_folds"] == 1
+    assert all("runs" not in f for f in folds[1:])
+    with pytest.raises(InputError, match="same dataset and seed"):
+        from nadtrain.references import fold_references
+        fold_references(dataset, seed=1, runs=[out])
     assert [f["fold"] for f in folds] == list(range(5))
     assert sum(f["n_nodules"] for f in folds) == 24  # every nodule is tested exactly once
     splits = json.loads((out / "splits.json").read_text())

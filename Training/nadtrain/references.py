@@ -6,24 +6,52 @@ run with that seed), fit the size-only baseline and the ratings reference (``rat
 other folds' nodules and measure AUC on the fold's nodules (one row per nodule). It answers two
 questions a test AUC cannot answer alone: is this test fold harder or easier than the others, and
 how much do the readers' own ratings (from which ``insertion`` pixels are partly synthesised) carry?
+With ``--runs``, each evaluated training run (``nadtrain evaluate``) is put beside its test fold, so
+five runs with ``--test-fold 0..4`` give a cross-tested model AUC next to the references.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from notadiagnosis.errors import InputError
 
 from . import metrics, ratings
 from .dataset import load_dataset
 from .splits import _per_nodule, _stratified_group_fold
 
 
-def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2) -> Dict[str, Any]:
-    """Per test fold: nodules, malignant, size-only AUC and ratings-reference AUC (fitted on the rest)."""
+def run_on_fold(run: Path, dataset_name: str, seed: int, test_fraction: float) -> Dict[str, Any]:
+    """The test fold of an evaluated run and its report's headline figures (checked against the split)."""
+    report_path, splits_path = Path(run) / "evaluation" / "report.json", Path(run) / "splits.json"
+    if not report_path.is_file() or not splits_path.is_file():
+        raise InputError(f"{run} has no evaluation/report.json; run `nadtrain evaluate {run}` first.")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    split = json.loads(splits_path.read_text(encoding="utf-8"))
+    params = split.get("params", {})
+    if (split.get("mode") != "patient" or split.get("seed") != seed or Path(split["dataset"]).name != dataset_name
+            or params.get("test_fraction") != test_fraction or report["split"]["name"] != "test"):
+        raise InputError(f"{run} was not tested on a patient split of {dataset_name} with seed {seed} and test "
+                         f"fraction {test_fraction}; compare runs of the same dataset and seed.")
+    overall = report["overall"]
+    return {"run": Path(run).name, "test_fold": int(params.get("test_fold", 0)),
+            "model_auc": overall["model"]["auc"], "model_auc_ci95": overall["model"]["auc_ci95"],
+            "model_ece": overall["model"]["ece"],
+            "size_only_auc_same_samples": overall["baseline"]["auc"] if overall.get("baseline") else None,
+            "margin": overall["margin"]["auc_margin"] if overall.get("margin") else None,
+            "ratings_reference_auc_same_samples": (report.get("ratings_reference") or {}).get("auc"),
+            "n_samples": overall["n_samples"]}
+
+
+def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
+                    runs: Optional[Sequence[Path]] = None) -> Dict[str, Any]:
+    """Per test fold: nodules, malignant, size-only AUC and ratings-reference AUC (fitted on the rest),
+    and the evaluated ``runs`` tested on that fold (per sample, as in their reports)."""
     data = load_dataset(dataset, load_patches=False)
     uniq, nod_patient, nod_label, _ = _per_nodule(data.nodule_ids, data.patient_ids, data.labels)
     table = data.nodule_table()
@@ -42,14 +70,22 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2) ->
             "ratings_reference_auc": float(roc_auc_score(nod_label[held], reference.predict_proba(features[held]))),
         })
 
-    def spread(key: str) -> Dict[str, float]:
-        values = np.array([f[key] for f in folds])
-        return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)), "min": float(values.min()),
-                "max": float(values.max())}
+    for run in runs or ():
+        entry = run_on_fold(run, Path(dataset).resolve().name, seed, test_fraction)
+        folds[entry["test_fold"]].setdefault("runs", []).append(entry)
+
+    def spread(key: str, rows=folds) -> Dict[str, float]:
+        values = np.array([f[key] for f in rows])
+        return {"n_folds": int(values.size), "mean": float(values.mean()),
+                "sd": float(values.std(ddof=1)) if values.size > 1 else None,
+                "min": float(values.min()), "max": float(values.max())}
 
     return {"dataset": Path(dataset).resolve().name, "seed": seed, "test_fraction": test_fraction,
             "unit": "nodule (one row per nodule)", "folds": folds,
             "size_only_auc": spread("size_only_auc"), "ratings_reference_auc": spread("ratings_reference_auc"),
+            **({"model_auc_over_folds_with_a_run": spread("model_auc", [f["runs"][0] for f in folds if f.get("runs")]),
+                "margin_over_folds_with_a_run": spread("margin", [f["runs"][0] for f in folds if f.get("runs")])}
+               if runs else {}),
             "features": list(ratings.FEATURES),
             "note": "fold 0 is the test split of training runs with this seed; both references are fitted "
                     "on the other folds; the ratings reference is not an image model"}
@@ -61,17 +97,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the split seed of the training runs to compare with")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--runs", type=Path, nargs="*", default=[], metavar="RUN",
+                        help="evaluated training runs of this dataset and seed, shown beside their test fold")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    result = fold_references(Path(args.dataset), args.seed, args.test_fraction)
-    print("fold  nodules  malignant  size-only AUC  ratings reference AUC")
+    result = fold_references(Path(args.dataset), args.seed, args.test_fraction, args.runs)
+    print("fold  nodules  malignant  size-only AUC  ratings reference AUC  run: model AUC (margin, ECE)")
     for f in result["folds"]:
+        tested = "; ".join(f"{r['run']}: {r['model_auc']:.3f} ({r['margin']:+.3f}, {r['model_ece']:.3f})"
+                           for r in f.get("runs", []))
         print(f"{f['fold']:>4}  {f['n_nodules']:>7}  {f['n_malignant']:>9}  {f['size_only_auc']:>13.3f}  "
-              f"{f['ratings_reference_auc']:>21.3f}")
-    for key in ("size_only_auc", "ratings_reference_auc"):
+              f"{f['ratings_reference_auc']:>21.3f}  {tested}")
+    for key in [k for k in ("size_only_auc", "ratings_reference_auc", "model_auc_over_folds_with_a_run",
+                            "margin_over_folds_with_a_run") if k in result]:
         s = result[key]
-        print(f"{key}: mean {s['mean']:.3f} (sd {s['sd']:.3f}, {s['min']:.3f}-{s['max']:.3f})")
+        sd = "n/a" if s["sd"] is None else f"{s['sd']:.3f}"
+        print(f"{key}: mean {s['mean']:.3f} over {s['n_folds']} folds (sd {sd}, {s['min']:.3f} to {s['max']:.3f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
