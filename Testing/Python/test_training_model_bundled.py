@@ -43,6 +43,11 @@ def test_bundled_model_card_states_its_data_split_and_test_metrics():
     assert card["metrics"]["test"]["split"]["leakage"]["test_patients_also_in_train_or_val"] == 0
     assert "not been validated on patients" in card["training"]["data"]["statement"]
     assert 0.0 < card["threshold"] < 1.0 and card["calibration"]["temperature"] > 0
+    # Cross-testing over the five patient folds: fold 0 is this very model on its recorded test split.
+    cross = card["metrics"]["extra"]["cross_testing"]
+    assert [f["test_fold"] for f in cross["folds"]] == [0, 1, 2, 3, 4]
+    assert cross["folds"][0]["model_auc"] == pytest.approx(card["metrics"]["test"]["model"]["auc"], abs=5e-5)
+    assert cross["model_auc_mean"] == pytest.approx(sum(f["model_auc"] for f in cross["folds"]) / 5, abs=5e-4)
 
 
 def test_reference_patches_are_fixed():
