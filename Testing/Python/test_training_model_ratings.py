@@ -188,3 +188,49 @@ def test_rendered_size_and_rendering_inputs_are_scored_per_fold(aux_run, monkeyp
     assert all(f["rendered_size_auc"] == 1.0 for f in result["folds"])
     assert all(0.5 < f["rendering_inputs_reference_auc"] <= 1.0 for f in result["folds"])
     assert result["rendered_size_auc"]["n_folds"] == 5 and "rendering_inputs_reference_auc" in result
+
+
+def test_list_valued_rating_cells_of_a_fresh_table_are_read_like_csv_cells():
+    as_lists = {k: ([int(v) for v in val.split(";")] if ";" in val else val) for k, val in ROW.items()}
+    np.testing.assert_array_equal(ratings.nodule_features(as_lists), ratings.nodule_features(ROW))
+
+
+def test_an_interrupted_aux_run_resumes_to_the_uninterrupted_result(aux_run, tmp_path):
+    from dataclasses import replace
+
+    _, full, config, _ = aux_run
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, record):
+        raise Stop()
+
+    resumed = replace(config, out=str(tmp_path / "resumed"))
+    with pytest.raises(Stop):
+        train(resumed, on_epoch_end=stop_after_first)
+    train(resumed, resume=True)
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        a, b = load_file(str(full / name)), load_file(str(tmp_path / "resumed" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_checkpoint_written_before_the_newer_options_still_resumes(aux_run, tmp_path):
+    # A run saved before --test-fold/--aux-ratings/--ema existed has none of them in its recipe:
+    # it must resume as if they were at their defaults, and not if they are not.
+    from dataclasses import asdict, replace
+    from nadtrain.train import _load_resume, _split_key
+    from notadiagnosis.model import build_model
+
+    _, full, config, _ = aux_run
+    description = json.loads((full / "splits.json").read_text())
+    plain = replace(config, aux_ratings=0.0)
+    old_recipe = {k: v for k, v in plain.recipe().items() if k not in ("test_fold", "aux_ratings", "ema")}
+    model = build_model("resnet3d-tiny")
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save_checkpoint(path, model, optimizer, {"recipe": old_recipe, "split": _split_key(description),
+                                                        "config": asdict(plain)})
+    _load_resume(path, plain, description)
+    with pytest.raises(checkpoint.CheckpointError, match="other training options"):
+        _load_resume(path, config, description)  # aux_ratings 0.5 is not the old default

@@ -150,3 +150,9 @@ def test_test_folds_partition_the_nodules_and_fold_zero_is_the_default_split():
         assert_no_patient_overlap(s, patients)
     with pytest.raises(NotADiagnosisError, match="fold 5 does not exist"):
         make_split(patients, nodules, labels, seed=3, test_fold=5)
+
+
+def test_test_fold_is_refused_where_the_split_is_not_by_patient_folds():
+    patients, nodules, labels, _ = _samples(40, seed=5)
+    with pytest.raises(NotADiagnosisError, match="test-fold"):
+        make_split(patients, nodules, labels, mode="annotation", test_fold=2)

@@ -36,12 +36,13 @@ FEATURES = ("log_diameter_mm",) + tuple(f"{name}_median" for name in CHARACTERIS
 
 
 def _median_of_ratings(value: Any) -> float:
-    if value is None or str(value).strip() == "":
-        return float("nan")
+    """Median of a ratings cell: a list (a fresh table) or "a;b;c" (read back from CSV); NaN if unusable."""
+    values = value if isinstance(value, (list, tuple)) else str("" if value is None else value).split(";")
     try:
-        return float(np.median([float(v) for v in str(value).split(";") if v.strip() != ""]))
+        numbers = [float(v) for v in values if str(v).strip() != ""]
     except ValueError:
         return float("nan")
+    return float(np.median(numbers)) if numbers else float("nan")
 
 
 def nodule_features(row: Mapping[str, Any]) -> np.ndarray:
@@ -51,7 +52,8 @@ def nodule_features(row: Mapping[str, Any]) -> np.ndarray:
     except ValueError:
         diameter = float("nan")
     # Per-reader strings when present, else a precomputed median column (``texture_median``...).
-    medians = [_median_of_ratings(row.get(name) or row.get(f"{name}_median")) for name in CHARACTERISTICS]
+    medians = [_median_of_ratings(row.get(name) if row.get(name) not in (None, "") else row.get(f"{name}_median"))
+               for name in CHARACTERISTICS]
     calcification = medians[CHARACTERISTICS.index("calcification")]
     calcified = float(calcification < 6) if np.isfinite(calcification) else float("nan")
     log_diameter = np.log(diameter) if np.isfinite(diameter) and diameter > 0 else float("nan")

@@ -156,6 +156,8 @@ def make_split(
     n = labels.size
     if not (patient_ids.size == nodule_ids.size == n):
         raise InputError("patient_ids, nodule_ids and labels must have the same length.")
+    if test_fold and mode != "patient":
+        raise InputError(f"--test-fold chooses a patient fold; split mode {mode!r} has its own test split.")
     params = {"test_fraction": test_fraction, "n_folds": n_folds, "fold": fold,
               "holdout_backgrounds": sorted(holdout_backgrounds)}
     if test_fold:  # recorded only when not the default, so fold-0 splits describe themselves as before

@@ -573,7 +573,9 @@ def _load_resume(path: Path, config: TrainConfig, split_description: dict):
     if not path.is_file():
         raise CheckpointError(f"--resume was given but {path} does not exist; start without --resume.")
     model_state, optim_state, saved = load_checkpoint(path)
-    if saved.get("recipe") != json.loads(json.dumps(config.recipe())):
+    # Options added after a checkpoint was written count as their defaults (so older runs still resume).
+    defaults = TrainConfig(dataset="", out="").recipe()
+    if {**defaults, **saved.get("recipe", {})} != json.loads(json.dumps(config.recipe())):
         raise CheckpointError(f"the checkpoint in {path.parent} was made with other training options; "
                               "resume with the same options or choose another --out.")
     if saved.get("split") != json.loads(json.dumps(_split_key(split_description))):
