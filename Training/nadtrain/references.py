@@ -90,12 +90,16 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     uniq, nod_patient, nod_label, _ = _per_nodule(data.nodule_ids, data.patient_ids, data.labels)
     table = data.nodule_table()
     features = ratings.features_for(uniq, table)
+    diameters = np.exp(features[:, 0])
     volumes = rendered_volumes([table[n] for n in uniq], workers, progress) if rendered_size else None
+    # What the insertion renderer is given: the mask (its volume here) and the texture and
+    # calcification ratings that set its density.
+    inputs = None if volumes is None else np.column_stack([np.log(volumes), features[:, [
+        FEATURE_INDEX["texture_median"], FEATURE_INDEX["calcification_median"], FEATURE_INDEX["calcified"]]]])
     n_folds = max(2, int(round(1.0 / test_fraction)))
     folds = []
     for fold in range(n_folds):
         rest, held = _stratified_group_fold(nod_label, nod_patient, n_folds, fold, seed)
-        diameters = np.exp(features[:, 0])
         size = metrics.SizeBaseline().fit(diameters[rest], nod_label[rest])
         reference = ratings.RatingsReference().fit(features[rest], nod_label[rest])
         folds.append({
@@ -106,11 +110,6 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
         })
         if volumes is not None:  # a monotone score: its AUC needs no fitting
             folds[-1]["rendered_size_auc"] = float(roc_auc_score(nod_label[held], volumes[held]))
-            # What the insertion renderer is given: the mask (its volume here) and the texture and
-            # calcification ratings that set its density.
-            inputs = np.column_stack([np.log(volumes), features[:, [FEATURE_INDEX["texture_median"],
-                                                                   FEATURE_INDEX["calcification_median"],
-                                                                   FEATURE_INDEX["calcified"]]]])
             rendered = ratings.RatingsReference(RENDERING_INPUTS).fit(inputs[rest], nod_label[rest])
             folds[-1]["rendering_inputs_reference_auc"] = float(
                 roc_auc_score(nod_label[held], rendered.predict_proba(inputs[held])))
