@@ -1,5 +1,6 @@
 """The readers' ratings as numbers: features from nodule-table rows, auxiliary targets, the ratings
-reference, and training with the auxiliary ratings head (``--aux-ratings``)."""
+reference, training with the auxiliary ratings head (``--aux-ratings``) and on soft labels
+(``--soft-labels``)."""
 from __future__ import annotations
 
 import json
@@ -78,6 +79,46 @@ def test_ratings_reference_ranks_by_the_ratings_it_was_fitted_on():
     described = reference.describe()
     assert described["features"] == list(ratings.FEATURES)
     assert abs(described["standardised_coefficients"][0]) == max(map(abs, described["standardised_coefficients"]))
+
+
+def test_malignancy_share_counts_readers_rating_malignant_and_a_three_as_half():
+    assert ratings.malignancy_share("5;5;5;4") == 1.0
+    assert ratings.malignancy_share("4;2") == 0.5
+    assert ratings.malignancy_share("3;3;1") == pytest.approx(1 / 3)
+    assert ratings.malignancy_share([5, 1, 1, 1]) == 0.25  # a fresh table's list
+    assert ratings.malignancy_share("1;2;2") == 0.0
+    for unusable in ("", None, "x;5"):
+        assert np.isnan(ratings.malignancy_share(unusable))
+    table = {"a": {"malignancy": "5;3"}, "b": {"malignancy": ""}}
+    np.testing.assert_array_equal(ratings.soft_labels_for(["a", "b", "a", "c"], table)[[0, 2]], [0.75, 0.75])
+    assert np.isnan(ratings.soft_labels_for(["b", "c"], table)).all()
+
+
+def _small_config(dataset: Path, out: Path, **options) -> TrainConfig:
+    return TrainConfig(dataset=str(dataset), out=str(out), architecture="resnet3d-tiny", epochs=1, batch_size=4,
+                       lr=3e-3, warmup_epochs=0.0, patience=2, device="cpu", progress=False, calibration_tta=False,
+                       **options)
+
+
+def test_soft_labels_reach_the_loss_and_are_recorded(tmp_path):
+    dataset = make_toy_dataset(tmp_path / "dataset", n_nodules=16, renders=1, seed=4)
+    hard = train(_small_config(dataset, tmp_path / "hard"))
+    soft = train(_small_config(dataset, tmp_path / "soft", soft_labels=True))
+    hard_weights = load_file(str(tmp_path / "hard" / "model.safetensors"))
+    soft_weights = load_file(str(tmp_path / "soft" / "model.safetensors"))
+    # Same seed, data and order: only the targets differ, so the trained weights must too.
+    assert not torch.equal(hard_weights["head.weight"], soft_weights["head.weight"])
+    _, card = load_model(tmp_path / "soft" / "model.json")
+    assert card["training"]["recipe"]["soft_labels"] is True
+    assert "share of readers rating malignant" in card["training"]["recipe"]["loss"]
+    # Validation and calibration keep the 0/1 labels: the same validation samples are scored.
+    assert soft["validation"]["n_samples"] == hard["validation"]["n_samples"]
+
+
+def test_soft_labels_need_the_readers_malignancy_ratings(tmp_path):
+    dataset = make_toy_dataset(tmp_path / "dataset", n_nodules=20, seed=3, medmnist_like=True)
+    with pytest.raises(InputError, match="soft-labels"):
+        train(_small_config(dataset, tmp_path / "run", split="source", soft_labels=True))
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,13 @@ calcification, sphericity, margin, lobulation, spiculation, texture) and outline
 nodule table (``nadtrain nodules``) keeps every reader's ratings as ``"a;b;c"`` and the median
 diameter; this module turns them into one row of numbers per nodule (medians across readers).
 
-Two uses, both at training time only (the product never sees ratings, only pixels):
+Uses, all at training time only (the product never sees ratings, only pixels):
 
 - **Auxiliary targets** (``nadtrain train --aux-ratings W``): the network also regresses these
   numbers from the patch, standardised on the training nodules. Multi-task learning of nodule
   attributes is a common way to make a malignancy network look at what radiologists look at.
+- **Soft labels** (``nadtrain train --soft-labels``): the share of readers who rated the nodule
+  malignant replaces the 0/1 label in the loss.
 - **Ratings reference** (``nadtrain evaluate``): a logistic regression on these numbers, fitted on
   the training nodules. It is not an image model: it reads the readers' own judgements, which are
   made by the same people who rated malignancy. On pixels synthesised from the readers' outlines
@@ -70,6 +72,32 @@ def features_for(nodule_ids: Sequence[str], table: Mapping[str, Mapping[str, Any
             cache[nodule_id] = nodule_features(row) if row is not None else np.full(len(FEATURES), np.nan)
         out[i] = cache[nodule_id]
     return out
+
+
+def malignancy_share(value: Any) -> float:
+    """Share of the readers who rated a nodule malignant (4 or 5), a 3 counting half; NaN if unrated.
+
+    A soft training target (``nadtrain train --soft-labels``): a nodule all readers call 5 stays 1,
+    one split 4/2 becomes 0.5, so disagreement between radiologists is not taught as certainty. The
+    hard label (median rating) stays the one evaluation uses.
+    """
+    values = value if isinstance(value, (list, tuple)) else str("" if value is None else value).split(";")
+    try:
+        numbers = np.array([float(v) for v in values if str(v).strip() != ""])
+    except ValueError:
+        return float("nan")
+    if numbers.size == 0:
+        return float("nan")
+    return float(np.mean(np.where(numbers >= 4, 1.0, np.where(numbers == 3, 0.5, 0.0))))
+
+
+def soft_labels_for(nodule_ids: Sequence[str], table: Mapping[str, Mapping[str, Any]]) -> np.ndarray:
+    """``malignancy_share`` of each id's nodule (NaN where the table has no malignancy ratings)."""
+    cache: Dict[str, float] = {}
+    for nodule_id in set(nodule_ids):
+        row = table.get(nodule_id)
+        cache[nodule_id] = malignancy_share(row.get("malignancy")) if row is not None else float("nan")
+    return np.array([cache[n] for n in nodule_ids], dtype=np.float64)
 
 
 def has_ratings(features: np.ndarray) -> bool:

@@ -48,7 +48,10 @@ def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int =
             row = {"nodule_id": nodule_id, "patient_id": patient_id, "label": label}
             if not medmnist_like:
                 row.update({"series_uid": f"toy.{k}", "nodule_index": k % nodules_per_patient, "n_readers": 4,
-                            "median_malignancy": 4.5 if label else 1.5, "median_diameter_mm": diameter,
+                            "median_malignancy": 4.5 if label else 1.5,
+                            # per-reader ratings with some disagreement (soft labels 1.0/0.875 and 0/0.125)
+                            "malignancy": (("5;5;4;4", "5;4;3;4") if label else ("1;1;2;2", "2;3;1;2"))[(k // 2) % 2],
+                            "median_diameter_mm": diameter,
                             "median_volume_mm3": np.pi / 6 * diameter ** 3, "texture_median": texture,
                             "calcification_median": 6.0})
             rows.append(row)

@@ -84,6 +84,7 @@ class TrainConfig:
     calibration_tta: bool = True
     aux_ratings: float = 0.0        # weight of the auxiliary ratings regression loss; 0 = off
     ema: float = 0.0                # decay of an exponential moving average of the weights; 0 = off
+    soft_labels: bool = False       # loss targets = share of readers rating malignant (evaluation keeps 0/1)
     progress: bool = True
 
     def recipe(self) -> Dict[str, Any]:
@@ -186,6 +187,16 @@ class AuxiliaryNet(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool3d(self.net.features(x), 1), 1)
         return self.net.head(self.net.dropout(pooled)).squeeze(1), self.aux(pooled)
+
+
+def _soft_targets(data: Dataset, train_rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Per-sample soft labels (``ratings.malignancy_share``) for ``--soft-labels``; every training
+    sample needs its readers' malignancy ratings."""
+    soft = ratings.soft_labels_for(data.nodule_ids, data.nodule_table())
+    if not np.all(np.isfinite(soft[train_rows])):
+        raise InputError("--soft-labels needs every training nodule's malignancy ratings in the nodule table "
+                         "(the insertion and lidc sources have them; MedMNIST does not).")
+    return torch.from_numpy(np.nan_to_num(soft)).float().to(device)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -331,6 +342,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     if n_pos == 0 or n_neg == 0:
         raise InputError("the training split holds one class only; the dataset needs benign and malignant nodules.")
     pos_weight = torch.tensor(n_neg / n_pos if config.balance == "weight" else 1.0, device=device)
+    soft_targets = _soft_targets(data, split.indices["train"], device) if config.soft_labels else None
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     per_rank_items = math.ceil(len(train_set) / ddp.world_size)
@@ -402,7 +414,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                    disable=not (config.progress and ddp.main))
         for x, y, sample_idx in bar:
             x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True) if soft_targets is None else soft_targets[sample_idx.to(device)]
             if config.augment:
                 x = augment_batch(x, augment_config, aug_gen)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
@@ -548,7 +560,9 @@ def training_record(config: TrainConfig, data: Dataset, split_description: dict,
                  "backgrounds": sorted(set(data.background.tolist()) - {""})},
         "split": split_summary,
         "recipe": {**config.recipe(), "optimizer": "AdamW", "schedule": "linear warm-up then cosine per step",
-                   "loss": "BCE with logits" + (" + positive-class weight n_benign/n_malignant" if config.balance == "weight" else ""),
+                   "loss": "BCE with logits" + (" + positive-class weight n_benign/n_malignant" if config.balance == "weight" else "")
+                           + (" on soft labels: the share of readers rating malignant (4-5; a 3 counts half)"
+                              if config.soft_labels else ""),
                    "augmentation": AugmentConfig().to_dict() if config.augment else None,
                    "auxiliary_loss": (f"{config.aux_ratings} x masked MSE of a linear head regressing the readers' "
                                       f"standardised ratings {list(ratings.FEATURES)} (training only)"
@@ -637,6 +651,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "(multi-task, training only) with this loss weight; 0 = off")
     parser.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
                         help="validate and keep an exponential moving average of the weights, e.g. 0.99; 0 = off")
+    parser.add_argument("--soft-labels", action="store_true",
+                        help="train on the share of readers who rated the nodule malignant (a 3 counts half) "
+                             "instead of the 0/1 median label; validation, calibration and evaluation keep 0/1")
     parser.add_argument("--val-tta", action="store_true", help="flip TTA in per-epoch validation too (4x slower)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--no-progress", action="store_true")
@@ -651,7 +668,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         exclude_patients=list(args.exclude_patient),
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
-        aux_ratings=args.aux_ratings, ema=args.ema,
+        aux_ratings=args.aux_ratings, ema=args.ema, soft_labels=args.soft_labels,
         progress=not args.no_progress)
 
 
