@@ -17,7 +17,8 @@ from notadiagnosis.weights import load_model
 from nadtrain import checkpoint, ratings
 from nadtrain.cli import main
 from nadtrain.toy import make_toy_dataset
-from nadtrain.train import TrainConfig, masked_mse, train
+from nadtrain.dataset import load_dataset
+from nadtrain.train import TrainConfig, _soft_targets, masked_mse, train
 
 ROW = {"median_diameter_mm": "12.0", "subtlety": "5;4;3", "internalStructure": "1;1;1;1",
        "calcification": "6;6;3", "sphericity": "3;5", "margin": "4;4;5;5", "lobulation": "1;2;3",
@@ -102,8 +103,8 @@ def _small_config(dataset: Path, out: Path, **options) -> TrainConfig:
 
 def test_soft_labels_reach_the_loss_and_are_recorded(tmp_path):
     dataset = make_toy_dataset(tmp_path / "dataset", n_nodules=16, renders=1, seed=4)
-    hard = train(_small_config(dataset, tmp_path / "hard"))
-    soft = train(_small_config(dataset, tmp_path / "soft", soft_labels=True))
+    train(_small_config(dataset, tmp_path / "hard"))
+    train(_small_config(dataset, tmp_path / "soft", soft_labels=True))
     hard_weights = load_file(str(tmp_path / "hard" / "model.safetensors"))
     soft_weights = load_file(str(tmp_path / "soft" / "model.safetensors"))
     # Same seed, data and order: only the targets differ, so the trained weights must too.
@@ -111,8 +112,14 @@ def test_soft_labels_reach_the_loss_and_are_recorded(tmp_path):
     _, card = load_model(tmp_path / "soft" / "model.json")
     assert card["training"]["recipe"]["soft_labels"] is True
     assert "share of readers rating malignant" in card["training"]["recipe"]["loss"]
-    # Validation and calibration keep the 0/1 labels: the same validation samples are scored.
-    assert soft["validation"]["n_samples"] == hard["validation"]["n_samples"]
+    # Each sample's target is its nodule's share; the toy's readers disagree on half the nodules.
+    data = load_dataset(dataset, load_patches=False)
+    targets = _soft_targets(data, np.arange(len(data)), torch.device("cpu")).numpy()
+    table = data.nodule_table()
+    expected = [ratings.malignancy_share(table[n]["malignancy"]) for n in data.nodule_ids]
+    np.testing.assert_allclose(targets, expected)
+    assert set(np.round(targets, 3)) == {0.0, 0.125, 0.875, 1.0}
+    assert ((targets > 0.5) == (data.labels == 1)).all()  # the 0/1 labels (validation, calibration) agree
 
 
 def test_soft_labels_need_the_readers_malignancy_ratings(tmp_path):
