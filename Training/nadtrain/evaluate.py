@@ -54,6 +54,12 @@ def _nodule_column(data: Dataset, indices: np.ndarray, column: str) -> np.ndarra
     return np.asarray(values, dtype=np.float64)
 
 
+def _first_sample_per_nodule(data: Dataset, indices: np.ndarray) -> np.ndarray:
+    """One sample index per nodule of ``indices``: references are fitted one row per nodule."""
+    _, first = np.unique(data.nodule_ids[indices], return_index=True)
+    return indices[first]
+
+
 def fit_size_baseline(data: Dataset, split: Split):
     """Size-only baseline fitted on the training nodules (one row per nodule), Youden threshold on val.
 
@@ -63,9 +69,7 @@ def fit_size_baseline(data: Dataset, split: Split):
     diameters = _nodule_column(data, used, "median_diameter_mm")
     if not np.all(np.isfinite(diameters) & (diameters > 0)):
         return None, None, "the nodule table lacks median_diameter_mm for some nodules (MedMNIST has none)"
-    train_idx = split.indices["train"]
-    _, first = np.unique(data.nodule_ids[train_idx], return_index=True)
-    per_nodule = train_idx[first]
+    per_nodule = _first_sample_per_nodule(data, split.indices["train"])
     baseline = metrics.SizeBaseline().fit(_nodule_column(data, per_nodule, "median_diameter_mm"),
                                           data.labels[per_nodule])
     val_idx = split.indices["val"]
@@ -76,9 +80,7 @@ def fit_size_baseline(data: Dataset, split: Split):
 
 def fit_ratings_reference(data: Dataset, split: Split):
     """Ratings reference fitted on the training nodules (one row per nodule); None when the table has no ratings."""
-    train_idx = split.indices["train"]
-    _, first = np.unique(data.nodule_ids[train_idx], return_index=True)
-    per_nodule = train_idx[first]
+    per_nodule = _first_sample_per_nodule(data, split.indices["train"])
     table = data.nodule_table()
     features = ratings.features_for(data.nodule_ids[per_nodule], table)
     if not ratings.has_ratings(features):

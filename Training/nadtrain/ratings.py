@@ -37,14 +37,20 @@ CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity
 FEATURES = ("log_diameter_mm",) + tuple(f"{name}_median" for name in CHARACTERISTICS) + ("calcified",)
 
 
-def _median_of_ratings(value: Any) -> float:
-    """Median of a ratings cell: a list (a fresh table) or "a;b;c" (read back from CSV); NaN if unusable."""
+def _ratings_of(value: Any) -> np.ndarray:
+    """The readers' numbers in a ratings cell: a list (a fresh table) or "a;b;c" (read back from
+    CSV); empty when the cell is empty or unusable."""
     values = value if isinstance(value, (list, tuple)) else str("" if value is None else value).split(";")
     try:
-        numbers = [float(v) for v in values if str(v).strip() != ""]
+        return np.array([float(v) for v in values if str(v).strip() != ""], dtype=np.float64)
     except ValueError:
-        return float("nan")
-    return float(np.median(numbers)) if numbers else float("nan")
+        return np.empty(0)
+
+
+def _median_of_ratings(value: Any) -> float:
+    """Median of a ratings cell; NaN if unusable."""
+    numbers = _ratings_of(value)
+    return float(np.median(numbers)) if numbers.size else float("nan")
 
 
 def nodule_features(row: Mapping[str, Any]) -> np.ndarray:
@@ -81,11 +87,7 @@ def malignancy_share(value: Any) -> float:
     one split 4/2 becomes 0.5, so disagreement between radiologists is not taught as certainty. The
     hard label (median rating) stays the one evaluation uses.
     """
-    values = value if isinstance(value, (list, tuple)) else str("" if value is None else value).split(";")
-    try:
-        numbers = np.array([float(v) for v in values if str(v).strip() != ""])
-    except ValueError:
-        return float("nan")
+    numbers = _ratings_of(value)
     if numbers.size == 0:
         return float("nan")
     return float(np.mean(np.where(numbers >= 4, 1.0, np.where(numbers == 3, 0.5, 0.0))))
