@@ -53,6 +53,66 @@ def test_probability_one_falls_in_the_last_bin_and_perfect_calibration_scores_ze
     assert bins[-1]["n"] == 1 and bins[0]["n"] == 1
 
 
+def test_ece_if_calibrated_is_zero_for_certain_predictions():
+    # Probabilities 0 and 1 leave the simulated labels no freedom: every simulation has ECE 0.
+    null = metrics.ece_if_calibrated(np.array([0.0, 1.0, 1.0, 0.0]), observed_ece=0.0, n_sim=50)
+    assert null["median"] == 0.0 and null["range90"] == [0.0, 0.0]
+    assert null["p_value"] == 1.0
+
+
+def test_ece_if_calibrated_follows_the_binomial_distribution():
+    # Four predictions of 0.5 share one bin, so ECE = |k/4 - 0.5| with k ~ Binomial(4, 0.5):
+    # 0.5 with probability 2/16, 0.25 with 8/16, 0 with 6/16 -> median 0.25, P(ECE >= 0.5) = 1/8.
+    null = metrics.ece_if_calibrated(np.full(4, 0.5), observed_ece=0.5, n_sim=4000, seed=1)
+    assert null["median"] == 0.25
+    assert null["range90"] == [0.0, 0.5]
+    assert null["p_value"] == pytest.approx(1 / 8, abs=0.015)
+
+
+def test_ece_if_calibrated_draws_one_label_per_group():
+    # Ten renderings of one nodule share its label: 10 nodules vary far more than 100 independent samples.
+    probabilities = np.full(100, 0.5)
+    nodules = np.repeat([f"n{i}" for i in range(10)], 10)
+    grouped = metrics.ece_if_calibrated(probabilities, nodules, n_sim=2000)
+    independent = metrics.ece_if_calibrated(probabilities, None, n_sim=2000)
+    assert grouped["n_groups"] == 10 and independent["n_groups"] == 100
+    # Median of |k/n - 1/2|, k ~ Binomial(n, 1/2): 0.1 for n = 10, 0.03-0.04 for n = 100 (on the edge).
+    assert grouped["median"] == pytest.approx(0.1) and 0.03 <= independent["median"] <= 0.04
+    assert grouped["p_value"] is None
+
+
+def test_ece_if_calibrated_scores_each_rendering_by_its_own_probability():
+    # A nodule rendered twice, once clearly benign-looking (0.05) and once malignant-looking (0.95):
+    # calibrated renderings keep their own label probabilities, so the floor stays small. Drawing
+    # from the nodule's mean (0.5) would put a 0.45 gap into every simulation.
+    probabilities = np.tile([0.05, 0.95], 50)
+    nodules = np.repeat([f"n{i}" for i in range(50)], 2)
+    null = metrics.ece_if_calibrated(probabilities, nodules, observed_ece=0.45, n_sim=1000)
+    assert null["range90"][1] < 0.1
+    assert null["p_value"] == pytest.approx(1 / 1001)
+
+
+def test_ece_if_calibrated_separates_calibrated_from_overconfident_predictions():
+    rng = np.random.default_rng(7)
+    probabilities = rng.random(400)
+    calibrated_labels = (rng.random(400) < probabilities).astype(int)
+    overconfident_labels = (rng.random(400) < probabilities ** 3).astype(int)  # truth far below the predictions
+    for labels, calibrated in ((calibrated_labels, True), (overconfident_labels, False)):
+        observed, _ = metrics.calibration_bins(labels, probabilities)
+        null = metrics.ece_if_calibrated(probabilities, observed_ece=observed, n_sim=1000)
+        if calibrated:
+            assert null["p_value"] > 0.05 and observed <= null["range90"][1]
+        else:
+            assert null["p_value"] < 0.01 and observed > null["range90"][1]
+
+
+def test_ece_if_calibrated_refuses_mismatched_groups():
+    from notadiagnosis.errors import InputError
+
+    with pytest.raises(InputError, match="one group per prediction"):
+        metrics.ece_if_calibrated(np.full(4, 0.5), ["a", "b"])
+
+
 def test_youden_threshold_is_between_the_best_cut_and_the_next_score():
     # Cut at >= 0.80 gives sens 2/3, 1-spec 0 (J = 2/3), better than >= 0.30 (J = 1/3): the midpoint
     # between 0.80 and the next lower score 0.40 is 0.60.

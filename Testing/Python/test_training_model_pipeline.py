@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.errors import NotADiagnosisError
 from notadiagnosis.preprocessing import normalize_hu
+from nadtrain import metrics
 from nadtrain.cli import main
 from nadtrain.dataset import load_dataset
 from nadtrain.export import export_model, reference_patches
@@ -55,6 +56,20 @@ def test_report_numbers_agree_with_its_predictions_file(pipeline):
     tp = int(((probs >= threshold) & (labels == 1)).sum())
     assert overall["model"]["sensitivity"] == pytest.approx(tp / labels.sum())
     assert overall["margin"]["auc_margin"] == pytest.approx(overall["model"]["auc"] - overall["baseline"]["auc"])
+    # The calibration null is simulated from these very predictions, one label per nodule.
+    null = overall["model"]["ece_if_calibrated"]
+    assert null["n_groups"] == len({r["nodule_id"] for r in rows}) < len(rows)
+    observed, _ = metrics.calibration_bins(labels, probs)
+    assert observed == pytest.approx(overall["model"]["ece"], abs=1e-5)
+    expected = metrics.ece_if_calibrated(probs, [r["nodule_id"] for r in rows], observed, seed=0)
+    # (The file rounds probabilities to 6 decimals, hence approx.)
+    assert null["median"] == pytest.approx(expected["median"], abs=1e-4)
+    assert null["range90"] == pytest.approx(expected["range90"], abs=1e-4)
+    assert null["p_value"] == pytest.approx(expected["p_value"], abs=0.01)
+    base_observed, _ = metrics.calibration_bins(labels, base)
+    base_expected = metrics.ece_if_calibrated(base, [r["nodule_id"] for r in rows], base_observed, seed=0)
+    assert overall["baseline"]["ece_if_calibrated"]["median"] == pytest.approx(base_expected["median"], abs=1e-4)
+    assert overall["baseline"]["ece_if_calibrated"]["p_value"] == pytest.approx(base_expected["p_value"], abs=0.01)
 
 
 def test_evaluation_probabilities_are_the_library_classifiers(pipeline):

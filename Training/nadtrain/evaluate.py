@@ -131,13 +131,20 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
             f"{leak.get('test_nodules')} test nodules and {leak.get('test_patients_also_in_train_or_val')} test "
             "patients were also seen in training or validation, so these test numbers overstate performance.")
 
+    nodules = data.nodule_ids[idx]
+
+    def summary(mask: np.ndarray, scores: np.ndarray, cut: float) -> Dict[str, Any]:
+        result = metrics.summarize(labels[mask], scores[mask], cut, patients[mask], n_boot, seed)
+        # Whether the ECE is distinguishable from what a perfectly calibrated model shows on this test size.
+        result["ece_if_calibrated"] = metrics.ece_if_calibrated(scores[mask], nodules[mask], result["ece"], seed=seed)
+        return result
+
     def block(mask: np.ndarray) -> Dict[str, Any]:
         return {
-            "n_samples": int(mask.sum()), "n_nodules": int(np.unique(data.nodule_ids[idx][mask]).size),
+            "n_samples": int(mask.sum()), "n_nodules": int(np.unique(nodules[mask]).size),
             "n_patients": int(np.unique(patients[mask]).size),
-            "model": metrics.summarize(labels[mask], probs[mask], threshold, patients[mask], n_boot, seed),
-            "baseline": None if base_probs is None else metrics.summarize(
-                labels[mask], base_probs[mask], baseline_threshold, patients[mask], n_boot, seed),
+            "model": summary(mask, probs, threshold),
+            "baseline": None if base_probs is None else summary(mask, base_probs, baseline_threshold),
             "margin": None if base_probs is None else metrics.auc_margin(
                 labels[mask], probs[mask], base_probs[mask], patients[mask], n_boot, seed),
         }
@@ -207,9 +214,11 @@ def format_summary(report: Dict[str, Any]) -> str:
     def line(name: str, b: Dict[str, Any]) -> str:
         m, base, margin = b["model"], b["baseline"] or {"auc": None}, b["margin"] or {"auc_margin": None}
         ci = m["auc_ci95"] or [None, None]
+        null = m.get("ece_if_calibrated") or {"range90": [None, None]}
         return (f"{name}: n={b['n_samples']} ({b['n_patients']} patients) model AUC {fmt(m['auc'])} "
                 f"[{fmt(ci[0])}, {fmt(ci[1])}], sens {fmt(m['sensitivity'])}, spec {fmt(m['specificity'])}, "
-                f"ECE {fmt(m['ece'])}; size-only AUC {fmt(base['auc'])}; margin {fmt(margin['auc_margin'])}")
+                f"ECE {fmt(m['ece'])} (a perfectly calibrated model: {fmt(null['range90'][0])}-{fmt(null['range90'][1])}); "
+                f"size-only AUC {fmt(base['auc'])}; margin {fmt(margin['auc_margin'])}")
 
     lines = [line("overall", report["overall"])]
     if report.get("ratings_reference"):
