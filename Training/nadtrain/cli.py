@@ -25,6 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "build": ("nadtrain.build", "build a patch dataset from one pixel source: lidc, insertion or medmnist"),
     "samples": ("nadtrain.samples", "write a PNG of sample patches from several datasets side by side"),
     "train": ("nadtrain.train", "train a 3D ResNet on a dataset"),
+    "recalibrate": ("nadtrain.recalibrate", "redo a finished run's calibration and threshold into a new run folder"),
     "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),
     "references": ("nadtrain.references", "size-only and readers'-ratings AUC on every patient test fold (no pixels)"),
     "export": ("nadtrain.export", "export a trained model to the library's weights format with its card"),

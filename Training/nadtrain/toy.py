@@ -26,8 +26,11 @@ def sphere_patch(diameter_mm: float, nodule_hu: float, rng: np.random.Generator,
 
 
 def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int = 1, seed: int = 0,
-                     nodules_per_patient: int = 2, backgrounds=("toy-a",), medmnist_like: bool = False) -> Path:
+                     nodules_per_patient: int = 2, backgrounds=("toy-a",), medmnist_like: bool = False,
+                     malignant_every: int = 2) -> Path:
     """Write a complete dataset of ``n_nodules`` nodules x ``renders`` x ``backgrounds`` samples.
+
+    Nodule ``k`` is malignant when ``k % malignant_every == 1`` (every second one by default).
 
     ``medmnist_like``: like a MedMNIST build instead: its own train/val/test split column, one
     background "", and no diameters or ratings in the nodule table."""
@@ -39,7 +42,7 @@ def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int =
     with DatasetWriter(path, source, {"toy": True, "n": n_nodules, "renders": renders, "seed": seed,
                                       "backgrounds": list(backgrounds)}, shard_samples=64) as writer:
         for k in range(n_nodules):
-            label = k % 2
+            label = int(k % malignant_every == 1)
             nodule_id = f"TOY-{k // nodules_per_patient:04d}/n{k % nodules_per_patient}"
             patient_id = f"TOY-{k // nodules_per_patient:04d}"
             diameter = float(rng.uniform(12, 22) if label else rng.uniform(4, 12))

@@ -51,6 +51,7 @@ from .dataset import Dataset, load_dataset
 from .splits import Split, make_split
 
 BALANCE = ("weight", "sampler", "none")
+CALIBRATION = ("prior", "platt")  # see calibration.py: prior shift only (default) or Platt on validation
 
 
 @dataclass
@@ -85,12 +86,14 @@ class TrainConfig:
     aux_ratings: float = 0.0        # weight of the auxiliary ratings regression loss; 0 = off
     ema: float = 0.0                # decay of an exponential moving average of the weights; 0 = off
     soft_labels: bool = False       # loss targets = share of readers rating malignant (evaluation keeps 0/1)
+    calibration: str = "prior"      # after training: "prior" (undo the class balancing) or "platt" (fit on validation)
     progress: bool = True
 
     def recipe(self) -> Dict[str, Any]:
         """The options that change the trained weights (what a resumed run must share)."""
         d = asdict(self)
-        for key in ("out", "device", "num_workers", "progress", "dataset"):
+        # calibration acts after training (see ``nadtrain recalibrate``), so it is not part of the recipe.
+        for key in ("out", "device", "num_workers", "progress", "dataset", "calibration"):
             d.pop(key)
         return d
 
@@ -173,6 +176,13 @@ def training_groups(data: Dataset, indices: np.ndarray, one_render: bool) -> Lis
     sorted_idx = indices[order]
     _, starts = np.unique(data.nodule_ids[sorted_idx], return_index=True)
     return np.split(sorted_idx, starts[1:])
+
+
+def training_item_labels(data: Dataset, split: Split, config: TrainConfig) -> np.ndarray:
+    """0/1 label of each training item (a nodule, or a sample with --all-renders): what the class
+    balancing counts, and so what the prior-shift calibration undoes."""
+    groups = training_groups(data, split.indices["train"], config.one_render_per_epoch)
+    return np.array([int(data.labels[group[0]]) for group in groups], dtype=np.int64)
 
 
 class AuxiliaryNet(torch.nn.Module):
@@ -299,6 +309,8 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         raise InputError(f"unknown architecture {config.architecture!r}; use one of {', '.join(sorted(ARCHITECTURES))}.")
     if config.epochs < 1 or config.batch_size < 2:
         raise InputError("epochs must be at least 1 and the batch size at least 2.")
+    if config.calibration not in CALIBRATION:
+        raise InputError(f"unknown --calibration {config.calibration!r}; use one of {', '.join(CALIBRATION)}.")
     if config.aux_ratings < 0:
         raise InputError("--aux-ratings is a loss weight: 0 (off) or positive.")
     if not 0.0 <= config.ema < 1.0:
@@ -337,7 +349,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     # Every validation sample (all renderings): a steadier AUC for early stopping than one per
     # nodule, for about 4 ms per sample on CPU without TTA.
     val_idx = split.indices["val"]
-    item_labels = np.array([train_set.item_label(i) for i in range(len(train_set))])
+    item_labels = training_item_labels(data, split, config)
     n_pos, n_neg = int(item_labels.sum()), int((1 - item_labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise InputError("the training split holds one class only; the dataset needs benign and malignant nodules.")
@@ -496,10 +508,11 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
 
 def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: Split, split_description: dict,
              state: Dict[str, Any], device: torch.device, device_description: str, ddp: Dist,
-             wall_seconds: float) -> Dict[str, Any]:
-    """Best weights -> temperature and threshold on validation -> ``model.safetensors`` + card."""
+             wall_seconds: float, best: Optional[Path] = None) -> Dict[str, Any]:
+    """Best weights (``best``, default OUT/best.safetensors) -> calibration per ``config.calibration``
+    and threshold on validation -> ``model.safetensors`` + card."""
     out = Path(config.out)
-    best = out / "best.safetensors"
+    best = Path(best) if best is not None else out / "best.safetensors"
     if not best.is_file():
         raise InputError("no epoch produced a finite validation AUC; the validation split needs both classes.")
     model.load_state_dict(load_file(str(best)))
@@ -508,10 +521,22 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
     val_logits = predict_logits(model, data, val_all, device, tta=config.calibration_tta,
                                 batch_size=config.batch_size, progress=config.progress, desc="calibrating")
     val_labels = data.labels[val_all].astype(int)
-    temperature, offset = calibration.fit_platt(val_logits, val_labels)
-    if not np.exp(calibration.LOG_T_BOUNDS[0]) * 1.01 < temperature < np.exp(calibration.LOG_T_BOUNDS[1]) / 1.01:
-        tqdm.write(f"warning: the fitted temperature {temperature:.3g} is at its bound: the validation logits "
-                   "carry almost no information (too little training or too small a validation split).")
+    if config.calibration == "platt":
+        temperature, offset = calibration.fit_platt(val_logits, val_labels)
+        if not np.exp(calibration.LOG_T_BOUNDS[0]) * 1.01 < temperature < np.exp(calibration.LOG_T_BOUNDS[1]) / 1.01:
+            tqdm.write(f"warning: the fitted temperature {temperature:.3g} is at its bound: the validation logits "
+                       "carry almost no information (too little training or too small a validation split).")
+        method = ("Platt scaling on validation NLL: sigmoid((logit + offset) / temperature), the offset folded "
+                  "into the last layer's bias (it undoes the prior shift of class weighting)")
+    else:
+        item_labels = training_item_labels(data, split, config)
+        n_malignant, n_benign = int(item_labels.sum()), int((1 - item_labels).sum())
+        temperature = 1.0
+        offset = calibration.prior_shift_offset(n_malignant, n_benign, balanced=config.balance != "none")
+        method = (f"prior shift only: sigmoid(logit + offset), offset = -log(n_benign / n_malignant) = "
+                  f"-log({n_benign} / {n_malignant}) of the training items, undoing the class balancing's 50/50 "
+                  "prior; temperature 1; nothing fitted on validation (folded into the last layer's bias)"
+                  if config.balance != "none" else "none: the loss was not balanced, so no prior shift to undo")
     # Fold the offset into the last layer's bias: every (TTA) logit moves by ``offset``, so the
     # library's sigmoid(mean logit / T) is the fitted sigmoid((logit + offset) / T).
     with torch.no_grad():
@@ -526,10 +551,7 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
         "tta": config.calibration_tta,
     }
     card = base_card(config, temperature, threshold)
-    card["calibration"].update(
-        method="Platt scaling on validation NLL: sigmoid((logit + offset) / temperature), the offset folded "
-               "into the last layer's bias (it undoes the prior shift of class weighting)",
-        logit_offset_folded_into_weights=offset)
+    card["calibration"].update(method=method, logit_offset_folded_into_weights=offset)
     card["threshold_method"] = "Youden's J on validation probabilities"
     card["training"] = training_record(config, data, split_description, state, device_description, ddp, wall_seconds)
     card["metrics"] = {"validation": val_metrics}
@@ -654,6 +676,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft-labels", action="store_true",
                         help="train on the share of readers who rated the nodule malignant (a 3 counts half) "
                              "instead of the 0/1 median label; validation, calibration and evaluation keep 0/1")
+    parser.add_argument("--calibration", default=d.calibration, choices=CALIBRATION,
+                        help="prior: undo the class balancing's known prior shift, temperature 1, nothing fitted "
+                             "(default; chosen by cross-testing, Training/results round 4); platt: fit temperature "
+                             "and offset on validation NLL")
     parser.add_argument("--val-tta", action="store_true", help="flip TTA in per-epoch validation too (4x slower)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--no-progress", action="store_true")
@@ -669,7 +695,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
         aux_ratings=args.aux_ratings, ema=args.ema, soft_labels=args.soft_labels,
-        progress=not args.no_progress)
+        calibration=args.calibration, progress=not args.no_progress)
 
 
 def run_cli(args: argparse.Namespace) -> int:
