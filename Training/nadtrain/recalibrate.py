@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from dataclasses import fields
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from notadiagnosis.device import select_device
 from notadiagnosis.errors import InputError
@@ -21,7 +23,7 @@ from notadiagnosis.model import build_model
 from .checkpoint import load_checkpoint
 from .dataset import load_dataset
 from .splits import Split
-from .train import CALIBRATION, Dist, TrainConfig, finalize
+from .train import CALIBRATION, Dist, TrainConfig, _write_json, finalize
 
 
 def _finished_run(run_dir: Path) -> Dict[str, Any]:
@@ -33,35 +35,56 @@ def _finished_run(run_dir: Path) -> Dict[str, Any]:
     return json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
 
 
-def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto",
-                    progress: bool = True) -> Dict[str, Any]:
-    """Calibrate ``run_dir``'s best weights with ``method`` (see ``CALIBRATION``) into ``out``."""
+def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto", progress: bool = True,
+                    dataset: Optional[Path] = None) -> Dict[str, Any]:
+    """Calibrate ``run_dir``'s best weights with ``method`` (see ``CALIBRATION``) into the new folder ``out``.
+
+    ``dataset``: the run's dataset if it has moved since training (default: the path in splits.json).
+    The folder is built beside ``out`` and renamed into place at the end, so an interrupted
+    recalibration never leaves a folder that looks like a finished run.
+    """
     run_dir, out = Path(run_dir), Path(out)
     if method not in CALIBRATION:
         raise InputError(f"unknown calibration {method!r}; use one of {', '.join(CALIBRATION)}.")
     old_card = _finished_run(run_dir)
-    if out.resolve() == run_dir.resolve():
-        raise InputError("--out must be a new folder: the original run is kept as it is.")
-    if (out / "model.json").exists() or (out / "checkpoint.safetensors").exists():
-        raise InputError(f"{out} already holds a run; choose another --out.")
+    if out.exists():
+        raise InputError(f"{out} already exists; --out must be a new folder (the original run is kept as it is).")
+    if run_dir.resolve() in out.resolve().parents:
+        raise InputError("--out must not lie inside the run folder: the original run is kept as it is.")
     _, _, saved = load_checkpoint(run_dir / "checkpoint.safetensors")
     known = {f.name for f in fields(TrainConfig)}
     options = {k: v for k, v in saved["config"].items() if k in known}
-    config = TrainConfig(**{**options, "out": str(out), "calibration": method, "device": device,
-                            "progress": progress})
     description = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))
-    data = load_dataset(Path(description.get("dataset") or config.dataset))
+    data_path = Path(dataset) if dataset is not None else Path(description.get("dataset") or options["dataset"])
+    data = load_dataset(data_path)
     split = Split.from_description(description, len(data))
     torch_device, _ = select_device(device)
+
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)  # left by an interrupted recalibration into the same --out
+    partial.mkdir(parents=True)
+    config = TrainConfig(**{**options, "dataset": str(data_path), "out": str(partial), "calibration": method,
+                            "device": device, "progress": progress})
     old_training = old_card.get("training", {})
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "splits.json", out / "splits.json")
-    # The card keeps the training run's own device and time; only calibration and threshold are new.
-    summary = finalize(config, build_model(config.architecture), data, split, description, saved["train_state"],
-                       torch_device, old_training.get("device", "unknown"), Dist(),
-                       float(old_training.get("wall_seconds", 0.0)), best=run_dir / "best.safetensors")
-    summary["recalibrated_from"] = str(run_dir.resolve())
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # The card keeps the training run's own record (device, processes, times); calibration and
+    # threshold are new, and it says so.
+    kept = {k: old_training[k] for k in ("device", "processes", "train_seconds", "wall_seconds", "finished")
+            if k in old_training}
+    kept["recalibrated"] = {"from_run": run_dir.name, "calibration": method,
+                            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        shutil.copyfile(run_dir / "splits.json", partial / "splits.json")
+        summary = finalize(config, build_model(config.architecture), data, split, description,
+                           saved["train_state"], torch_device, old_training.get("device", "unknown"), Dist(),
+                           float(old_training.get("wall_seconds", 0.0)), best=run_dir / "best.safetensors",
+                           training_overrides=kept)
+        summary.update(model=str(out / "model.json"), recalibrated_from=str(run_dir.resolve()))
+        _write_json(partial / "train_summary.json", summary)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return summary
 
 
@@ -72,12 +95,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", default="prior", choices=CALIBRATION,
                         help="prior: undo the class balancing's prior shift, temperature 1 (default); "
                              "platt: fit temperature and offset on validation")
+    parser.add_argument("--dataset", help="the run's dataset directory, if it moved since training "
+                                          "(default: the path recorded in RUN/splits.json)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    summary = recalibrate_run(Path(args.run), Path(args.out), args.calibration, args.device, not args.no_progress)
+    summary = recalibrate_run(Path(args.run), Path(args.out), args.calibration, args.device, not args.no_progress,
+                              Path(args.dataset) if args.dataset else None)
     print(f"recalibrated ({args.calibration}): temperature {summary['temperature']:.3f}, logit offset "
           f"{summary['logit_offset']:+.3f}, threshold {summary['threshold']:.3f} -> {Path(args.out) / 'model.json'}")
     return 0

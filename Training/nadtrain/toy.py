@@ -6,7 +6,7 @@ task in a few epochs. Written with the real ``DatasetWriter`` so it has the real
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -27,10 +27,12 @@ def sphere_patch(diameter_mm: float, nodule_hu: float, rng: np.random.Generator,
 
 def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int = 1, seed: int = 0,
                      nodules_per_patient: int = 2, backgrounds=("toy-a",), medmnist_like: bool = False,
-                     malignant_every: int = 2) -> Path:
+                     malignant_every: int = 2, malignant_renders: Optional[int] = None) -> Path:
     """Write a complete dataset of ``n_nodules`` nodules x ``renders`` x ``backgrounds`` samples.
 
-    Nodule ``k`` is malignant when ``k % malignant_every == 1`` (every second one by default).
+    Nodule ``k`` is malignant when ``k % malignant_every == 1`` (every second one by default);
+    ``malignant_renders`` gives malignant nodules another number of renderings (default ``renders``),
+    so that counting samples and counting nodules give different class ratios.
 
     ``medmnist_like``: like a MedMNIST build instead: its own train/val/test split column, one
     background "", and no diameters or ratings in the nodule table."""
@@ -61,7 +63,7 @@ def make_toy_dataset(path: Union[str, Path], n_nodules: int = 24, renders: int =
             # MedMNIST-like split: by nodule pairs, so both classes land in every split.
             split = ("train", "train", "train", "val", "test")[(k // 2) % 5] if medmnist_like else ""
             for background in backgrounds:
-                for render in range(renders):
+                for render in range(renders if not label or malignant_renders is None else malignant_renders):
                     offset = rng.uniform(-2, 2, 3)
                     patch = sphere_patch(diameter, nodule_hu, rng, offset_vox=offset)
                     writer.add(patch[None], [label], [nodule_id], [patient_id], [render], [background], [split])

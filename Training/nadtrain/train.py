@@ -508,9 +508,11 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
 
 def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: Split, split_description: dict,
              state: Dict[str, Any], device: torch.device, device_description: str, ddp: Dist,
-             wall_seconds: float, best: Optional[Path] = None) -> Dict[str, Any]:
+             wall_seconds: float, best: Optional[Path] = None,
+             training_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Best weights (``best``, default OUT/best.safetensors) -> calibration per ``config.calibration``
-    and threshold on validation -> ``model.safetensors`` + card."""
+    and threshold on validation -> ``model.safetensors`` + card (``training_overrides`` replace
+    entries of the card's ``training`` record: ``nadtrain recalibrate`` keeps the original run's)."""
     out = Path(config.out)
     best = Path(best) if best is not None else out / "best.safetensors"
     if not best.is_file():
@@ -537,6 +539,9 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
                   f"-log({n_benign} / {n_malignant}) of the training items, undoing the class balancing's 50/50 "
                   "prior; temperature 1; nothing fitted on validation (folded into the last layer's bias)"
                   if config.balance != "none" else "none: the loss was not balanced, so no prior shift to undo")
+        if config.soft_labels:
+            method += ("; trained on soft labels, so the probabilities estimate the share of readers rating "
+                       "malignant rather than the 0/1 median label (use platt to calibrate to the labels)")
     # Fold the offset into the last layer's bias: every (TTA) logit moves by ``offset``, so the
     # library's sigmoid(mean logit / T) is the fitted sigmoid((logit + offset) / T).
     with torch.no_grad():
@@ -554,6 +559,7 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
     card["calibration"].update(method=method, logit_offset_folded_into_weights=offset)
     card["threshold_method"] = "Youden's J on validation probabilities"
     card["training"] = training_record(config, data, split_description, state, device_description, ddp, wall_seconds)
+    card["training"].update(training_overrides or {})
     card["metrics"] = {"validation": val_metrics}
     save_model(model, out / "model.safetensors", card)
     _write_json(out / "history.json", state["history"])
