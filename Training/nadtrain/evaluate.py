@@ -135,7 +135,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
 
     def summary(mask: np.ndarray, scores: np.ndarray, cut: float) -> Dict[str, Any]:
         result = metrics.summarize(labels[mask], scores[mask], cut, patients[mask], n_boot, seed)
-        # Whether the ECE is distinguishable from what a perfectly calibrated model shows on this test size.
+        # Whether the ECE is distinguishable from what calibrated predictions like these show on this test size.
         result["ece_if_calibrated"] = metrics.ece_if_calibrated(scores[mask], nodules[mask], result["ece"], seed=seed)
         return result
 
@@ -217,7 +217,7 @@ def format_summary(report: Dict[str, Any]) -> str:
         null = m.get("ece_if_calibrated") or {"range90": [None, None]}
         return (f"{name}: n={b['n_samples']} ({b['n_patients']} patients) model AUC {fmt(m['auc'])} "
                 f"[{fmt(ci[0])}, {fmt(ci[1])}], sens {fmt(m['sensitivity'])}, spec {fmt(m['specificity'])}, "
-                f"ECE {fmt(m['ece'])} (a perfectly calibrated model: {fmt(null['range90'][0])}-{fmt(null['range90'][1])}); "
+                f"ECE {fmt(m['ece'])} (calibrated predictions like these: {fmt(null['range90'][0])}-{fmt(null['range90'][1])}); "
                 f"size-only AUC {fmt(base['auc'])}; margin {fmt(margin['auc_margin'])}")
 
     lines = [line("overall", report["overall"])]

@@ -85,10 +85,11 @@ def calibration_bins(labels: np.ndarray, probabilities: np.ndarray, n_bins: int 
 
 def ece_if_calibrated(probabilities: np.ndarray, groups: Optional[Sequence[str]] = None,
                       observed_ece: Optional[float] = None, n_sim: int = 1000, seed: int = 0) -> Dict[str, object]:
-    """The ECE a perfectly calibrated model would show on this very test set, by simulation.
+    """The ECE that perfectly calibrated predictions *like these* would show on this very test set.
 
-    A test set of a few hundred nodules gives a non-zero ECE even to a perfect model, so an ECE
-    target below that floor cannot be verified. Each simulation draws fresh labels from the
+    A test set of a few hundred nodules gives a non-zero ECE even to calibrated predictions, so an
+    ECE inside that floor is not evidence of miscalibration (the floor depends on the predictions'
+    spread: a model separating the classes better would have a lower one). Each simulation draws fresh labels from the
     predictions themselves, each sample malignant with its own predicted probability, and
     recomputes the ECE with the same bins. A group's samples (a nodule's renderings, which share
     their true label) share one uniform draw, so their labels agree as far as their probabilities
