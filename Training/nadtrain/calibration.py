@@ -4,9 +4,8 @@ Why an offset: class weighting (or balanced sampling) trains the model on a 50/5
 shifts every logit by about log(n_benign / n_malignant). Two ways to undo it:
 
 - ``prior`` (the default recipe): :func:`prior_shift_offset` subtracts exactly that known shift,
-  temperature 1, nothing fitted. Chosen in round 4 of ``Training/results`` by cross-testing: the
-  validation split (~270 nodules) fits two Platt parameters too noisily, and the unfitted shift
-  gave a lower test ECE on 3 of 4 folds (mean 0.033 vs 0.046).
+  temperature 1, nothing fitted. Chosen in round 4 of ``Training/results`` by cross-testing: a
+  lower test ECE than Platt on 3 of 4 folds (mean 0.033 vs 0.046), a tie on the untouched fold 0.
 - ``platt``: :func:`fit_platt` fits sigmoid((logit + offset) / T) on validation NLL.
 
 The library's classifier knows only a temperature; ``train`` folds the offset into the final

@@ -89,9 +89,9 @@ def ece_if_calibrated(probabilities: np.ndarray, groups: Optional[Sequence[str]]
 
     A test set of a few hundred nodules gives a non-zero ECE even to calibrated predictions, so an
     ECE inside that floor is not evidence of miscalibration (the floor depends on the predictions'
-    spread: a model separating the classes better would have a lower one). Each simulation draws fresh labels from the
-    predictions themselves, each sample malignant with its own predicted probability, and
-    recomputes the ECE with the same bins. A group's samples (a nodule's renderings, which share
+    spread: a model separating the classes better would have a lower one). Each simulation draws
+    fresh labels from the predictions themselves, each sample malignant with its own predicted
+    probability, and recomputes the ECE with the same bins. A group's samples (a nodule's renderings, which share
     their true label) share one uniform draw, so their labels agree as far as their probabilities
     allow: a nodule counts once, not once per rendering. (Drawing one label from the group's mean
     probability instead would be wrong: renderings at 0.05 and 0.95 would each get label
