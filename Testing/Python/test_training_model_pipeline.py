@@ -81,6 +81,65 @@ def test_evaluation_probabilities_are_the_library_classifiers(pipeline):
     assert np.allclose(probs, [float(r["probability"]) for r in rows], atol=1e-5)
 
 
+def _copy_dataset(dataset: Path, out: Path, order: np.ndarray, change=lambda patches: patches) -> Path:
+    """The same samples in another order, as another renderer's build of the same nodules would be."""
+    from nadtrain.dataset import DatasetWriter
+
+    data = load_dataset(dataset)
+    with DatasetWriter(out, data.manifest["source"], {"copy_of": str(dataset)}) as writer:
+        writer.add(change(data.patches_hu[order]), data.labels[order], data.nodule_ids[order], data.patient_ids[order],
+                   data.render_index[order], data.background[order])
+        writer.write_nodule_table(data.nodules)
+    return out
+
+
+def test_another_rendering_of_the_same_samples_is_scored_on_the_runs_split_by_sample_key(pipeline, tmp_path):
+    data = load_dataset(pipeline["dataset"], load_patches=False)
+    order = np.random.default_rng(0).permutation(len(data))
+    key = lambda r: (r["nodule_id"], r["background"], r["render_index"])
+    home = {key(r): r for r in _predictions(pipeline["run"])}
+
+    # The very same pixels in another order: every test sample keeps its probability.
+    shuffled = _copy_dataset(pipeline["dataset"], tmp_path / "shuffled", order)
+    assert main(["evaluate", str(pipeline["run"]), "--dataset", str(shuffled), "--out", str(tmp_path / "e1"),
+                 "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
+    with open(tmp_path / "e1" / "predictions.csv", newline="") as handle:
+        mapped = {key(r): r for r in csv.DictReader(handle)}
+    assert mapped.keys() == home.keys()
+    assert any(mapped[k]["sample"] != home[k]["sample"] for k in home)  # the indices did move
+    for k in home:
+        assert float(mapped[k]["probability"]) == pytest.approx(float(home[k]["probability"]), abs=1e-5)
+    report = json.loads((tmp_path / "e1" / "report.json").read_text())
+    assert report["split"]["mapped_by_sample_key_from"] == str(Path(pipeline["dataset"]).resolve())
+    assert report["overall"]["model"]["auc"] == pytest.approx(pipeline["report"]["overall"]["model"]["auc"], abs=1e-6)
+
+    # Other pixels (here: mirrored left-right) are read at the mapped samples.
+    mirrored = _copy_dataset(pipeline["dataset"], tmp_path / "mirrored", order, lambda p: p[..., ::-1] + 100)
+    assert main(["evaluate", str(pipeline["run"]), "--dataset", str(mirrored), "--out", str(tmp_path / "e2"),
+                 "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 0
+    with open(tmp_path / "e2" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    other = load_dataset(mirrored)
+    classifier = Classifier.load(str(pipeline["run"] / "model.json"), device="cpu")
+    probs, _, _ = classifier.predict_patches(normalize_hu(other.patches_hu[[int(r["sample"]) for r in rows[:4]]]), tta=True)
+    assert np.allclose(probs, [float(r["probability"]) for r in rows[:4]], atol=1e-5)
+    assert {key(r) for r in rows} == home.keys()
+
+
+def test_another_dataset_lacking_test_samples_is_refused(pipeline, tmp_path, capsys):
+    report = pipeline["report"]
+    data = load_dataset(pipeline["dataset"], load_patches=False)
+    test_nodule = _predictions(pipeline["run"])[0]["nodule_id"]
+    keep = np.flatnonzero(data.nodule_ids != test_nodule)
+    partial = _copy_dataset(pipeline["dataset"], tmp_path / "partial", keep)
+    assert main(["evaluate", str(pipeline["run"]), "--dataset", str(partial), "--out", str(tmp_path / "e"),
+                 "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "test samples" in error and "not in the other dataset" in error and error.count("\n") == 1
+    assert not (tmp_path / "e").exists()
+    assert report == json.loads((pipeline["run"] / "evaluation" / "report.json").read_text())
+
+
 def test_report_has_figures_breakdowns_and_the_held_out_background(pipeline):
     report, out = pipeline["report"], pipeline["run"] / "evaluation"
     for name in report["figures"].values():

@@ -29,8 +29,8 @@ from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
 from . import calibration, metrics, plots, ratings
-from .dataset import Dataset, load_dataset, load_patches
-from .splits import Split
+from .dataset import Dataset, load_dataset, load_patches, sample_key
+from .splits import Split, map_split
 
 
 def predict_probabilities(classifier: Classifier, patches_hu: np.ndarray, batch_size: int = 32,
@@ -52,6 +52,10 @@ def _nodule_column(data: Dataset, indices: np.ndarray, column: str) -> np.ndarra
         value = table.get(nodule_id, {}).get(column)
         values.append(np.nan if value is None or value == "" else float(value))
     return np.asarray(values, dtype=np.float64)
+
+
+def _sample_keys(data: Dataset) -> list:
+    return [sample_key(n, b, r) for n, b, r in zip(data.nodule_ids, data.background, data.render_index)]
 
 
 def _first_sample_per_nodule(data: Dataset, indices: np.ndarray) -> np.ndarray:
@@ -99,11 +103,19 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
         raise InputError(f"{run_dir} is not a finished training run (model.json and splits.json expected); "
                          "run `nadtrain train` to the end first.")
     description = json.loads(splits_path.read_text(encoding="utf-8"))
-    dataset = Path(dataset) if dataset is not None else Path(description["dataset"])
+    trained_on = Path(description["dataset"])
+    dataset = Path(dataset) if dataset is not None else trained_on
+    data = load_dataset(dataset, load_patches=False)  # metadata only; the split's pixels are read below
+    mapped_from = None
+    if trained_on.is_dir() and trained_on.resolve() != dataset.resolve():
+        # Another dataset of the same samples (another renderer): the split follows the sample keys.
+        original = load_dataset(trained_on, load_patches=False)
+        split = map_split(Split.from_description(description, len(original)), _sample_keys(original), _sample_keys(data))
+        mapped_from = str(trained_on.resolve())
+    else:  # the training dataset, or a moved copy of it (same sample order)
+        split = Split.from_description(description, len(data))
     out = Path(out) if out is not None else run_dir / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(dataset, load_patches=False)  # metadata only; the split's pixels are read below
-    split = Split.from_description(description, len(data))
     if split_name not in split.indices:
         raise InputError(f"unknown split {split_name!r}; use train, val or test.")
     classifier = Classifier.load(str(model_path), device=device)
@@ -160,7 +172,8 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
         "dataset": {"path": str(dataset.resolve()), "source": data.manifest.get("source"),
                     "params": data.manifest.get("params", {})},
         "split": {"name": split_name, "mode": description.get("mode"), "seed": description.get("seed"),
-                  "params": description.get("params"), "leakage": leak},
+                  "params": description.get("params"), "leakage": leak,
+                  **({"mapped_by_sample_key_from": mapped_from} if mapped_from else {})},
         "warnings": warnings,
         "baseline": ({**baseline.describe(), "available": True, "fitted_on": "train nodules (one row per nodule)",
                       "threshold": baseline_threshold, "threshold_source": "validation split (Youden's J)"}
@@ -234,7 +247,8 @@ def format_summary(report: Dict[str, Any]) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nadtrain evaluate``."""
     parser.add_argument("run", help="run directory written by `nadtrain train`")
-    parser.add_argument("--dataset", help="dataset directory (default: the one the run was trained on)")
+    parser.add_argument("--dataset", help="dataset directory (default: the one the run was trained on); another dataset of "
+                        "the same nodules, backgrounds and renders (e.g. another renderer) is scored on the run's split by sample key")
     parser.add_argument("--out", help="report directory (default: RUN/evaluation)")
     parser.add_argument("--split", default="test", choices=["test", "val", "train"])
     parser.add_argument("--device", default="auto")

@@ -62,6 +62,24 @@ class Split:
                    params=description.get("params", {}))
 
 
+def map_split(split: Split, from_keys: Sequence[tuple], to_keys: Sequence[tuple]) -> Split:
+    """The same samples in another dataset, matched by sample key (nodule, background, render index).
+
+    For scoring a model on another rendering of the very same test samples (e.g. a dataset built by
+    another renderer from the same nodules); raises when any sample of the split is absent there.
+    """
+    position = {key: i for i, key in enumerate(to_keys)}
+    indices = {}
+    for name, idx in split.indices.items():
+        keys = [from_keys[i] for i in idx]
+        missing = [key for key in keys if key not in position]
+        if missing:
+            raise InputError(f"{len(missing)} of the {len(keys)} {name} samples (e.g. {missing[0]}) are not in the "
+                             "other dataset; it must hold the same nodules, backgrounds and renders.")
+        indices[name] = np.array([position[key] for key in keys], dtype=int)
+    return Split(indices=indices, mode=split.mode, seed=split.seed, params=split.params)
+
+
 def leakage(split: Split, patient_ids: Sequence[str], nodule_ids: Sequence[str]) -> dict:
     """Patients and nodules found in the test split *and* in train or val (should be 0 and 0)."""
     patient_ids = np.asarray(patient_ids)

