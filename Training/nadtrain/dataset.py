@@ -13,6 +13,7 @@ valid, resumable directory whose manifest says ``complete: false``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
@@ -373,6 +374,17 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(len(self.labels))
+
+    def sample_keys(self) -> List[SampleKey]:
+        """Every sample's (nodule_id, background, render_index), in the dataset's order."""
+        return [sample_key(n, b, r) for n, b, r in zip(self.nodule_ids, self.background, self.render_index)]
+
+    def sample_keys_sha256(self) -> str:
+        """Digest of the ordered sample keys: two datasets with it equal index their samples alike."""
+        digest = hashlib.sha256()
+        for key in self.sample_keys():
+            digest.update(("|".join(map(str, key)) + "\n").encode())
+        return digest.hexdigest()
 
     def nodule_table(self) -> Dict[str, Dict[str, Any]]:
         """The nodule table keyed by nodule_id."""

@@ -29,7 +29,7 @@ from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
 from . import calibration, metrics, plots, ratings
-from .dataset import Dataset, load_dataset, load_patches, sample_key
+from .dataset import Dataset, load_dataset, load_patches
 from .splits import Split, map_split
 
 
@@ -54,8 +54,21 @@ def _nodule_column(data: Dataset, indices: np.ndarray, column: str) -> np.ndarra
     return np.asarray(values, dtype=np.float64)
 
 
-def _sample_keys(data: Dataset) -> list:
-    return [sample_key(n, b, r) for n, b, r in zip(data.nodule_ids, data.background, data.render_index)]
+def _check_same_samples(description: Dict[str, Any], data: Dataset, dataset: Path, model_path: Path) -> None:
+    """Refuse a dataset whose samples the run's recorded indices would not name (a moved original is fine).
+
+    Runs record the digest of their dataset's ordered sample keys; older runs only the build options
+    (in the card), which at least tells a dataset built another way."""
+    recorded = description.get("sample_keys_sha256")
+    if recorded is not None:
+        if data.sample_keys_sha256() != recorded:
+            raise InputError(f"{dataset} does not hold the samples, in the same order, that the run was trained on; "
+                             "give the original dataset (or, if it still exists, another one of the same samples).")
+        return
+    trained_params = json.loads(model_path.read_text(encoding="utf-8")).get("training", {}).get("data", {}).get("build_params")
+    if trained_params is not None and trained_params != data.manifest.get("params", {}):
+        raise InputError(f"{dataset} was built with other options than the dataset the run was trained on; give that "
+                         "dataset (or, if it still exists, another one of the same samples).")
 
 
 def _first_sample_per_nodule(data: Dataset, indices: np.ndarray) -> np.ndarray:
@@ -110,11 +123,15 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     if trained_on.is_dir() and trained_on.resolve() != dataset.resolve():
         # Another dataset of the same samples (another renderer): the split follows the sample keys.
         original = load_dataset(trained_on, load_patches=False)
-        split = map_split(Split.from_description(description, len(original)), _sample_keys(original), _sample_keys(data))
+        split = map_split(Split.from_description(description, len(original)), original.sample_keys(), data.sample_keys(),
+                          original.labels, data.labels)
         mapped_from = str(trained_on.resolve())
-    else:  # the training dataset, or a moved copy of it (same sample order)
+    else:  # the training dataset, or a moved copy of it: the recorded indices must mean the same samples
+        _check_same_samples(description, data, dataset, model_path)
         split = Split.from_description(description, len(data))
-    out = Path(out) if out is not None else run_dir / "evaluation"
+    if out is None:  # a report on another rendering never replaces the run's own (export reads that one)
+        out = run_dir / ("evaluation" if mapped_from is None else f"evaluation-on-{dataset.resolve().name}")
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if split_name not in split.indices:
         raise InputError(f"unknown split {split_name!r}; use train, val or test.")
@@ -205,6 +222,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     _write_predictions(out / "predictions.csv", data, idx, probs, unc, logits, base_probs)
     report["predictions"] = "predictions.csv"
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report["written_to"] = str(out / "report.json")  # for the caller; not part of the file
     return report
 
 
@@ -264,6 +282,5 @@ def run_cli(args: argparse.Namespace) -> int:
                           Path(args.out) if args.out else None, args.split, args.device, args.batch_size,
                           args.bootstrap, args.seed, not args.no_tta, not args.no_progress)
     print(format_summary(report))
-    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
-    print(f"report: {out / 'report.json'}")
+    print(f"report: {report['written_to']}")
     return 0

@@ -128,6 +128,9 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
                          "re-run `nadtrain evaluate` on this run.")
     if report.get("split", {}).get("name") != "test":
         raise InputError("the report is not on the test split; export needs `nadtrain evaluate --split test`.")
+    if report["split"].get("mapped_by_sample_key_from"):
+        raise InputError(f"{report_path} scores the model on another dataset than it was trained on; export the "
+                         "report of its own dataset (`nadtrain evaluate` without --dataset).")
     if report.get("warnings") and not allow_leaky_split:
         raise InputError("the report warns of a leak-prone split; its numbers must not go into a model card "
                          "(pass --allow-leaky-split only for a demonstration).")

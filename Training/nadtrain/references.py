@@ -70,7 +70,8 @@ def run_on_fold(run: Path, dataset_name: str, seed: int, test_fraction: float) -
     split = json.loads(splits_path.read_text(encoding="utf-8"))
     params = split.get("params", {})
     if (split.get("mode") != "patient" or split.get("seed") != seed or Path(split["dataset"]).name != dataset_name
-            or params.get("test_fraction") != test_fraction or report["split"]["name"] != "test"):
+            or params.get("test_fraction") != test_fraction or report["split"]["name"] != "test"
+            or report["split"].get("mapped_by_sample_key_from")):
         raise InputError(f"{run} was not tested on a patient split of {dataset_name} with seed {seed} and test "
                          f"fraction {test_fraction}; compare runs of the same dataset and seed.")
     overall = report["overall"]

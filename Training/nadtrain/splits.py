@@ -62,13 +62,16 @@ class Split:
                    params=description.get("params", {}))
 
 
-def map_split(split: Split, from_keys: Sequence[tuple], to_keys: Sequence[tuple]) -> Split:
+def map_split(split: Split, from_keys: Sequence[tuple], to_keys: Sequence[tuple],
+              from_labels: Sequence[int], to_labels: Sequence[int]) -> Split:
     """The same samples in another dataset, matched by sample key (nodule, background, render index).
 
     For scoring a model on another rendering of the very same test samples (e.g. a dataset built by
-    another renderer from the same nodules); raises when any sample of the split is absent there.
+    another renderer from the same nodules); raises when any sample of the split is absent there or
+    carries another label (a dataset built with another labelling rule is not the same samples).
     """
     position = {key: i for i, key in enumerate(to_keys)}
+    from_labels, to_labels = np.asarray(from_labels), np.asarray(to_labels)
     indices = {}
     for name, idx in split.indices.items():
         keys = [from_keys[i] for i in idx]
@@ -77,6 +80,10 @@ def map_split(split: Split, from_keys: Sequence[tuple], to_keys: Sequence[tuple]
             raise InputError(f"{len(missing)} of the {len(keys)} {name} samples (e.g. {missing[0]}) are not in the "
                              "other dataset; it must hold the same nodules, backgrounds and renders.")
         indices[name] = np.array([position[key] for key in keys], dtype=int)
+        relabelled = np.flatnonzero(from_labels[idx] != to_labels[indices[name]])
+        if relabelled.size:
+            raise InputError(f"{relabelled.size} of the {name} samples (e.g. {keys[relabelled[0]]}) have another label "
+                             "in the other dataset; it must be built with the same labelling rule.")
     return Split(indices=indices, mode=split.mode, seed=split.seed, params=split.params)
 
 

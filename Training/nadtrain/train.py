@@ -337,6 +337,8 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
                        exclude_patients=config.exclude_patients, test_fold=config.test_fold)
     split_description = split.describe(data.patient_ids, data.nodule_ids, data.labels)
     split_description["dataset"] = str(Path(config.dataset).resolve())
+    # The split is sample indices: evaluate checks a moved or rebuilt dataset still orders its samples alike.
+    split_description["sample_keys_sha256"] = data.sample_keys_sha256()
 
     # Model and optimisation. The seed fixes the initial weights.
     torch.manual_seed(config.seed)

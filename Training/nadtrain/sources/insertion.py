@@ -229,6 +229,8 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
     if occ.any():
         bg = background_hu[box]
         inside = occ >= 0.5
+        if not inside.any():  # no half-occupied voxel (readers never overlapping, or a sub-voxel mask): its densest part
+            inside = occ >= 0.5 * float(occ.max())
         pattern = int(np.clip(np.round(calcification_median), 1, 6))
         needs_depth = info["kind"] == "part-solid" or pattern != 6
         inner_mm = (ndimage.distance_transform_edt(inside, sampling=spacing_zyx)
