@@ -233,14 +233,14 @@ def test_rendered_size_and_rendering_inputs_are_scored_per_fold(aux_run, monkeyp
 
     modes = []
 
-    def sphere_volumes(rows, workers, progress, mask_mode):
-        modes.append(mask_mode)
+    def sphere_volumes(rows, workers, progress, mask_mode, consensus):
+        modes.append((mask_mode, consensus))
         return np.array([np.pi / 6 * float(row["median_diameter_mm"]) ** 3 for row in rows])
 
     monkeypatch.setattr(references, "rendered_volumes", sphere_volumes)
     result = references.fold_references(dataset, rendered_size=True, progress=False)
     # The dataset's manifest names no --mask: its nodules were rendered as consensus masks.
-    assert modes == ["consensus"] and result["rendered_mask"] == "consensus"
+    assert modes == [("consensus", 0.5)] and result["rendered_mask"] == "consensus"
     assert all(f["rendered_size_auc"] == 1.0 for f in result["folds"])
     assert all(0.5 < f["rendering_inputs_reference_auc"] <= 1.0 for f in result["folds"])
     assert result["rendered_size_auc"]["n_folds"] == 5 and "rendering_inputs_reference_auc" in result

