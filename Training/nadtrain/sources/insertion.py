@@ -59,7 +59,7 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 # -- nodule shape ------------------------------------------------------------------------------------
 @dataclass
 class NoduleShape:
-    """A nodule's mask on its original scan's grid, as a (z=slice, y=row, x=column) float image."""
+    """A nodule's occupancy on its original scan's grid, as a (z=slice, y=row, x=column) float image."""
 
     image: sitk.Image            # float32 occupancy in [0, 1], physical frame with its centroid at the origin
     radius_mm: float             # largest distance of an occupied voxel centre from the centroid (+ half a voxel)
@@ -112,8 +112,9 @@ def nodule_shape(annotations: Sequence[Any], consensus: float, pixel_spacing_mm:
     zyx = np.ascontiguousarray(occupancy.transpose(2, 0, 1))  # (i,j,k) -> (k,i,j) = (z,y,x)
     spacing_zyx = np.array([slice_spacing_mm, pixel_spacing_mm, pixel_spacing_mm])
     points = np.argwhere(zyx > 0)
-    # Occupancy-weighted centroid: with 0/1 masks the plain centroid of the mask, as before.
-    centroid = np.average(points, axis=0, weights=zyx[zyx > 0])
+    weights = zyx[zyx > 0]
+    # Occupancy-weighted centroid; a 0/1 mask keeps the plain mean, so consensus builds stay bit-identical.
+    centroid = points.mean(axis=0) if np.all(weights == 1) else np.average(points, axis=0, weights=weights)
     radius = float(np.max(np.linalg.norm((points - centroid) * spacing_zyx, axis=1))) + 0.5 * float(spacing_zyx.max())
     image = sitk.GetImageFromArray(zyx)
     image.SetSpacing(spacing_zyx[::-1].tolist())
