@@ -178,10 +178,9 @@ def training_groups(data: Dataset, indices: np.ndarray, one_render: bool) -> Lis
     return np.split(sorted_idx, starts[1:])
 
 
-def training_item_labels(data: Dataset, split: Split, config: TrainConfig) -> np.ndarray:
-    """0/1 label of each training item (a nodule, or a sample with --all-renders): what the class
-    balancing counts, and so what the prior-shift calibration undoes."""
-    groups = training_groups(data, split.indices["train"], config.one_render_per_epoch)
+def training_item_labels(data: Dataset, groups: Sequence[np.ndarray]) -> np.ndarray:
+    """0/1 label of each training item (``training_groups``: a nodule, or a sample with --all-renders):
+    what the class balancing counts, and so what the prior-shift calibration undoes."""
     return np.array([int(data.labels[group[0]]) for group in groups], dtype=np.int64)
 
 
@@ -346,12 +345,12 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     parts = build_training_network(config, model, data, split, device)
     net, aux_targets, ema_model, checkpointed, evaluated = (
         parts.net, parts.aux_targets, parts.ema, parts.checkpointed, parts.evaluated)
-    train_set = NoduleEpochSet(data.patches_hu, data.labels,
-                               training_groups(data, split.indices["train"], config.one_render_per_epoch), config.seed)
+    groups = training_groups(data, split.indices["train"], config.one_render_per_epoch)
+    train_set = NoduleEpochSet(data.patches_hu, data.labels, groups, config.seed)
     # Every validation sample (all renderings): a steadier AUC for early stopping than one per
     # nodule, for about 4 ms per sample on CPU without TTA.
     val_idx = split.indices["val"]
-    item_labels = training_item_labels(data, split, config)
+    item_labels = training_item_labels(data, groups)
     n_pos, n_neg = int(item_labels.sum()), int((1 - item_labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise InputError("the training split holds one class only; the dataset needs benign and malignant nodules.")
@@ -533,7 +532,7 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
         method = ("Platt scaling on validation NLL: sigmoid((logit + offset) / temperature), the offset folded "
                   "into the last layer's bias (it undoes the prior shift of class weighting)")
     else:
-        item_labels = training_item_labels(data, split, config)
+        item_labels = training_item_labels(data, training_groups(data, split.indices["train"], config.one_render_per_epoch))
         n_malignant, n_benign = int(item_labels.sum()), int((1 - item_labels).sum())
         temperature = 1.0
         offset = calibration.prior_shift_offset(n_malignant, n_benign, balanced=config.balance != "none")
