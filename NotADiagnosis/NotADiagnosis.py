@@ -170,9 +170,12 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        from nadslicer.validation import default_input_volume
+
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # Not GetFirstNodeByClass: it also returns label maps and the module's own saliency overlays.
+            firstVolumeNode = default_input_volume(slicer.mrmlScene)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+import subprocess
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -81,7 +82,10 @@ def ensure_torch(ask: bool = True) -> None:
             "PyTorch is not installed: install the 'PyTorch' extension from the Extensions Manager, "
             "restart Slicer, then press Classify again."
         ) from None
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask, torchVersionRequirement=TORCH_REQUIREMENT)
+    try:
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask, torchVersionRequirement=TORCH_REQUIREMENT)
+    except (subprocess.CalledProcessError, RuntimeError, OSError) as error:  # pip failed, offline, no PythonSlicer...
+        raise DependencyError(_failed_message(["torch"], error)) from None
     if torch is None:
         raise DependencyError(
             "PyTorch was not installed; open the 'PyTorch Utils' module to install it, then press Classify again."
@@ -104,8 +108,14 @@ def ensure_packages(requirements: Sequence[str], confirm: Optional[Callable[[str
     if packaging is not None and hasattr(packaging, "pip_ensure"):
         try:
             packaging.pip_ensure(list(missing), requester=REQUESTER)
-        except RuntimeError:  # the user declined
-            raise DependencyError(_declined_message(missing)) from None
+        except RuntimeError as error:
+            # pip_ensure raises RuntimeError("User declined package installation"); other RuntimeErrors
+            # (PythonSlicer not found, an install already running) are failures, not a choice.
+            if "declined" in str(error).lower():
+                raise DependencyError(_declined_message(missing)) from None
+            raise DependencyError(_failed_message(missing, error)) from None
+        except (subprocess.CalledProcessError, OSError) as error:
+            raise DependencyError(_failed_message(missing, error)) from None
     else:
         import slicer.util
 
@@ -116,13 +126,23 @@ def ensure_packages(requirements: Sequence[str], confirm: Optional[Callable[[str
         ask = confirm or (lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle=REQUESTER))
         if not ask(f"{REQUESTER} needs these Python packages, which will be installed now: {', '.join(missing)}. Continue?"):
             raise DependencyError(_declined_message(missing))
-        slicer.util.pip_install(" ".join(missing))
+        try:
+            slicer.util.pip_install(" ".join(missing))
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as error:
+            raise DependencyError(_failed_message(missing, error)) from None
     importlib.invalidate_caches()
     still_missing = missing_requirements(missing)
     if still_missing:
         raise DependencyError(
             f"Installing {', '.join(still_missing)} did not succeed; see the Python console, then restart Slicer and try again."
         )
+
+
+def _failed_message(missing: Sequence[str], error: BaseException) -> str:
+    return (
+        f"Installing {', '.join(missing)} failed ({type(error).__name__}: {str(error).strip() or 'no details'}); "
+        "see the Python console, check the network connection (or proxy) and press Classify again."
+    )
 
 
 def _declined_message(missing: Sequence[str]) -> str:

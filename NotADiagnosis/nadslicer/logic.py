@@ -58,11 +58,21 @@ class ClassificationResult:
 
     @property
     def status(self) -> str:
-        """One line for the status label: model, version, device and how many points."""
-        return (
+        """The status label: model, version, device, how many points, and every distinct warning.
+
+        Warnings (not a CT in HU, cube outside the CT, point off tissue...) make results unreliable, so
+        they are said here, where the user looks, not only in the table's last column.
+        """
+        line = (
             f"Model {self.model_name} {self.model_version} on {self.device_description}; "
             f"{len(self.labels)} point(s) classified. Not a diagnosis."
         )
+        if not self.warnings:
+            return line
+        flagged = sum(1 for prediction in self.predictions if prediction.warnings)
+        listed = "\n".join(f"- {warning}" for warning in self.warnings)
+        return (f"{line}\nWarning: {flagged} of {len(self.labels)} result(s) may be unreliable "
+                f"(see the Warning column):\n{listed}")
 
 
 def device_name(choice: str) -> str:

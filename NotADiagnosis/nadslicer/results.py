@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 
+from .validation import SALIENCY_ATTRIBUTE
 from .volumes import ijk_to_ras, set_volume_from_image
 
 #: Columns of the results table, in order. R, A, S are world coordinates in mm.
@@ -155,6 +156,7 @@ def add_saliency_volume(scene, volume_node, maps: Sequence[sitk.Image], world_im
     saliency_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     set_volume_from_image(saliency_node, saliency_image, local_ijk_to_ras)
     saliency_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    saliency_node.SetAttribute(SALIENCY_ATTRIBUTE, "true")  # so it is never offered as the input CT
     saliency_node.CreateDefaultDisplayNodes()
     display = saliency_node.GetDisplayNode()
     if display is not None:

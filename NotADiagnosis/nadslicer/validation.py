@@ -9,6 +9,33 @@ from typing import Optional
 
 # vtkMRMLMarkupsNode::PositionDefined (stable since Slicer 4.11; read from the node when present).
 _POSITION_DEFINED = 2
+# The library's CT readers refuse volumes thinner than this along any axis; the module does the same.
+MIN_VOXELS_PER_AXIS = 2
+# Attribute the module sets on its saliency overlays (nadslicer.results writes it).
+SALIENCY_ATTRIBUTE = "NotADiagnosis.Saliency"
+
+
+def volume_problem(volume_node) -> Optional[str]:
+    """Why this volume cannot be a chest CT input, in one sentence, or None."""
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return f"'{volume_node.GetName()}' is a label map (a segmentation), not a CT; select the chest CT volume."
+    image_data = volume_node.GetImageData()
+    if image_data is None or min(image_data.GetDimensions()) < 1:
+        return f"The volume '{volume_node.GetName()}' holds no voxels; load the CT again."
+    if min(image_data.GetDimensions()) < MIN_VOXELS_PER_AXIS:
+        return (f"The volume '{volume_node.GetName()}' has size {tuple(image_data.GetDimensions())}: a single slice; "
+                "load the whole CT series (several voxels along every axis).")
+    return None
+
+
+def default_input_volume(scene):
+    """The first plain scalar volume of the scene that is not one of the module's saliency overlays
+    (label maps, vector volumes and overlays are not chest CTs), or None."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and node.GetAttribute(SALIENCY_ATTRIBUTE) is None:
+            return node
+    return None
 
 
 def position_defined_status(markups_node) -> int:
@@ -38,9 +65,9 @@ def input_problem(volume_node, markups_node) -> Optional[str]:
     """What stops a classification, in one sentence, or None when the inputs look usable."""
     if volume_node is None:
         return "Select the chest CT as input volume."
-    image_data = volume_node.GetImageData()
-    if image_data is None or min(image_data.GetDimensions()) < 1:
-        return f"The volume '{volume_node.GetName()}' holds no voxels; load the CT again."
+    problem = volume_problem(volume_node)
+    if problem is not None:
+        return problem
     if markups_node is None:
         return "Select or create a point list, then place a point on each nodule."
     if count_placed_points(markups_node) == 0:

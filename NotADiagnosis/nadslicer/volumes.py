@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import vtk
 
 from .errors import NonLinearTransformError, VolumeError
+from .validation import volume_problem
 
 # RAS <-> LPS in homogeneous coordinates: x and y change sign (the matrix is its own inverse).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -93,8 +94,11 @@ def volume_to_image(volume_node) -> sitk.Image:
     """
     if volume_node is None:
         raise VolumeError("No volume is selected; load a chest CT and select it as the input volume.")
+    problem = volume_problem(volume_node)
+    if problem is not None:
+        raise VolumeError(problem)
     image_data = volume_node.GetImageData()
-    if image_data is None or min(image_data.GetDimensions()) < 1 or image_data.GetPointData().GetScalars() is None:
+    if image_data.GetPointData().GetScalars() is None:
         raise VolumeError(f"The volume '{volume_node.GetName()}' holds no voxels; load the CT again.")
     if image_data.GetNumberOfScalarComponents() != 1:
         raise VolumeError(

@@ -18,7 +18,7 @@ import torch
 
 from .device import select_device
 from .errors import InputError, NotADiagnosisError
-from .geometry import extract_patch
+from .geometry import check_image, extract_patch
 from .model import ResNet3D
 from .preprocessing import normalize_hu
 from .saliency import layer_cam, map_to_ct_space
@@ -102,11 +102,10 @@ class Classifier:
         ``callback(done, total)`` is called after each batch; returning ``False`` cancels the run
         (raising :class:`CancelledError`, so partial results are never returned as complete).
         """
-        points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3) if len(points_lps) else np.zeros((0, 3))
-        if len(points) == 0:
-            raise InputError("No points were given; place at least one point on a nodule.")
+        points = _as_points(points_lps)
         if batch_size < 1:
             raise InputError("The batch size must be at least 1.")
+        check_image(image)
         image_warnings = image_warnings_for(image)
         predictions: List[Prediction] = []
         bar = None
@@ -169,6 +168,7 @@ class Classifier:
 
     def saliency(self, image: sitk.Image, point_lps: Sequence[float]) -> sitk.Image:
         """LayerCAM saliency for one point, as a float32 image in [0, 1] on the CT's own grid."""
+        check_image(image)
         patch = extract_patch(image, point_lps, self.patch_size, self.spacing_mm)
         tensor = torch.from_numpy(normalize_hu(patch.array_hu, self.hu_min, self.hu_max))[None, None].to(self.device)
         cam = layer_cam(self.model, tensor)
@@ -194,14 +194,38 @@ def _inference_copy(model: ResNet3D) -> torch.nn.Module:
     return fast.to(memory_format=torch.channels_last_3d)
 
 
+def _as_points(points_lps: Sequence[Sequence[float]]) -> np.ndarray:
+    """Points as an (N, 3) float array: one point of shape (3,) or a list of N points of 3 coordinates."""
+    try:
+        points = np.array(points_lps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("Points must be numbers: one point (x, y, z) or a list of such points, in LPS mm.") from None
+    if points.ndim == 1 and points.shape == (3,):
+        points = points[None]
+    if points.size == 0:
+        raise InputError("No points were given; place at least one point on a nodule.")
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise InputError(f"Points must have 3 coordinates each (one point, or a list of N points: shape (N, 3)); got shape {points.shape}.")
+    if not np.all(np.isfinite(points)):
+        raise InputError("A point has a coordinate that is not a finite number; every point needs three finite LPS mm values.")
+    return points
+
+
 def image_warnings_for(image: sitk.Image) -> List[str]:
     """Warnings about the whole image that make every result on it unreliable."""
     warnings = []
     thickest = max(image.GetSpacing())
     if thickest > MAX_SLICE_THICKNESS_MM:
         warnings.append(f"voxels are {thickest:.1f} mm thick (> {MAX_SLICE_THICKNESS_MM:g} mm): small nodules are blurred")
+    voxels = sitk.GetArrayViewFromImage(image)
     # A strided look is enough to see whether the image holds air at -1000 HU, as any chest CT does.
-    sample = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4]
+    sample = voxels[::2, ::4, ::4]
+    if np.issubdtype(voxels.dtype, np.floating):
+        # Only float images can hold NaN or infinity; extraction reads such voxels as air, as training does.
+        invalid = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+        if invalid:
+            warnings.append(f"{invalid:,} voxels of the CT are not finite numbers (NaN or infinity) and are read as air")
+        sample = sample[np.isfinite(sample)]
     if sample.size and float(np.min(sample)) > -900.0:
         warnings.append("no air at -1000 HU: this does not look like a CT in Hounsfield units")
     return warnings

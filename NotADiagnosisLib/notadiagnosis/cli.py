@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -25,7 +26,7 @@ from .geometry import is_inside, lps_to_ras
 
 # Also in weights.DISCLAIMER; repeated here so that `--help` and errors need not import torch.
 REMINDER = "Not a diagnosis: research use only; the model has not been validated on patients."
-EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
 DEMO_CT_NAME = "synthetic-chest-ct.nrrd"
 DEMO_POINTS_NAME = "synthetic-nodules.mrk.json"
 
@@ -42,6 +43,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("notadiagnosis: interrupted; the run is incomplete and no results were printed.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): stop quietly, as command-line tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 _NUMERIC_TRIPLE = re.compile(r"^\s*-[\d.][^,]*(,[^,]*){2}$")
@@ -147,7 +153,7 @@ def run_classify(args: argparse.Namespace) -> int:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
     elif args.csv:
         sys.stdout.write(results_csv(rows))
-        print(REMINDER, file=sys.stderr)  # stderr keeps the CSV clean for other programs
+        print(REMINDER, file=sys.stderr)
     else:
         print(f"CT: {args.ct} ({describe_image(image)})")
         print(f"Model: {classifier.name} on {classifier.device_description}; flip TTA {'off' if args.no_tta else 'on'}")
@@ -232,10 +238,7 @@ def _progress_bar(iterable=None, **options):
     """A tqdm bar on stderr that appears only for work that lasts over a second."""
     from tqdm.auto import tqdm
 
-    try:
-        return tqdm(iterable, delay=1.0, leave=False, **options)
-    except TypeError:  # tqdm < 4.62 has no delay
-        return tqdm(iterable, leave=False, **options)
+    return tqdm(iterable, delay=1.0, leave=False, **options)  # delay needs tqdm >= 4.62
 
 
 def _safe_name(label: str) -> str:
@@ -291,8 +294,13 @@ def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
 
 
 def results_csv(rows: Sequence[Dict[str, Any]]) -> str:
-    """CSV with r,a,s columns, so the output can be read back as a points file."""
+    """CSV with r,a,s columns, so the output can be read back as a points file.
+
+    Its first line is the reminder as a ``#`` comment, so a saved file carries it (the points reader,
+    and pandas with ``comment="#"``, skip it).
+    """
     buffer = io.StringIO()
+    buffer.write(f"# {REMINDER}\n")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["label", "r", "a", "s", "probability", "uncertainty", "outside_fraction", "warnings", "saliency"])
     for row in rows:

@@ -94,18 +94,18 @@ def extract_patch(
     """Resample the ``size``³ cube at ``spacing`` mm centred on ``point_lps`` from a CT.
 
     Works for any spacing, origin and direction (oblique included): linear interpolation in physical
-    space, the cube axis-aligned to LPS, voxels outside the CT set to -1000 HU. Raises
-    :class:`PointOutsideImageError` when the point itself is outside the CT.
+    space, the cube axis-aligned to LPS, voxels outside the CT set to -1000 HU. Voxels that are not
+    finite (NaN or infinity in a float CT, and their interpolated neighbours) are read as air too,
+    as training's dataset writer does. Raises :class:`PointOutsideImageError` when the point itself
+    is outside the CT.
     """
-    _check_image(image)
+    check_image(image)
     point = _as_point(point_lps)
     if not is_inside(image, point):
         raise PointOutsideImageError(
             f"The point (LPS {point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f} mm) lies outside the CT; "
             "place it inside the image (and check RAS vs LPS)."
         )
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError("The CT has several components per voxel; give a single-channel (grey-level) CT.")
     reference = patch_reference(point, size, spacing)
     # Voxels outside the CT get a sentinel no CT can hold, so ITK's own inside/outside decision
     # gives the outside fraction for free; they then become air.
@@ -118,8 +118,9 @@ def extract_patch(
         raise InputError(
             "The CT's direction matrix cannot be used (degenerate or not orthonormal); fix the image header."
         )
-    if outside_fraction > 0.0:
-        array_hu[outside] = AIR_HU
+    not_finite = ~np.isfinite(array_hu)
+    if outside_fraction > 0.0 or not_finite.any():
+        array_hu[outside | not_finite] = AIR_HU
         resampled = sitk.GetImageFromArray(array_hu)
         resampled.CopyInformation(reference)
     return Patch(array_hu=array_hu, image=resampled, outside_fraction=outside_fraction, point_lps=point)
@@ -132,8 +133,12 @@ def _as_point(point_lps: ArrayLike) -> np.ndarray:
     return point
 
 
-def _check_image(image: sitk.Image) -> None:
+def check_image(image: sitk.Image) -> None:
+    """Raise :class:`InputError` unless ``image`` is a single-channel 3D SimpleITK image."""
     if not isinstance(image, sitk.Image):
-        raise InputError(f"Expected a SimpleITK image, got {type(image).__name__}.")
+        hint = " (read the file first, e.g. with notadiagnosis.readers.read_ct)" if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") else ""
+        raise InputError(f"Expected a SimpleITK image, got {type(image).__name__}{hint}.")
     if image.GetDimension() != 3:
         raise InputError(f"The CT must be a 3D image, got {image.GetDimension()}D.")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("The CT has several components per voxel; give a single-channel (grey-level) CT.")

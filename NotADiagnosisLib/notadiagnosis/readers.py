@@ -289,10 +289,8 @@ def _check_volume(image: sitk.Image, source: str) -> sitk.Image:
 def _progress_bar(description: str):
     from tqdm.auto import tqdm
 
-    try:  # delay: show the bar only when reading takes over a second
-        return tqdm(total=100, desc=description, unit="%", leave=False, delay=1.0)
-    except TypeError:  # tqdm < 4.62 has no delay
-        return tqdm(total=100, desc=description, unit="%", leave=False)
+    # delay: show the bar only when reading takes over a second (tqdm >= 4.62).
+    return tqdm(total=100, desc=description, unit="%", leave=False, delay=1.0)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -371,6 +369,8 @@ def read_fcsv(path: str | os.PathLike) -> list[LabelledPoint]:
 
     The header is "LPS"/"RAS" in Slicer >= 4.11 and numeric in older versions (0 = RAS, 1 = LPS);
     files without it predate it and are RAS. Columns follow the ``# columns =`` header when present.
+    Slicer 5 writes each point's position status in the field after the listed columns (2 = placed);
+    points that were never placed, or were cleared, are skipped, as in the ``.mrk.json`` reader.
     """
     path = Path(path)
     try:
@@ -405,8 +405,13 @@ def read_fcsv(path: str | os.PathLike) -> list[LabelledPoint]:
     except ValueError:
         raise InputError(f"{path.name}: the '# columns' header has no x, y, z.") from None
     i_label = columns.index("label") if "label" in columns else None
-    points = []
+    # Slicer 5's unlisted position-status field follows "associatedNodeID" (vtkMRMLMarkupsNode::PositionDefined = 2).
+    i_status = len(columns) if columns and columns[-1] == "associatednodeid" else None
+    points, unplaced = [], 0
     for n, (line_number, fields) in enumerate(rows, start=1):
+        if i_status is not None and i_status < len(fields) and fields[i_status].strip() not in ("", "2"):
+            unplaced += 1
+            continue
         try:
             xyz = tuple(float(fields[i]) for i in (ix, iy, iz))
         except (IndexError, ValueError):
@@ -414,7 +419,8 @@ def read_fcsv(path: str | os.PathLike) -> list[LabelledPoint]:
         label = fields[i_label].strip() if i_label is not None and i_label < len(fields) else ""
         points.append(_labelled(label or f"F-{n}", xyz, system, where=f"{path.name} line {line_number}"))
     if not points:
-        raise InputError(f"{path.name} holds no points; place points in Slicer and save the point list again.")
+        extra = f" ({unplaced} not placed)" if unplaced else ""
+        raise InputError(f"{path.name} holds no placed points{extra}; place points in Slicer and save the point list again.")
     return points
 
 
@@ -423,7 +429,8 @@ def read_points_csv(path: str | os.PathLike, coordinate_system: str | None = Non
 
     ``r,a,s`` columns are RAS and ``l,p,s`` columns LPS whatever the caller says (a contradiction is
     an error); ``x,y,z`` columns are in ``coordinate_system`` (default RAS). Slicer's control-point
-    table export (label, r, a, s, ...) reads as is.
+    table export (label, r, a, s, defined, ...) reads as is: rows whose ``defined`` is 0/false (points
+    not placed) are skipped.
     """
     path = Path(path)
     stated = _check_system(coordinate_system) if coordinate_system is not None else None
@@ -457,9 +464,13 @@ def read_points_csv(path: str | os.PathLike, coordinate_system: str | None = Non
         )
     indices = [header.index(c) for c in names]
     label_col = next((header.index(c) for c in ("label", "name", "id") if c in header), None)
-    points = []
+    defined_col = header.index("defined") if "defined" in header else None
+    points, unplaced = [], 0
     for n, fields in enumerate(reader, start=1):
         where = f"{path.name} row {n + 1}"
+        if defined_col is not None and defined_col < len(fields) and fields[defined_col].strip().lower() in ("0", "false", "no"):
+            unplaced += 1
+            continue
         try:
             xyz = tuple(float(fields[i]) for i in indices)
         except (IndexError, ValueError):
@@ -467,7 +478,8 @@ def read_points_csv(path: str | os.PathLike, coordinate_system: str | None = Non
         label = fields[label_col].strip() if label_col is not None and label_col < len(fields) else ""
         points.append(_labelled(label or f"P{n}", xyz, system, where=where))
     if not points:
-        raise InputError(f"{path.name} has a header but no points; add one row per point.")
+        extra = f" placed (its {unplaced} row(s) have defined = 0)" if unplaced else ""
+        raise InputError(f"{path.name} has a header but no points{extra}; add one row per placed point.")
     return points
 
 

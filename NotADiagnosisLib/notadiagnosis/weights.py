@@ -2,14 +2,18 @@
 
 A model is two files side by side: ``<stem>.safetensors`` (the tensors) and ``<stem>.json`` (the
 card: architecture, preprocessing constants, temperature, threshold, training data and recipe,
-metrics with their split, the sha256 of the tensors file, version). Loading checks the card's
-required fields, the file's sha256 (and, optionally, a sha256 the caller pins), then rebuilds the
-network from the card and loads the tensors strictly.
+metrics with their split, the sha256 of the tensors file, version). The card changes predictions as
+much as the tensors do, so its digest (everything but its ``weights`` block, which holds the file's
+own hash) is written into the tensors file's header: a sha256 that pins the tensors file pins the
+card too. Loading checks the card's fields, the file's sha256 (and, optionally, a sha256 the caller
+pins), that the card is the one the file was exported with, then rebuilds the network from the card
+and loads the tensors strictly.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +27,8 @@ if TYPE_CHECKING:  # torch is imported only by the functions that need it: readi
 CARD_FORMAT = "notadiagnosis-model-card/1"
 DEFAULT_MODEL_NAME = "default"
 REQUIRED_CARD_KEYS = ("format", "name", "version", "architecture", "preprocessing", "calibration", "threshold", "weights")
+# Key, in the safetensors header's metadata, of the digest that binds the card to the tensors file.
+CARD_DIGEST_KEY = "card_sha256"
 DISCLAIMER = (
     "Not a diagnosis: research use only. The probability estimates how LIDC-IDRI radiologists would "
     "rate the nodule's malignancy; the model has not been validated on patients."
@@ -57,22 +63,22 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
 
     tensors_path, card_path = model_files(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    with _atomic_path(tensors_path) as temporary:
-        save_file(state, str(temporary), metadata={"format": "pt", "card": card_path.name})
     completed = json.loads(json.dumps(card))  # a deep copy that also proves the card is JSON-able
     completed["format"] = CARD_FORMAT
     completed["architecture"] = dict(model.architecture)
     completed.setdefault("disclaimer", DISCLAIMER)
+    completed.pop("weights", None)
+    check_card(completed | {"weights": {"sha256": ""}}, "the model card to export", strict_weights=False)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: card_digest(completed)}
+    with _atomic_path(tensors_path) as temporary:
+        save_file(state, str(temporary), metadata=metadata)
     completed["weights"] = {
         "file": tensors_path.name,
         "format": "safetensors",
         "sha256": sha256_of(tensors_path),
         "bytes": tensors_path.stat().st_size,
     }
-    missing = [key for key in REQUIRED_CARD_KEYS if key not in completed]
-    if missing:
-        raise ValueError(f"model card lacks {missing}")
     with _atomic_path(card_path) as temporary:
         temporary.write_text(json.dumps(completed, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return card_path
@@ -89,20 +95,75 @@ def read_card(path: PathLike) -> Dict[str, Any]:
         raise WeightsError(f"Model card {card_path} is not valid JSON ({error}); re-export or re-download the model.") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise WeightsError(f"{card_path} is not a Not-a-Diagnosis model card (format {CARD_FORMAT!r} expected).")
+    check_card(card, f"Model card {card_path}")
+    return card
+
+
+def check_card(card: Dict[str, Any], where: str, strict_weights: bool = True) -> None:
+    """Raise :class:`WeightsError` unless the card has every field inference reads, of the right type and range."""
+
+    def fail(problem: str) -> None:
+        raise WeightsError(f"{where} {problem}; re-export the model with Training/ (nadtrain export).")
+
     missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
     if missing:
-        raise WeightsError(f"Model card {card_path} lacks {', '.join(missing)}; re-export the model with Training/.")
-    return card
+        fail(f"lacks {', '.join(missing)}")
+    for key in ("architecture", "preprocessing", "calibration", "weights"):
+        if not isinstance(card[key], dict):
+            fail(f"has a {key!r} that is not a JSON object")
+    preprocessing, calibration = card["preprocessing"], card["calibration"]
+    numbers = {
+        "preprocessing.patch_size": preprocessing.get("patch_size"),
+        "preprocessing.spacing_mm": preprocessing.get("spacing_mm"),
+        "preprocessing.hu_min": preprocessing.get("hu_min"),
+        "preprocessing.hu_max": preprocessing.get("hu_max"),
+        "calibration.temperature": calibration.get("temperature"),
+        "threshold": card["threshold"],
+    }
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            fail(f"has no finite number for {name} (found {value!r})")
+    if numbers["preprocessing.patch_size"] != int(numbers["preprocessing.patch_size"]) or numbers["preprocessing.patch_size"] < 8:
+        fail(f"has patch_size {numbers['preprocessing.patch_size']!r}; a whole number of at least 8 voxels is needed")
+    if numbers["preprocessing.spacing_mm"] <= 0 or numbers["calibration.temperature"] <= 0:
+        fail("has a spacing or temperature that is not positive")
+    if numbers["preprocessing.hu_min"] >= numbers["preprocessing.hu_max"]:
+        fail("has hu_min not below hu_max")
+    if not 0.0 <= numbers["threshold"] <= 1.0:
+        fail(f"has threshold {numbers['threshold']!r}, not a probability")
+    if strict_weights and not isinstance(card["weights"].get("sha256"), str):
+        fail("has no sha256 of its tensors file")
+
+
+def card_digest(card: Dict[str, Any]) -> str:
+    """sha256 of the card without its ``weights`` block, over canonical JSON (sorted keys, no spaces)."""
+    bound = {key: value for key, value in card.items() if key != "weights"}
+    canonical = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def header_metadata(data: bytes) -> Dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (its first 8 bytes give the header's length)."""
+    if len(data) < 8:
+        raise ValueError("file shorter than a safetensors header")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise ValueError("header longer than the file")
+    header = json.loads(data[8 : 8 + length].decode("utf-8"))
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["ResNet3D", Dict[str, Any]]:
     """Load a model (eval mode, CPU) and its card, verifying the sha256 of the tensors file.
 
     ``expected_sha256`` pins the tensors file to a hash the caller trusts (e.g. one published with
-    the model); the card's own hash is always checked too.
+    the model), and through the card digest in its header the card too; the card's own hash of the
+    tensors is always checked. A model exported before cards were bound (no digest in its header)
+    still loads unpinned, but is refused when a hash is pinned: the pin could not cover its card.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_tensors
 
     from .model import build_model
 
@@ -110,7 +171,9 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
     card = read_card(card_path)
     if not tensors_path.is_file():
         raise WeightsError(f"Model tensors {tensors_path} not found beside its card {card_path.name}.")
-    actual = sha256_of(tensors_path)
+    # Read once: the bytes hashed are the bytes loaded.
+    data = tensors_path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     recorded = str(card["weights"].get("sha256", "")).lower()
     if actual != recorded:
         raise WeightsError(
@@ -120,9 +183,21 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
     if expected_sha256 is not None and actual != expected_sha256.lower():
         raise WeightsError(f"{tensors_path.name} has sha256 {actual}, not the expected {expected_sha256}.")
     try:
-        state = load_file(str(tensors_path))
-    except (SafetensorError, OSError, ValueError) as error:
+        metadata = header_metadata(data)
+        state = load_tensors(data)
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as error:
         raise WeightsError(f"{tensors_path.name} is not a readable safetensors file ({error}).") from None
+    bound = metadata.get(CARD_DIGEST_KEY)
+    if bound is None and expected_sha256 is not None:
+        raise WeightsError(
+            f"{tensors_path.name} was exported without its card's digest, so the pinned sha256 cannot cover the card "
+            f"{card_path.name}; re-export the model with Training/ (nadtrain export)."
+        )
+    if bound is not None and bound != card_digest(card):
+        raise WeightsError(
+            f"{card_path.name} is not the card {tensors_path.name} was exported with (its calibration, threshold, "
+            "preprocessing or another field was changed); restore the original card or re-export the model."
+        )
     try:
         model = build_model(card["architecture"])
         model.load_state_dict(state, strict=True)

@@ -122,11 +122,64 @@ def test_auto_device_says_which():
         select_device("tpu")
 
 
-def test_missing_default_model_or_loaded_default(chest):
-    from notadiagnosis.errors import NoDefaultModelError
+def test_load_without_arguments_gives_the_bundled_default(chest):
+    classifier = Classifier.load(device="cpu")
+    assert classifier.card["name"] == "default"
+    assert classifier.threshold == classifier.card["threshold"]
+    prediction = classifier.predict(chest, [[0.0, 0.0, 0.0]])[0]
+    assert np.isfinite(prediction.logit)
+    assert prediction.probability == pytest.approx(1.0 / (1.0 + np.exp(-prediction.logit)), rel=1e-6)
 
-    try:
-        classifier = Classifier.load(device="cpu")
-    except NoDefaultModelError:
-        return
-    assert 0.0 <= classifier.predict(chest, [[0.0, 0.0, 0.0]])[0].probability <= 1.0
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], "3 coordinates each"),
+        ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "3 coordinates each"),
+        ([[0.0, 0.0, float("nan")]], "not a finite number"),
+        ([["a", "b", "c"]], "must be numbers"),
+    ],
+)
+def test_malformed_point_lists_are_refused_not_reshaped(classifier, chest, points, message):
+    with pytest.raises(InputError, match=message):
+        classifier.predict(chest, points)
+
+
+def test_one_point_of_three_coordinates_is_one_point(classifier, chest):
+    single = classifier.predict(chest, [0.0, 0.0, 0.0])
+    assert len(single) == 1 and single[0].point_lps == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((10, 10, 10), dtype=np.int16), "Expected a SimpleITK image, got ndarray"),
+        ("chest.nrrd", "read the file first"),
+        (sitk.Image([20, 20], sitk.sitkInt16), "3D image, got 2D"),
+        (sitk.Image([20, 20, 20], sitk.sitkVectorFloat32, 3), "several components"),
+    ],
+)
+def test_what_is_not_a_3d_ct_image_is_refused_clearly(classifier, image, message):
+    with pytest.raises(InputError, match=message):
+        classifier.predict(image, [[0.0, 0.0, 0.0]])
+    with pytest.raises(InputError, match=message):
+        classifier.saliency(image, [0.0, 0.0, 0.0])
+
+
+def test_nan_voxels_are_read_as_air_with_a_warning(classifier, chest):
+    array = sitk.GetArrayFromImage(chest).astype(np.float32)
+    with_nan = array.copy()
+    with_nan[:, :, 100:] = np.nan  # x >= 100 voxels: the right part of the image
+    image = sitk.GetImageFromArray(with_nan)
+    image.CopyInformation(chest)
+    as_air = array.copy()
+    as_air[:, :, 99:] = -1000.0  # the NaNs and their interpolated neighbours
+    air = sitk.GetImageFromArray(as_air)
+    air.CopyInformation(chest)
+    point = [[10.0, 0.0, 0.0]]  # its cube reaches x = 42 mm (voxel 136)
+    got = classifier.predict(image, point)[0]
+    assert np.isfinite(got.probability)
+    assert any("not finite" in w for w in got.warnings)
+    # Extraction fills the non-finite voxels (and their interpolated neighbours) with air, like training.
+    expected = classifier.predict(air, point)[0]
+    assert got.logit == pytest.approx(expected.logit, abs=1e-5)

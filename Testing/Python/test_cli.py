@@ -135,8 +135,10 @@ def test_csv_output_reads_back_as_the_same_points(capsys, chest, model_path, tmp
                                  [LabelledPoint(n["name"], n["center_lps"]) for n in nodules])
     code, out, err = run_cli(capsys, "classify", path, "--points", markups, "--model", model_path, "--csv")
     assert code == 0
-    assert REMINDER in err  # kept off stdout so the CSV stays machine-readable
-    rows = list(csv.DictReader(io.StringIO(out)))
+    assert REMINDER in err
+    # A saved CSV carries the reminder as its first, commented line.
+    assert out.splitlines()[0] == f"# {REMINDER}"
+    rows = list(csv.DictReader(line for line in io.StringIO(out) if not line.startswith("#")))
     assert [row["label"] for row in rows] == [n["name"] for n in nodules]
     assert all(0.0 <= float(row["probability"]) <= 1.0 for row in rows)
     assert all(float(row["uncertainty"]) >= 0.0 for row in rows)

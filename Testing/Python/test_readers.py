@@ -319,6 +319,32 @@ def test_slicer_written_point_lists_read_back_as_the_same_lps_points(tmp_path):
             assert read_points(path) == expected, (suffix, name)
 
 
+def test_slicer_written_point_lists_skip_points_that_are_not_placed(tmp_path):
+    """Slicer keeps unplaced (preview) and cleared ("missing") control points in its files: never classify them."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(node)
+    node.AddControlPoint([90.0, 30.0, -20.0], "placed")
+    node.AddControlPoint([5.0, 5.0, 5.0], "unset")
+    node.UnsetNthControlPointPosition(1)
+    node.AddControlPoint([7.0, 7.0, 7.0], "missing")
+    node.SetNthControlPointPositionMissing(2)
+    expected = [LabelledPoint("placed", (-90.0, -30.0, -20.0))]
+    for storage_class, suffix in ((slicer.vtkMRMLMarkupsJsonStorageNode, ".mrk.json"),
+                                  (slicer.vtkMRMLMarkupsFiducialStorageNode, ".fcsv")):
+        storage = storage_class()
+        scene.AddNode(storage)
+        path = tmp_path / f"slicer{suffix}"
+        storage.SetFileName(str(path))
+        assert storage.WriteData(node)
+        assert read_points(path) == expected, suffix
+    node.UnsetNthControlPointPosition(0)
+    storage.WriteData(node)
+    with pytest.raises(InputError, match=r"no placed points \(3 not placed\)"):
+        read_points(path)
+
+
 def test_written_markups_json_opens_in_slicer_at_the_same_place(tmp_path):
     slicer = pytest.importorskip("slicer")
     points = [LabelledPoint("N1", (12.5, -40.0, 7.25)), LabelledPoint("N2", (-3.0, 4.0, -5.0))]
@@ -362,6 +388,15 @@ def test_slicer_control_point_table_export_reads_as_ras(tmp_path):
     path = write_csv(tmp_path / "table.csv",
                      "label,r,a,s,defined,selected,visible,locked,description\nF-1,5,6,7,1,1,1,0,\n")
     assert read_points(path) == [LabelledPoint("F-1", (-5.0, -6.0, 7.0))]
+
+
+def test_slicer_control_point_table_export_skips_points_not_placed(tmp_path):
+    path = write_csv(tmp_path / "table.csv", "label,r,a,s,defined,selected,visible,locked,description\n"
+                                             "F-1,5,6,7,1,1,1,0,\nF-2,0,0,0,0,1,1,0,\n")
+    assert read_points(path) == [LabelledPoint("F-1", (-5.0, -6.0, 7.0))]
+    only_unplaced = write_csv(tmp_path / "none.csv", "label,r,a,s,defined\nF-2,0,0,0,0\n")
+    with pytest.raises(InputError, match="defined = 0"):
+        read_points(only_unplaced)
 
 
 def test_tab_separated_points_are_read(tmp_path):

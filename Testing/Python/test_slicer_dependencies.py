@@ -3,6 +3,7 @@ other packages through slicer.packaging.pip_ensure (Slicer 5.12+) or, before 5.1
 slicer.util.pip_install. The Slicer calls are replaced by recorders here (no network, no install)."""
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 
@@ -117,3 +118,40 @@ def test_the_module_requirements_are_satisfied_in_this_environment():
     from slicer_support import MODULE_DIR
 
     assert dependencies.missing_requirements(dependencies.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")) == []
+
+
+def _failing(error):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize("error", [subprocess.CalledProcessError(1, ["pip", "install"]),
+                                   RuntimeError("PythonSlicer executable not found")])
+def test_on_slicer_5_12_a_failed_install_is_a_clear_error_not_a_decline(monkeypatch, error):
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = _failing(error)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    with pytest.raises(DependencyError, match=r"Installing not-installed-pkg-abc>=1 failed .*check the network") as raised:
+        dependencies.ensure_packages(["not-installed-pkg-abc>=1"])
+    assert "accept the installation" not in str(raised.value)
+
+
+def test_before_slicer_5_12_a_failed_pip_install_is_a_clear_error(recorder, monkeypatch):
+    import slicer.util
+
+    monkeypatch.setattr(slicer.util, "pip_install", _failing(subprocess.CalledProcessError(1, ["pip"])), raising=False)
+    with pytest.raises(DependencyError, match="failed .*CalledProcessError"):
+        dependencies.ensure_packages(["not-installed-pkg-abc>=1.2"], confirm=lambda message: True)
+
+
+def test_a_failed_torch_install_is_a_clear_error(monkeypatch):
+    class FailingLogic:
+        def installTorch(self, **kwargs):
+            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch"])
+
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FailingLogic))
+    with pytest.raises(DependencyError, match="Installing torch failed"):
+        dependencies.ensure_torch()

@@ -397,3 +397,65 @@ def test_failure_while_writing_the_overlay_leaves_no_table(scene, ct_image, clas
     with pytest.raises(RuntimeError, match="disk full"):
         logic.classify(volume, points, _options(saliency=True), classifier=classifier)
     _assert_nothing_written(scene, counts)
+
+
+def _volume_like(scene, class_name, name, image):
+    from nadslicer.volumes import set_volume_from_image
+
+    node = scene.AddNewNodeByClass(class_name, name)
+    set_volume_from_image(node, image)
+    return node
+
+
+def test_label_map_is_refused_and_nothing_written(scene, ct_image, classifier):
+    from nadslicer.errors import VolumeError
+    from nadslicer.validation import input_problem
+
+    _, points = _setup(scene, ct_image)
+    labels = _volume_like(scene, "vtkMRMLLabelMapVolumeNode", "Segmentation-label", sitk.Cast(ct_image > -500, sitk.sitkUInt8))
+    counts = _counts(scene)
+    assert "is a label map" in input_problem(labels, points)
+    with pytest.raises(VolumeError, match="is a label map"):
+        logic.classify(labels, points, _options(), classifier=classifier)
+    _assert_nothing_written(scene, counts)
+
+
+def test_single_slice_volume_is_refused_like_the_command_line_does(scene, ct_image, classifier):
+    from nadslicer.errors import VolumeError
+    from nadslicer.validation import input_problem
+
+    _, points = _setup(scene, ct_image)
+    one_slice = _volume_like(scene, "vtkMRMLScalarVolumeNode", "Slice", ct_image[:, :, 18:19])
+    counts = _counts(scene)
+    assert "a single slice" in input_problem(one_slice, points)
+    with pytest.raises(VolumeError, match="a single slice"):
+        logic.classify(one_slice, points, _options(), classifier=classifier)
+    _assert_nothing_written(scene, counts)
+
+
+def test_default_input_is_the_first_plain_ct_not_a_label_map_or_an_overlay(scene, ct_image, classifier):
+    from nadslicer.validation import default_input_volume
+
+    assert default_input_volume(scene) is None
+    _volume_like(scene, "vtkMRMLLabelMapVolumeNode", "Segmentation-label", sitk.Cast(ct_image > -500, sitk.sitkUInt8))
+    volume, points = _setup(scene, ct_image)
+    result = logic.classify(volume, points, _options(saliency=True, show_overlay=False), classifier=classifier)
+    scene.RemoveNode(volume)  # only the overlay (a scalar volume) and the label map are left
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is not None
+    assert default_input_volume(scene) is None
+    ct = add_volume_from_image(scene, ct_image, "CT again")
+    assert default_input_volume(scene) is ct
+    assert result.saliency_node.GetAttribute("NotADiagnosis.Saliency") == "true"
+
+
+def test_status_says_the_warnings_that_make_results_unreliable(scene, ct_image, classifier):
+    volume, points = _setup(scene, ct_image)
+    ct_result = logic.classify(volume, points, _options(), classifier=classifier)
+    assert "Hounsfield" not in ct_result.status
+    not_ct = add_volume_from_image(scene, sitk.Abs(ct_image) + 10.0, "MR-like")  # no air at -1000 HU
+    result = logic.classify(not_ct, points, _options(), classifier=classifier)
+    assert "Warning: 3 of 3 result(s) may be unreliable" in result.status
+    assert "does not look like a CT in Hounsfield units" in result.status
+    for prediction in ct_result.predictions + result.predictions:
+        for warning in prediction.warnings:
+            assert warning in (ct_result.status + result.status)

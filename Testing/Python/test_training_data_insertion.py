@@ -157,9 +157,16 @@ def test_lung_mask_finds_the_lungs_of_a_phantom_and_not_the_air_around_it():
     assert len(near_wall) > 0 and np.all((clearance[tuple(near_wall.T)] >= 4.0) & (clearance[tuple(near_wall.T)] <= 6.0))
 
 
-def test_texture_rating_chooses_the_tissue_kind():
-    assert [insertion.tissue_kind(t) for t in (1.0, 2.0, 2.5, 3.0, 3.5, 5.0)] == [
-        "ground-glass", "ground-glass", "part-solid", "part-solid", "solid", "solid"]
+def test_texture_rating_chooses_the_tissue_kind_with_the_evaluations_classes():
+    from nadtrain.nodules import texture_class
+
+    ratings = (1.0, 2.0, 2.4, 2.5, 3.0, 3.4, 3.5, 4.0, 5.0)
+    expected = ["ground-glass"] * 3 + ["part-solid"] * 3 + ["solid"] * 3
+    assert [texture_class(t) for t in ratings] == expected
+    assert [texture_class(t) for t in (None, float("nan"))] == ["unknown", "unknown"]
+    # The renderer draws exactly the class the evaluation's by-texture breakdown reports.
+    assert [insertion._tissue_kind(t) for t in ratings] == expected
+    assert insertion._tissue_kind(float("nan")) == "solid"
 
 
 @pytest.mark.shared

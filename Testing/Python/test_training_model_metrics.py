@@ -192,10 +192,8 @@ def test_size_baseline_learns_that_larger_nodules_are_more_often_malignant():
     assert baseline.describe()["coefficient"] > 0
 
 
-def test_size_and_texture_classes():
+def test_size_classes():
     assert [metrics.size_bin(d) for d in (3.0, 6.0, 9.9, 10.0, 25.0)] == ["<6 mm", "6-10 mm", "6-10 mm", "10-20 mm", ">=20 mm"]
-    assert [metrics.texture_class(t) for t in (1, 2, 2.5, 3, 3.5, 4, 5, None)] == [
-        "ground-glass", "ground-glass", "part-solid", "part-solid", "part-solid", "solid", "solid", "unknown"]
 
 
 def test_breakdown_reports_auc_only_where_both_classes_exist():
@@ -207,3 +205,18 @@ def test_breakdown_reports_auc_only_where_both_classes_exist():
     assert out["a"]["auc"] == pytest.approx(0.75)
     assert out["a"]["n"] == 4 and out["a"]["n_malignant"] == 2
     assert out["b"]["auc"] is None and out["b"]["n_malignant"] == 2
+
+
+def test_breakdown_leaves_out_the_interval_of_a_group_with_few_patients():
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 60)
+    probs = np.clip(0.5 + 0.3 * (labels - 0.5) + rng.normal(0, 0.2, labels.size), 0, 1)
+    # "many": 40 patients, each with a benign and a malignant sample; "few": 3 patients, 40 samples of each class.
+    patients = np.array([f"p{i // 2}" for i in range(80)] + [f"q{i % 3}" for i in range(40)])
+    cats = np.array(["many"] * 80 + ["few"] * 40)
+    out = metrics.breakdown(labels, probs, None, cats, groups=patients, n_boot=50)
+    assert out["many"]["patients_malignant"] == 40 and out["many"]["patients_benign"] == 40
+    assert out["many"]["auc_ci95"] is not None and "auc_ci95_omitted" not in out["many"]
+    assert out["few"]["patients_malignant"] == 3 and out["few"]["patients_benign"] == 3
+    assert out["few"]["auc"] is not None and out["few"]["auc_ci95"] is None
+    assert "fewer than 10 patients" in out["few"]["auc_ci95_omitted"]

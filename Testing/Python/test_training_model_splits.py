@@ -156,3 +156,38 @@ def test_test_fold_is_refused_where_the_split_is_not_by_patient_folds():
     patients, nodules, labels, _ = _samples(40, seed=5)
     with pytest.raises(NotADiagnosisError, match="test-fold"):
         make_split(patients, nodules, labels, mode="annotation", test_fold=2)
+
+
+def _insertion_dataset(path, patients, backgrounds, holdout):
+    from nadtrain.dataset import DatasetWriter
+
+    ids = [f"{p}/n0" for p in patients]
+    with DatasetWriter(path, "insertion", {"backgrounds": backgrounds, "holdout_background": holdout}) as writer:
+        writer.add(np.zeros((len(ids), 64, 64, 64), np.int16), [0, 1] * (len(ids) // 2), ids, patients,
+                   [0] * len(ids), [backgrounds[0]] * len(ids))
+        writer.write_nodule_table([{"nodule_id": i, "patient_id": i.split("/")[0], "label": 0} for i in ids])
+    return path
+
+
+def test_train_takes_the_holdout_and_background_patients_from_the_manifest(tmp_path, capsys):
+    import argparse
+
+    from nadtrain import train as train_module
+
+    dataset = _insertion_dataset(tmp_path / "ds", ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003", "LIDC-IDRI-0004"],
+                                 ["cptac-C3N-00247", "LIDC-IDRI-0003"], "LIDC-IDRI-0001")
+    parser = argparse.ArgumentParser()
+    train_module.configure_parser(parser)
+
+    config = train_module.config_from_args(parser.parse_args([str(dataset), "--out", str(tmp_path / "run")]))
+    assert config.holdout_backgrounds == ["LIDC-IDRI-0001"]
+    # Every patient whose own CT is a background (training or held out) is excluded; other backgrounds are not patients.
+    assert config.exclude_patients == ["LIDC-IDRI-0001", "LIDC-IDRI-0003"]
+    assert "--ignore-manifest-holdout" in capsys.readouterr().err
+
+    given = train_module.config_from_args(parser.parse_args(
+        [str(dataset), "--out", "x", "--holdout-background", "cptac-C3N-00247", "--exclude-patient", "LIDC-IDRI-0002"]))
+    assert given.holdout_backgrounds == ["cptac-C3N-00247"] and given.exclude_patients == ["LIDC-IDRI-0002"]
+
+    off = train_module.config_from_args(parser.parse_args([str(dataset), "--out", "x", "--ignore-manifest-holdout"]))
+    assert off.holdout_backgrounds == [] and off.exclude_patients == []

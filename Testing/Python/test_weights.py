@@ -9,7 +9,15 @@ import torch
 
 from helpers import save_random_model
 from notadiagnosis.errors import NoDefaultModelError, WeightsError
-from notadiagnosis.weights import default_model_path, load_model, read_card, sha256_of
+from notadiagnosis.weights import (
+    CARD_DIGEST_KEY,
+    card_digest,
+    default_model_path,
+    header_metadata,
+    load_model,
+    read_card,
+    sha256_of,
+)
 
 
 def test_weights_round_trip_reproduces_the_model(tmp_path):
@@ -28,8 +36,11 @@ def test_weights_round_trip_reproduces_the_model(tmp_path):
 
 def test_model_loads_from_either_file(tmp_path):
     save_random_model(tmp_path)
-    load_model(tmp_path / "model.safetensors")
-    load_model(tmp_path / "model.json")
+    by_tensors, card_a = load_model(tmp_path / "model.safetensors")
+    by_card, card_b = load_model(tmp_path / "model.json")
+    assert card_a == card_b
+    for (name, a), (_, b) in zip(by_tensors.state_dict().items(), by_card.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_tampered_tensors_are_refused(tmp_path):
@@ -69,13 +80,88 @@ def test_pinned_sha256_must_match(tmp_path):
     load_model(card_path, expected_sha256=sha256_of(tmp_path / "model.safetensors"))
 
 
+def _rewrite_header_metadata(tensors, metadata):
+    """Rewrite a safetensors file with other header metadata (same tensors)."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(tensors)), str(tensors), metadata=metadata)
+
+
 def test_card_that_does_not_fit_the_tensors_is_refused(tmp_path):
+    # A card bound to the file by its digest but describing another architecture (an export bug):
+    # the strict load must still refuse it.
     card_path = save_random_model(tmp_path)
+    tensors = tmp_path / "model.safetensors"
     card = json.loads(card_path.read_text())
     card["architecture"]["widths"] = [16, 32, 64, 128]
+    _rewrite_header_metadata(tensors, {"format": "pt", CARD_DIGEST_KEY: card_digest(card)})
+    card["weights"]["sha256"] = sha256_of(tensors)
     card_path.write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="do not fit the architecture"):
         load_model(card_path)
+
+
+def test_export_binds_the_card_to_the_tensors_file(tmp_path):
+    card_path = save_random_model(tmp_path)
+    metadata = header_metadata((tmp_path / "model.safetensors").read_bytes())
+    assert metadata[CARD_DIGEST_KEY] == card_digest(json.loads(card_path.read_text()))
+
+
+@pytest.mark.parametrize("pin", [False, True])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda card: card["calibration"].update(temperature=0.2),
+        lambda card: card.update(threshold=0.01),
+        lambda card: card["preprocessing"].update(spacing_mm=0.5),
+        lambda card: card.update(version="9.9.9"),
+    ],
+    ids=["temperature", "threshold", "spacing", "version"],
+)
+def test_edited_card_is_refused_even_when_the_tensors_hash_is_pinned(tmp_path, edit, pin):
+    card_path = save_random_model(tmp_path)
+    pinned = sha256_of(tmp_path / "model.safetensors")
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="is not the card model.safetensors was exported with"):
+        load_model(card_path, expected_sha256=pinned if pin else None)
+
+
+def test_model_without_a_card_digest_loads_unpinned_but_not_pinned(tmp_path):
+    # Models exported before cards were bound: usable, but a pin could not cover their card.
+    card_path = save_random_model(tmp_path)
+    tensors = tmp_path / "model.safetensors"
+    _rewrite_header_metadata(tensors, {"format": "pt"})
+    card = json.loads(card_path.read_text())
+    card["weights"]["sha256"] = sha256_of(tensors)
+    card_path.write_text(json.dumps(card))
+    load_model(card_path)
+    with pytest.raises(WeightsError, match="without its card's digest"):
+        load_model(card_path, expected_sha256=sha256_of(tensors))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda card: card.update(weights="abc"), "'weights' that is not a JSON object"),
+        (lambda card: card.update(threshold="high"), "no finite number for threshold"),
+        (lambda card: card.update(threshold=1.5), "not a probability"),
+        (lambda card: card.update(calibration=None), "'calibration' that is not a JSON object"),
+        (lambda card: card["calibration"].update(temperature=0), "not positive"),
+        (lambda card: card["preprocessing"].pop("hu_max"), "no finite number for preprocessing.hu_max"),
+        (lambda card: card["preprocessing"].update(hu_min=500.0), "hu_min not below hu_max"),
+        (lambda card: card["preprocessing"].update(patch_size=0), "patch_size 0"),
+        (lambda card: card["preprocessing"].update(patch_size=63.5), "patch_size 63.5"),
+    ],
+)
+def test_malformed_card_fields_are_refused_with_the_field_named(tmp_path, edit, message):
+    card_path = save_random_model(tmp_path)
+    card = json.loads(card_path.read_text())
+    edit(card)
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match=message):
+        read_card(card_path)
 
 
 @pytest.mark.parametrize("damage", ["not json", "{}", '{"format": "notadiagnosis-model-card/1"}'])
@@ -103,11 +189,16 @@ def test_weights_file_holds_no_pickle(tmp_path):
     assert tensors and {value["dtype"] for value in tensors.values()} <= {"F32", "I64"}
 
 
-def test_default_model_is_either_bundled_and_verified_or_plainly_absent():
-    try:
-        card_path = default_model_path()
-    except NoDefaultModelError as error:
-        assert "No default model is bundled" in str(error)
-    else:
-        model, card = load_model(card_path)
-        assert "random" not in card["name"].lower()
+def test_default_model_is_bundled_verified_and_bound_to_its_card():
+    card_path = default_model_path()
+    model, card = load_model(card_path, expected_sha256=sha256_of(card_path.with_suffix(".safetensors")))
+    assert card["name"] == "default" and "random" not in card.get("description", "").lower()
+    assert header_metadata(card_path.with_suffix(".safetensors").read_bytes())[CARD_DIGEST_KEY] == card_digest(card)
+
+
+def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
+    from notadiagnosis import weights
+
+    monkeypatch.setattr(weights, "bundled_models_dir", lambda: tmp_path)
+    with pytest.raises(NoDefaultModelError, match="No default model is bundled"):
+        default_model_path()

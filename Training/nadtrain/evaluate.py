@@ -30,6 +30,7 @@ from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
 from . import calibration, metrics, plots, ratings
 from .dataset import Dataset, load_dataset, load_patches
+from .nodules import TEXTURE_CLASSES, texture_class
 from .splits import Split, map_split
 
 
@@ -209,11 +210,11 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
             entry["seen_in_training"] = name not in held_out
             report["by_background"][name] = entry
     sizes = np.array([metrics.size_bin(d) if np.isfinite(d) else "unknown" for d in diameters])
-    textures = np.array([metrics.texture_class(t) for t in _nodule_column(data, idx, "texture_median")])
+    textures = np.array([texture_class(t) for t in _nodule_column(data, idx, "texture_median")])
     size_order = [metrics.size_bin(low) for low, _ in metrics.SIZE_BINS_MM] + ["unknown"]
     report["by_size"] = metrics.breakdown(labels, probs, base_probs, sizes, patients, max(n_boot // 4, 0), seed, size_order)
     report["by_texture"] = metrics.breakdown(labels, probs, base_probs, textures, patients, max(n_boot // 4, 0), seed,
-                                             list(metrics.TEXTURE_CLASSES) + ["unknown"])
+                                             list(TEXTURE_CLASSES) + ["unknown"])
     report["validation"] = card.get("metrics", {}).get("validation")
 
     report["figures"] = plots.write_figures(out, labels, probs, base_probs, threshold, report,

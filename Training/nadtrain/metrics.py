@@ -16,7 +16,6 @@ from notadiagnosis.errors import InputError
 
 N_BINS = 10
 SIZE_BINS_MM: Tuple[Tuple[float, float], ...] = ((0.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, float("inf")))
-TEXTURE_CLASSES = ("solid", "part-solid", "ground-glass")
 
 
 def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> Optional[float]:
@@ -229,24 +228,20 @@ def size_bin(diameter_mm: float) -> str:
     return "unknown"
 
 
-def texture_class(texture_median: Optional[float]) -> str:
-    """LIDC texture rating (1 non-solid/ground-glass ... 3 part-solid ... 5 solid) -> class name.
-
-    Median <= 2: ground-glass; median >= 4: solid; in between (3, 2.5, 3.5): part-solid.
-    """
-    if texture_median is None or not np.isfinite(texture_median):
-        return "unknown"
-    if texture_median <= 2.0:
-        return "ground-glass"
-    if texture_median >= 4.0:
-        return "solid"
-    return "part-solid"
+# A percentile bootstrap over patients cannot estimate the spread between a handful of them: below
+# this many patients of either class in a group, its interval is left out rather than shown too narrow.
+MIN_PATIENTS_PER_CLASS_FOR_CI = 10
 
 
 def breakdown(labels: np.ndarray, model_probs: np.ndarray, baseline_probs: Optional[np.ndarray], categories: Sequence[str],
               groups: Optional[Sequence[str]] = None, n_boot: int = 500, seed: int = 0,
               order: Optional[Sequence[str]] = None) -> Dict[str, dict]:
-    """Per category: counts, model AUC (with CI) and baseline AUC; AUC is None where one class is absent."""
+    """Per category: counts, model AUC (with CI) and baseline AUC; AUC is None where one class is absent.
+
+    With ``groups`` (patients), each category also counts the patients with a malignant and with a
+    benign sample, and its CI is None (with the reason) when either count is below
+    :data:`MIN_PATIENTS_PER_CLASS_FOR_CI`.
+    """
     labels = np.asarray(labels).astype(int)
     categories = np.asarray(categories)
     groups_arr = None if groups is None else np.asarray(groups)
@@ -258,9 +253,19 @@ def breakdown(labels: np.ndarray, model_probs: np.ndarray, baseline_probs: Optio
             continue
         y, p = labels[mask], np.asarray(model_probs)[mask]
         auc = auc_or_none(y, p)
+        entry = {"n": int(mask.sum()), "n_malignant": int(y.sum())}
+        few_patients = False
+        if groups_arr is not None:
+            patients = groups_arr[mask]
+            entry["patients_malignant"] = len(set(patients[y == 1].tolist()))
+            entry["patients_benign"] = len(set(patients[y == 0].tolist()))
+            few_patients = min(entry["patients_malignant"], entry["patients_benign"]) < MIN_PATIENTS_PER_CLASS_FOR_CI
         boots = bootstrap_auc(y, [p], None if groups_arr is None else groups_arr[mask], n_boot, seed) \
-            if auc is not None and n_boot else np.empty((0, 1))
-        out[name] = {"n": int(mask.sum()), "n_malignant": int(y.sum()), "auc": auc,
-                     "auc_ci95": percentile_ci(boots[:, 0]),
-                     "baseline_auc": None if baseline_probs is None else auc_or_none(y, np.asarray(baseline_probs)[mask])}
+            if auc is not None and n_boot and not few_patients else np.empty((0, 1))
+        entry.update({"auc": auc, "auc_ci95": percentile_ci(boots[:, 0]),
+                      "baseline_auc": None if baseline_probs is None else auc_or_none(y, np.asarray(baseline_probs)[mask])})
+        if few_patients and auc is not None:
+            entry["auc_ci95_omitted"] = (f"fewer than {MIN_PATIENTS_PER_CLASS_FOR_CI} patients of a class: "
+                                         "a bootstrap over so few patients would understate the uncertainty")
+        out[name] = entry
     return out

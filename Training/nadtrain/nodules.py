@@ -59,6 +59,24 @@ def import_pylidc():
     return pylidc
 
 
+TEXTURE_CLASSES = ("solid", "part-solid", "ground-glass")
+
+
+def texture_class(texture_median: Optional[float]) -> str:
+    """The readers' median texture rating (1 non-solid ... 3 part-solid ... 5 solid) -> class name.
+
+    ground-glass below 2.5, part-solid from 2.5 to below 3.5, solid from 3.5; "unknown" without a
+    rating. One definition for the renderer (which tissue it draws) and the evaluation's breakdown.
+    """
+    if texture_median is None or not np.isfinite(texture_median):
+        return "unknown"
+    if texture_median < 2.5:
+        return "ground-glass"
+    if texture_median < 3.5:
+        return "part-solid"
+    return "solid"
+
+
 def label_from_median(median: float) -> Optional[int]:
     """0 benign (median < 3), 1 malignant (median > 3), None for the indeterminate median 3."""
     if median < 3:

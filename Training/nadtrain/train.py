@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from notadiagnosis.weights import save_model
 from . import calibration, ratings
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_weights
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, load_dataset, read_manifest
 from .splits import Split, make_split
 
 BALANCE = ("weight", "sampler", "none")
@@ -668,6 +668,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="keep this CT background out of train and val (test keeps it); repeatable")
     parser.add_argument("--exclude-patient", action="append", default=[], metavar="ID",
                         help="use none of this patient's samples (train, val or test); repeatable")
+    parser.add_argument("--ignore-manifest-holdout", action="store_true",
+                        help="do not take the defaults from the dataset's manifest: by default its held-out "
+                             "background is held out and the patients whose CT serves as a background are "
+                             "excluded, unless --holdout-background / --exclude-patient are given")
     parser.add_argument("--all-renders", action="store_true",
                         help="use every rendering of every nodule each epoch (default: one per nodule per epoch)")
     parser.add_argument("--balance", default=d.balance, choices=BALANCE)
@@ -692,13 +696,41 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def manifest_defaults(dataset: str, holdout_backgrounds: Sequence[str],
+                      exclude_patients: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
+    """Hold-out and exclusion defaults from an insertion dataset's manifest, for options not given.
+
+    Returns (holdout backgrounds, excluded patients, notes for the user). Without ``--holdout-background``,
+    the background the build set aside (``holdout_background``) is held out; without ``--exclude-patient``,
+    every patient whose own CT serves as a background is excluded (its real nodules are in those pixels,
+    and a showcase like LIDC-IDRI-0001's real nodule must stay unseen). Options given win.
+    """
+    params = read_manifest(dataset).get("params") or {}
+    holdout, exclude, notes = list(holdout_backgrounds), list(exclude_patients), []
+    if not holdout and params.get("holdout_background"):
+        holdout = [str(params["holdout_background"])]
+        notes.append(f"holding out background {holdout[0]} (the dataset's manifest sets it aside)")
+    if not exclude:
+        backgrounds = [str(b) for b in params.get("backgrounds") or []] + [str(b) for b in holdout]
+        patients = set(np.unique(load_dataset(dataset, load_patches=False).patient_ids).tolist()) if backgrounds else set()
+        exclude = sorted({b for b in backgrounds if b in patients})
+        if exclude:
+            notes.append(f"excluding patient(s) {', '.join(exclude)}: their own CT is a background of this dataset")
+    return holdout, exclude, notes
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    holdout, exclude = list(args.holdout_background), list(args.exclude_patient)
+    if not getattr(args, "ignore_manifest_holdout", False):
+        holdout, exclude, notes = manifest_defaults(args.dataset, holdout, exclude)
+        for note in notes:
+            print(f"nadtrain train: {note}; --ignore-manifest-holdout to turn this off.", file=sys.stderr)
     return TrainConfig(
         dataset=args.dataset, out=args.out, architecture=args.architecture, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         patience=args.patience, seed=args.seed, split=args.split, test_fraction=args.test_fraction,
-        n_folds=args.folds, fold=args.fold, test_fold=args.test_fold, holdout_backgrounds=list(args.holdout_background),
-        exclude_patients=list(args.exclude_patient),
+        n_folds=args.folds, fold=args.fold, test_fold=args.test_fold, holdout_backgrounds=holdout,
+        exclude_patients=exclude,
         one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
         amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
         aux_ratings=args.aux_ratings, ema=args.ema, soft_labels=args.soft_labels,

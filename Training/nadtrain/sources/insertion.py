@@ -46,7 +46,8 @@ from scipy import ndimage
 from notadiagnosis.geometry import extract_patch
 
 from ..dataset import DatasetWriter, sample_key
-from ..nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled
+from ..nodules import (DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled,
+                       texture_class)
 from .backgrounds import (Background, InsertionError, background_name, load_background, prepare_background,
                           real_nodules_of_background)
 
@@ -135,13 +136,10 @@ def _smooth_field(shape: Tuple[int, ...], sigma_vox: np.ndarray, rng: np.random.
     return field / std if std > 0 else field
 
 
-def tissue_kind(texture_median: float) -> str:
-    """ground-glass (< 2.5), part-solid (2.5 to < 3.5) or solid (>= 3.5) from the readers' median texture."""
-    if texture_median < 2.5:
-        return "ground-glass"
-    if texture_median < 3.5:
-        return "part-solid"
-    return "solid"
+def _tissue_kind(texture_median: float) -> str:
+    """The tissue to draw: the readers' texture class; without a texture rating, solid."""
+    kind = texture_class(texture_median)
+    return "solid" if kind == "unknown" else kind
 
 
 def _calcification_region(pattern: int, inner_mm: np.ndarray, inside: np.ndarray, spacing_zyx: np.ndarray,
@@ -225,7 +223,7 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
     occ = sitk.GetArrayFromImage(sitk.Resample(shape.image, sub, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
 
     out = background_hu.copy()
-    info: Dict[str, Any] = {"centre_lps": centre_lps.tolist(), "fits_in_lung": bool(fits), "kind": tissue_kind(texture_median),
+    info: Dict[str, Any] = {"centre_lps": centre_lps.tolist(), "fits_in_lung": bool(fits), "kind": _tissue_kind(texture_median),
                             "placement": placement}
     if occ.any():
         bg = background_hu[box]
