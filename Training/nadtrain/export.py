@@ -41,8 +41,9 @@ DATA_STATEMENTS = {
     "medmnist": "The training pixels are MedMNIST NoduleMNIST3D 64^3 patches (derived from LIDC-IDRI).",
     "toy": "TOY MODEL: trained on generated spheres (nadtrain.toy), for tests only; it knows nothing of real nodules.",
 }
-LABEL_STATEMENT = ("Labels: the median of the LIDC-IDRI radiologists' malignancy ratings per nodule, 1-2 benign, "
-                   "4-5 malignant, 3 left out. These are radiologists' impressions, not pathology.")
+LABEL_STATEMENT = ("Labels: the median of the LIDC-IDRI radiologists' malignancy ratings per nodule, below 3 "
+                   "(1-2.5) benign, above 3 (3.5-5) malignant, exactly 3 left out. These are radiologists' "
+                   "impressions, not pathology.")
 RETRAIN_STATEMENT = ("To retrain on the real LIDC-IDRI pixels: see Training/README.md "
                      "(nadtrain build lidc --lidc-root PATH --out DIR, then nadtrain train, evaluate and export).")
 VALIDATION_STATEMENT = "This model has not been validated on patients. Not a diagnosis: research use only."
