@@ -331,3 +331,25 @@ def test_a_nodule_no_voxel_of_which_half_the_readers_outlined_still_gets_its_cal
     plain, _, _ = insertion.render_nodule(background, shape, 1.0, 6.0, 1.0, np.random.default_rng(0))
     calcified, _, _ = insertion.render_nodule(background, shape, 1.0, 3.0, 1.0, np.random.default_rng(0))  # 3: solid
     assert (calcified.astype(float) - plain).max() > 100
+
+
+def test_view_keep_out_cube_is_aligned_to_lps_on_an_oblique_grid():
+    from helpers import rotation_matrix
+    from nadtrain.sources.backgrounds import _exclusion_volume, real_nodule_view_boxes
+
+    image = sitk.Image([40, 36, 20], sitk.sitkInt16)
+    image.SetSpacing([1.5, 1.2, 2.5])
+    image.SetDirection(rotation_matrix([0.3, 1.0, 0.2], 25.0).ravel().tolist())
+    image.SetOrigin([-20.0, -25.0, -30.0])
+    centre, half = [5.0, 2.0, 0.0], 9.0
+    exclude = _exclusion_volume(image, [], [(centre, half)])
+    widened = half + 0.5 * 2.5  # placements are jittered by up to half a voxel
+    for k, j, i in np.ndindex(*exclude.shape):
+        lps = np.array(image.TransformIndexToPhysicalPoint((i, j, k)))
+        assert exclude[k, j, i] == bool(np.all(np.abs(lps - centre) <= widened + 1e-9)), (i, j, k)
+    assert 0 < exclude.sum() < exclude.size
+    # The cube keeps every 64 mm patch clear of the whole real nodule: half the patch + its radius + a margin.
+    row = {"patient_id": "LIDC-IDRI-0001", "centroid_x_lps": 1.0, "centroid_y_lps": 2.0, "centroid_z_lps": 3.0,
+           "median_diameter_mm": 30.0}
+    assert real_nodule_view_boxes("LIDC-IDRI-0001", [row]) == [((1.0, 2.0, 3.0), 32.0 + 15.0 + 1.0)]
+    assert real_nodule_view_boxes("cptac-C3N-00247", [row]) == []

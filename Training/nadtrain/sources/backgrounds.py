@@ -88,13 +88,35 @@ class Background:
         return image
 
 
-def _exclusion_volume(image: sitk.Image, points_lps: Sequence[Tuple[Sequence[float], float]]) -> Optional[np.ndarray]:
-    """Boolean (z,y,x) volume of balls (centre LPS, radius mm) to keep insertions away from."""
-    if not points_lps:
+def _exclusion_volume(image: sitk.Image, points_lps: Sequence[Tuple[Sequence[float], float]],
+                      boxes_lps: Sequence[Tuple[Sequence[float], float]] = ()) -> Optional[np.ndarray]:
+    """Boolean (z,y,x) volume of balls (centre LPS, radius mm) and of LPS-aligned cubes (centre LPS,
+    half-width mm) to keep insertions away from."""
+    if not points_lps and not boxes_lps:
         return None
     size = image.GetSize()
     spacing = np.array(image.GetSpacing())
     exclude = np.zeros(size[::-1], dtype=bool)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin())
+    for centre, half in boxes_lps:
+        # Placements are jittered by up to half a voxel: widen the cube by that much.
+        half = float(half) + 0.5 * float(spacing.max())
+        # Only the index-space bounding block of the cube's corners is examined (the cube is aligned
+        # to LPS, not to the CT's grid, which may be oblique or flipped).
+        corners = np.asarray(centre, dtype=np.float64) + float(half) * np.array(
+            [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+        index = np.linalg.solve(direction * spacing, (corners - origin).T).T
+        lo = np.maximum(np.floor(index.min(axis=0)).astype(int), 0)
+        hi = np.minimum(np.ceil(index.max(axis=0)).astype(int) + 1, np.array(size))
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")  # i, j, k
+        ijk = np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)
+        lps = (ijk * spacing) @ direction.T + origin
+        inside = np.all(np.abs(lps - np.asarray(centre, dtype=np.float64)) <= float(half), axis=1)
+        block = inside.reshape([b - a for a, b in zip(lo, hi)]).transpose(2, 1, 0)  # (k, j, i) = (z, y, x)
+        exclude[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] |= block
     for centre, radius in points_lps:
         index = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in centre]))
         half = np.ceil(radius / spacing).astype(int) + 1
@@ -121,16 +143,29 @@ def real_nodules_of_background(name: str, table: Sequence[Dict[str, Any]]) -> Li
     return out
 
 
-def prepare_background(path: Path, cache_dir: Path, keep_out: Sequence[Tuple[Sequence[float], float]] = ()) -> Path:
+def real_nodule_view_boxes(name: str, table: Sequence[Dict[str, Any]], patch_half_mm: float = 32.0,
+                           margin_mm: float = 1.0) -> List[Tuple[Sequence[float], float]]:
+    """For ``--keep-out view``: around each real nodule of an LIDC-IDRI background, the LPS-aligned cube
+    (centre, half-width mm) of placements whose 64 mm patch would show any part of it (half the
+    patch + the nodule's radius + a margin): no rendered sample then has a real nodule in view."""
+    return [(centre, patch_half_mm + (radius - 15.0) + margin_mm)
+            for centre, radius in real_nodules_of_background(name, table)]
+
+
+def prepare_background(path: Path, cache_dir: Path, keep_out: Sequence[Tuple[Sequence[float], float]] = (),
+                       keep_out_boxes: Sequence[Tuple[Sequence[float], float]] = ()) -> Path:
     """Compute a background's lung placements and noise once; cache them (and its voxels) under ``cache_dir``.
 
     Returns the cache folder (hu.npy, placements.npz, meta.json), reused while the CT file and the
-    keep-out list are unchanged.
+    keep-out lists (balls; cubes) are unchanged.
     """
     path = Path(path)
     stat = path.stat()
-    key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, int(stat.st_mtime), BACKGROUND_CACHE_VERSION,
-                                     [[list(map(float, c)), float(r)] for c, r in keep_out]]).encode()).hexdigest()[:12]
+    identity = [str(path.resolve()), stat.st_size, int(stat.st_mtime), BACKGROUND_CACHE_VERSION,
+                [[list(map(float, c)), float(r)] for c, r in keep_out]]
+    if keep_out_boxes:  # only then: caches of builds without cubes keep their key
+        identity.append([[list(map(float, c)), float(h)] for c, h in keep_out_boxes])
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
     folder = Path(cache_dir) / f"{background_name(path)}-{key}"
     if (folder / "meta.json").is_file():
         return folder
@@ -142,7 +177,8 @@ def prepare_background(path: Path, cache_dir: Path, keep_out: Sequence[Tuple[Seq
     mask = lung_mask(array)
     if mask.sum() * np.prod(spacing_zyx) < 200_000:  # < 0.2 L of lung: not a chest CT we can use
         raise InsertionError(f"{path}: found less than 0.2 L of lung (HU < -400 inside the body); give a chest CT in HU.")
-    placements, clearance = placement_map(array, spacing_zyx, mask, exclude_zyx=_exclusion_volume(image, keep_out))
+    placements, clearance = placement_map(array, spacing_zyx, mask,
+                                          exclude_zyx=_exclusion_volume(image, keep_out, keep_out_boxes))
     noise = noise_std_hu(array, clearance)
     lung_hu = float(np.median(array[clearance >= 5.0])) if np.any(clearance >= 5.0) else -850.0
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,6 +188,8 @@ def prepare_background(path: Path, cache_dir: Path, keep_out: Sequence[Tuple[Seq
             "spacing_xyz": list(image.GetSpacing()), "direction": list(image.GetDirection()),
             "noise_std_hu": noise, "lung_hu": lung_hu, "lung_volume_ml": float(mask.sum() * np.prod(spacing_zyx) / 1000.0),
             "candidates": int(len(placements.clearance_mm)), "keep_out": [[list(map(float, c)), float(r)] for c, r in keep_out]}
+    if keep_out_boxes:
+        meta["keep_out_view_cubes"] = [[list(map(float, c)), float(h)] for c, h in keep_out_boxes]
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     return folder
 

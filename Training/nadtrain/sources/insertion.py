@@ -49,7 +49,7 @@ from ..dataset import DatasetWriter, sample_key
 from ..nodules import (DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled,
                        texture_class)
 from .backgrounds import (Background, InsertionError, background_name, load_background, prepare_background,
-                          real_nodules_of_background)
+                          real_nodule_view_boxes, real_nodules_of_background)
 
 DEFAULT_BACKGROUND = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "chest_ct" / "cptac-C3N-00247.nrrd"
 DEFAULT_HOLDOUT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lidc" / "LIDC-IDRI-0001"
@@ -331,6 +331,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
     parser.add_argument("--nodules", nargs="+", default=None, help="only these nodule ids (e.g. LIDC-IDRI-0001/n0)")
+    parser.add_argument("--keep-out", default="ball", choices=("ball", "view"),
+                        help="for an LIDC-IDRI background, how far renders stay from its own real nodules: 'ball' "
+                             "(default, as insertion-v1: centres at least the nodule's radius + 15 mm away) or 'view' "
+                             "(no part of a real nodule inside any rendered 64 mm patch; recommended for new builds)")
     parser.add_argument("--juxtapleural-fraction", type=float, default=0.0,
                         help="share of renders placed against the pleura instead of fully inside the lung (default 0)")
 
@@ -378,14 +382,18 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         params["juxtapleural_fraction"] = args.juxtapleural_fraction
     if args.mask != "consensus":
         params["mask"] = args.mask
+    keep_out_mode = getattr(args, "keep_out", "ball")
+    if keep_out_mode != "ball":
+        params["keep_out"] = keep_out_mode
     start = time.perf_counter()
     with DatasetWriter(out, "insertion", params, overwrite=args.overwrite) as writer:
         done = writer.done_keys()
         folders = {}
         for path in train_paths + ([holdout] if holdout else []):
             t0 = time.perf_counter()
-            folders[background_name(path)] = str(prepare_background(path, out / "backgrounds",
-                                                                    real_nodules_of_background(background_name(path), table)))
+            name = background_name(path)
+            boxes = real_nodule_view_boxes(name, table) if keep_out_mode == "view" else ()
+            folders[name] = str(prepare_background(path, out / "backgrounds", real_nodules_of_background(name, table), boxes))
             if not args.quiet:
                 print(f"background {background_name(path)} ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         tasks = []
