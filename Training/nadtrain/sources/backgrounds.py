@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from notadiagnosis.errors import InputError
+from notadiagnosis.readers import read_ct as read_library_ct
 
 from ..lungmask import PlacementMap, lung_mask, noise_std_hu, placement_map
 
@@ -28,27 +29,18 @@ class InsertionError(InputError):
 
 
 def read_ct(path: Path) -> sitk.Image:
-    """A CT from a file SimpleITK reads (NRRD, NIfTI, MHA...) or a folder holding one DICOM series."""
+    """A background CT: a file SimpleITK reads (NRRD, NIfTI, MHA...) or a folder holding one DICOM series.
+
+    The library's reader, so a background gets the same checks as a CT given to the classifier
+    (several series, missing or unevenly spaced slices, 4D files with one time point).
+    """
     path = Path(path)
     if not path.exists():
         raise InsertionError(f"background CT {path} does not exist; give a CT file or a DICOM folder.")
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InsertionError(f"{path} holds no DICOM series; give a CT file or a DICOM series folder.")
-            if len(series) > 1:
-                raise InsertionError(f"{path} holds {len(series)} DICOM series; give the folder of one series.")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as error:  # SimpleITK's way of saying the file is not an image it can read
-        raise InsertionError(f"cannot read background CT {path}; give a CT SimpleITK reads (NRRD, NIfTI, MHA, DICOM folder).") from error
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InsertionError(f"{path} is not a single-channel 3D CT.")
-    return image
+        return read_library_ct(path)
+    except InputError as error:
+        raise InsertionError(f"cannot read background CT {path}: {error}") from None
 
 
 def background_name(path: Path) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from notadiagnosis.geometry import extract_patch
+from notadiagnosis.readers import read_ct
 
 from ..dataset import DatasetWriter, sample_key
 from ..nodules import (DEFAULT_CACHE, LidcError, find_series_dir, import_pylidc, load_or_build_nodule_table,
@@ -50,13 +51,12 @@ def resolve_lidc_root(option: Optional[Path]) -> Path:
 
 
 def read_series(series_dir: Path, series_uid: str) -> sitk.Image:
-    """The CT series ``series_uid`` of a folder, in HU, with its real geometry."""
-    reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(series_dir), series_uid)
-    if not files:
-        raise LidcError(f"{series_dir} has no DICOM files of series {series_uid}.")
-    reader.SetFileNames(files)
-    return reader.Execute()
+    """The CT series ``series_uid`` of a folder, in HU, with its real geometry.
+
+    The library's reader: a series with missing or unevenly spaced slices is refused (and reported
+    per scan by the build) rather than cut into misplaced patches.
+    """
+    return read_ct(series_dir, series_uid=series_uid)
 
 
 def _scan_task(task: Tuple[str, List[Dict[str, Any]]]) -> Tuple[List[Tuple[Dict[str, Any], np.ndarray, float]], Optional[str]]:
