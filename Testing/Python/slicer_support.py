@@ -7,6 +7,8 @@ does inside Slicer, and builds small scenes: volume nodes from SimpleITK images,
 from __future__ import annotations
 
 import sys
+import types
+import unittest
 from pathlib import Path
 from typing import Sequence
 
@@ -113,3 +115,62 @@ def assert_same_snapshot(before: dict, after: dict) -> None:
     assert before["transform_matrices"].keys() == after["transform_matrices"].keys()
     for key, matrix in before["transform_matrices"].items():
         assert np.array_equal(matrix, after["transform_matrices"][key]), f"transform {key} changed"
+
+
+def gui_stand_ins() -> dict:
+    """Modules NotADiagnosis.py imports from Slicer's GUI layer, reduced to what loading it needs."""
+    import slicer
+
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            pass
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, *args, **kwargs):
+            pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
+        setattr(scripted, cls.__name__, cls)
+
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: ("Choice", tuple(choices))
+
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+
+    markups = types.ModuleType("vtkSlicerMarkupsModuleMRMLPython")
+    markups.vtkMRMLMarkupsFiducialNode = slicer.vtkMRMLMarkupsFiducialNode
+    return {
+        "slicer.ScriptedLoadableModule": scripted,
+        "slicer.parameterNodeWrapper": wrapper,
+        "slicer.i18n": i18n,
+        "vtkSlicerMarkupsModuleMRMLPython": markups,
+    }
+
+
+def load_module_file(monkeypatch):
+    """NotADiagnosis.py loaded with the GUI stand-ins and a fresh scene as ``slicer.mrmlScene``."""
+    import importlib.util
+    import sys
+
+    import slicer
+
+    for name, stand_in in gui_stand_ins().items():
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+    spec = importlib.util.spec_from_file_location("NotADiagnosisUnderTest", MODULE_FILE)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded

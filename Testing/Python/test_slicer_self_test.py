@@ -7,76 +7,25 @@ Logic, the checks on the table, saliency volume, unchanged inputs and refused in
 needs Qt and is left to Slicer. The classifier is the bundled default model, as in Slicer."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
-import unittest
 
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML, headless) is needed for the module's tests")
 
-from slicer_support import MODULE_FILE  # noqa: E402
-
-
-def _stand_ins() -> dict:
-    """Modules NotADiagnosis.py imports from Slicer's GUI layer, reduced to what loading it needs."""
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:
-        pass
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            pass
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, *args, **kwargs):
-            pass
-
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
-        setattr(scripted, cls.__name__, cls)
-
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = lambda choices: ("Choice", tuple(choices))
-
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-
-    markups = types.ModuleType("vtkSlicerMarkupsModuleMRMLPython")
-    markups.vtkMRMLMarkupsFiducialNode = slicer.vtkMRMLMarkupsFiducialNode
-    return {
-        "slicer.ScriptedLoadableModule": scripted,
-        "slicer.parameterNodeWrapper": wrapper,
-        "slicer.i18n": i18n,
-        "vtkSlicerMarkupsModuleMRMLPython": markups,
-    }
+from slicer_support import load_module_file  # noqa: E402
 
 
 @pytest.fixture
 def module(monkeypatch, tmp_path):
     """NotADiagnosis.py loaded with the stand-ins, a fresh scene as slicer.mrmlScene, and the logic's
     classifier cache answering with the bundled default model on the CPU."""
-    for name, stand_in in _stand_ins().items():
-        monkeypatch.setitem(sys.modules, name, stand_in)
-    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
-
     from nadslicer import logic
     from notadiagnosis.classifier import Classifier
 
     default_model = Classifier.load(device="cpu")
     monkeypatch.setattr(logic, "get_classifier", lambda model_path=None, device="Auto": default_model)
-
-    spec = importlib.util.spec_from_file_location("NotADiagnosisUnderTest", MODULE_FILE)
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+    return load_module_file(monkeypatch)
 
 
 def test_module_file_loads_and_describes_the_module(module):
