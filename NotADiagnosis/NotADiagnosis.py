@@ -245,6 +245,13 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except NotADiagnosisError as error:
             slicer.util.errorDisplay(str(error), windowTitle=_("Not a Diagnosis"))
             return
+        except Exception as error:  # an installer failing in a way nobody foresaw: say so, never a silent traceback
+            logging.exception("Not a Diagnosis: installing the Python packages failed")
+            slicer.util.errorDisplay(
+                _("Installing the Python packages failed: {error}").format(error=error),
+                windowTitle=_("Not a Diagnosis"), detailedText=traceback.format_exc(),
+            )
+            return
         import qt
 
         from notadiagnosis.classifier import CancelledError

@@ -84,7 +84,8 @@ def ensure_torch(ask: bool = True) -> None:
         ) from None
     try:
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask, torchVersionRequirement=TORCH_REQUIREMENT)
-    except (subprocess.CalledProcessError, RuntimeError, OSError) as error:  # pip failed, offline, no PythonSlicer...
+    except (subprocess.CalledProcessError, RuntimeError, OSError, ImportError) as error:
+        # pip failed, offline, no PythonSlicer, or torch installed but not importable.
         raise DependencyError(_failed_message(["torch"], error)) from None
     if torch is None:
         raise DependencyError(

@@ -59,11 +59,12 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
     The card given is completed (not modified in place) with the format, the architecture and the
     tensors file's name, format and sha256. Both files are written atomically.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     tensors_path, card_path = model_files(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    completed = json.loads(json.dumps(card))  # a deep copy that also proves the card is JSON-able
+    # A deep copy that also proves the card is JSON-able; JSON has no NaN or infinity: they become null.
+    completed = _finite_or_null(json.loads(json.dumps(card)))
     completed["format"] = CARD_FORMAT
     completed["architecture"] = dict(model.architecture)
     completed.setdefault("disclaimer", DISCLAIMER)
@@ -72,7 +73,7 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: card_digest(completed)}
     with _atomic_path(tensors_path) as temporary:
-        save_file(state, str(temporary), metadata=metadata)
+        temporary.write_bytes(_sorted_header(serialize(state, metadata=metadata)))
     completed["weights"] = {
         "file": tensors_path.name,
         "format": "safetensors",
@@ -80,7 +81,7 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
         "bytes": tensors_path.stat().st_size,
     }
     with _atomic_path(card_path) as temporary:
-        temporary.write_text(json.dumps(completed, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        temporary.write_text(json.dumps(completed, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     return card_path
 
 
@@ -136,10 +137,44 @@ def check_card(card: Dict[str, Any], where: str, strict_weights: bool = True) ->
 
 
 def card_digest(card: Dict[str, Any]) -> str:
-    """sha256 of the card without its ``weights`` block, over canonical JSON (sorted keys, no spaces)."""
-    bound = {key: value for key, value in card.items() if key != "weights"}
-    canonical = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    """sha256 of the card without its ``weights`` block, over canonical JSON (sorted keys, no spaces,
+    whole-valued floats as integers so that a tool rewriting ``1.0`` as ``1`` does not change it)."""
+    bound = _canonical_numbers({key: value for key, value in card.items() if key != "weights"})
+    try:
+        canonical = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except ValueError:
+        raise WeightsError("The model card holds NaN or infinity, which JSON cannot; re-export the model.") from None
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _canonical_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical_numbers(item) for item in value]
+    return value
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors bytes with the header's keys sorted: safetensors writes its metadata in a
+    varying order, and an export must give the same sha256 every time for the hash to be a pin."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length].decode("utf-8"))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def header_metadata(data: bytes) -> Dict[str, str]:

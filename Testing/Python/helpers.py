@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,7 +59,8 @@ def bright_centroid_zyx(array: np.ndarray, threshold: float) -> np.ndarray:
     return coordinates.mean(axis=0)
 
 
-def save_random_model(directory: Path, architecture: str = "resnet3d-tiny", temperature: float = 1.0, seed: int = 0) -> Path:
+def save_random_model(directory: Path, architecture: str = "resnet3d-tiny", temperature: float = 1.0, seed: int = 0,
+                      metrics: Optional[dict] = None) -> Path:
     """Save a random-initialised model with a complete card; returns the card path (tests only)."""
     import torch
 
@@ -75,6 +76,6 @@ def save_random_model(directory: Path, architecture: str = "resnet3d-tiny", temp
         "calibration": {"temperature": temperature},
         "threshold": 0.5,
         "training": {"data": "none: random weights for tests"},
-        "metrics": {},
+        "metrics": metrics or {},
     }
     return save_model(model, Path(directory) / "model.safetensors", card)

@@ -146,10 +146,12 @@ def test_before_slicer_5_12_a_failed_pip_install_is_a_clear_error(recorder, monk
         dependencies.ensure_packages(["not-installed-pkg-abc>=1.2"], confirm=lambda message: True)
 
 
-def test_a_failed_torch_install_is_a_clear_error(monkeypatch):
+@pytest.mark.parametrize("error", [subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch"]),
+                                   ModuleNotFoundError("No module named 'torch'")])
+def test_a_failed_torch_install_is_a_clear_error(monkeypatch, error):
     class FailingLogic:
         def installTorch(self, **kwargs):
-            raise subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch"])
+            raise error
 
     monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FailingLogic))

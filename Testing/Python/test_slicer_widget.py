@@ -109,3 +109,17 @@ def test_an_input_error_is_a_message_and_the_scene_is_unchanged(panel, monkeypat
     assert len(shown.errors) == 1 and "lies outside the volume 'CT'" in shown.errors[0]
     assert slicer.mrmlScene.GetNumberOfNodes() == nodes_before
     assert widget.ui.statusLabel.text == "before"
+
+
+def test_an_unforeseen_installer_failure_is_shown_too(panel, monkeypatch):
+    widget, shown = panel
+    volume, points = _inputs(slicer.mrmlScene)
+    widget._parameterNode = _parameters(volume, points)
+
+    def fail(requirementsPath=None):
+        raise ModuleNotFoundError("No module named 'light_the_torch._patch'")
+
+    monkeypatch.setattr(widget.logic, "ensureDependencies", fail)
+    widget._classify()
+    assert len(shown.errors) == 1 and "light_the_torch" in shown.errors[0]
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0

@@ -348,8 +348,8 @@ def test_view_keep_out_cube_is_aligned_to_lps_on_an_oblique_grid():
         lps = np.array(image.TransformIndexToPhysicalPoint((i, j, k)))
         assert exclude[k, j, i] == bool(np.all(np.abs(lps - centre) <= widened + 1e-9)), (i, j, k)
     assert 0 < exclude.sum() < exclude.size
-    # The cube keeps every 64 mm patch clear of the whole real nodule: half the patch + its radius + a margin.
+    # The cube keeps every 64 mm patch clear of the real nodule: half the patch + its median radius + a margin.
     row = {"patient_id": "LIDC-IDRI-0001", "centroid_x_lps": 1.0, "centroid_y_lps": 2.0, "centroid_z_lps": 3.0,
            "median_diameter_mm": 30.0}
-    assert real_nodule_view_boxes("LIDC-IDRI-0001", [row]) == [((1.0, 2.0, 3.0), 32.0 + 15.0 + 1.0)]
+    assert real_nodule_view_boxes("LIDC-IDRI-0001", [row]) == [((1.0, 2.0, 3.0), 32.0 + 15.0 + 5.0)]
     assert real_nodule_view_boxes("cptac-C3N-00247", [row]) == []

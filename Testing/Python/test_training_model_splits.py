@@ -188,6 +188,11 @@ def test_train_takes_the_holdout_and_background_patients_from_the_manifest(tmp_p
     given = train_module.config_from_args(parser.parse_args(
         [str(dataset), "--out", "x", "--holdout-background", "cptac-C3N-00247", "--exclude-patient", "LIDC-IDRI-0002"]))
     assert given.holdout_backgrounds == ["cptac-C3N-00247"] and given.exclude_patients == ["LIDC-IDRI-0002"]
+    # Either option given: both as given (a command written before the defaults keeps its split).
+    one = train_module.config_from_args(parser.parse_args([str(dataset), "--out", "x", "--holdout-background", "LIDC-IDRI-0001"]))
+    assert one.holdout_backgrounds == ["LIDC-IDRI-0001"] and one.exclude_patients == []
+    other = train_module.config_from_args(parser.parse_args([str(dataset), "--out", "x", "--exclude-patient", "LIDC-IDRI-0002"]))
+    assert other.holdout_backgrounds == [] and other.exclude_patients == ["LIDC-IDRI-0002"]
 
     off = train_module.config_from_args(parser.parse_args([str(dataset), "--out", "x", "--ignore-manifest-holdout"]))
     assert off.holdout_backgrounds == [] and off.exclude_patients == []

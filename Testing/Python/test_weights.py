@@ -202,3 +202,27 @@ def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(weights, "bundled_models_dir", lambda: tmp_path)
     with pytest.raises(NoDefaultModelError, match="No default model is bundled"):
         default_model_path()
+
+
+def test_export_is_byte_reproducible(tmp_path):
+    # The tensors file's sha256 is the pin: exporting the same model and card twice must give the same file.
+    hashes = {sha256_of(save_random_model(tmp_path / str(i), seed=4).with_suffix(".safetensors")) for i in range(4)}
+    assert len(hashes) == 1
+
+
+def test_card_rewritten_with_whole_floats_as_integers_still_loads(tmp_path):
+    # Pretty-printers (jq, JavaScript) write 1.0 as 1: the same card, so the same digest.
+    card_path = save_random_model(tmp_path)
+    text = card_path.read_text()
+    assert '"spacing_mm": 1.0' in text
+    card_path.write_text(text.replace('"spacing_mm": 1.0', '"spacing_mm": 1').replace('"hu_min": -1000.0', '"hu_min": -1000'))
+    load_model(card_path, expected_sha256=sha256_of(tmp_path / "model.safetensors"))
+
+
+def test_non_finite_numbers_in_a_card_are_exported_as_null(tmp_path):
+    from helpers import save_random_model as save
+
+    card_path = save(tmp_path, metrics={"validation": {"auc": float("nan")}, "extra": [float("inf"), 1.5]})
+    card = json.loads(card_path.read_text())  # strict JSON: no NaN token
+    assert card["metrics"] == {"validation": {"auc": None}, "extra": [None, 1.5]}
+    load_model(card_path)

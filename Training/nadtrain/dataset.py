@@ -284,7 +284,7 @@ class DatasetWriter:
         if patches.shape[1:] != (PATCH_SIZE,) * 3:
             raise DatasetError(f"patches must be (n,{PATCH_SIZE},{PATCH_SIZE},{PATCH_SIZE}), got {patches.shape}.")
         if np.issubdtype(patches.dtype, np.floating):
-            patches = np.rint(np.nan_to_num(patches, nan=-1000.0))
+            patches = np.rint(np.nan_to_num(patches, nan=-1000.0, posinf=-1000.0, neginf=-1000.0))  # as inference reads them
         info = np.iinfo(np.int16)
         patches = np.clip(patches, info.min, info.max).astype(np.int16)
         columns = {

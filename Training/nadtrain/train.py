@@ -618,8 +618,14 @@ def _load_resume(path: Path, config: TrainConfig, split_description: dict):
     model_state, optim_state, saved = load_checkpoint(path)
     # Options added after a checkpoint was written count as their defaults (so older runs still resume).
     defaults = TrainConfig(dataset="", out="").recipe()
-    if {**defaults, **saved.get("recipe", {})} != json.loads(json.dumps(config.recipe())):
-        raise CheckpointError(f"the checkpoint in {path.parent} was made with other training options; "
+    saved_recipe = {**defaults, **saved.get("recipe", {})}
+    wanted = json.loads(json.dumps(config.recipe()))
+    if saved_recipe != wanted:
+        differing = sorted(key for key in set(saved_recipe) | set(wanted) if saved_recipe.get(key) != wanted.get(key))
+        hint = (" (hold-out and exclusion now default to the dataset's manifest when neither option is given: "
+                "add --ignore-manifest-holdout to resume a run started without them)"
+                if set(differing) <= {"holdout_backgrounds", "exclude_patients"} else "")
+        raise CheckpointError(f"the checkpoint in {path.parent} was made with other training options ({', '.join(differing)}){hint}; "
                               "resume with the same options or choose another --out.")
     if saved.get("split") != json.loads(json.dumps(_split_key(split_description))):
         raise CheckpointError(f"the checkpoint in {path.parent} was made on another dataset or split; "
@@ -698,24 +704,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def manifest_defaults(dataset: str, holdout_backgrounds: Sequence[str],
                       exclude_patients: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
-    """Hold-out and exclusion defaults from an insertion dataset's manifest, for options not given.
+    """Hold-out and exclusion defaults from an insertion dataset's manifest, when neither option is given.
 
-    Returns (holdout backgrounds, excluded patients, notes for the user). Without ``--holdout-background``,
-    the background the build set aside (``holdout_background``) is held out; without ``--exclude-patient``,
-    every patient whose own CT serves as a background is excluded (its real nodules are in those pixels,
-    and a showcase like LIDC-IDRI-0001's real nodule must stay unseen). Options given win.
+    Returns (holdout backgrounds, excluded patients, notes for the user). Only when neither
+    ``--holdout-background`` nor ``--exclude-patient`` is given: the background the build set aside
+    (``holdout_background``) is held out, and every patient whose own CT serves as a background is
+    excluded (its real nodules are in those pixels, and a showcase like LIDC-IDRI-0001's real nodule
+    must stay unseen). Either option given means the user chose: both are then taken as given (so a
+    command written before these defaults existed still makes the same split and resumes).
     """
-    params = read_manifest(dataset).get("params") or {}
     holdout, exclude, notes = list(holdout_backgrounds), list(exclude_patients), []
-    if not holdout and params.get("holdout_background"):
+    if holdout or exclude:
+        return holdout, exclude, notes
+    params = read_manifest(dataset).get("params") or {}
+    if params.get("holdout_background"):
         holdout = [str(params["holdout_background"])]
         notes.append(f"holding out background {holdout[0]} (the dataset's manifest sets it aside)")
-    if not exclude:
-        backgrounds = [str(b) for b in params.get("backgrounds") or []] + [str(b) for b in holdout]
-        patients = set(np.unique(load_dataset(dataset, load_patches=False).patient_ids).tolist()) if backgrounds else set()
-        exclude = sorted({b for b in backgrounds if b in patients})
-        if exclude:
-            notes.append(f"excluding patient(s) {', '.join(exclude)}: their own CT is a background of this dataset")
+    backgrounds = [str(b) for b in params.get("backgrounds") or []] + holdout
+    patients = set(np.unique(load_dataset(dataset, load_patches=False).patient_ids).tolist()) if backgrounds else set()
+    exclude = sorted({b for b in backgrounds if b in patients})
+    if exclude:
+        notes.append(f"excluding patient(s) {', '.join(exclude)}: their own CT is a background of this dataset")
     return holdout, exclude, notes
 
 

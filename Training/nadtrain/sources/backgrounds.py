@@ -136,10 +136,11 @@ def real_nodules_of_background(name: str, table: Sequence[Dict[str, Any]]) -> Li
 
 
 def real_nodule_view_boxes(name: str, table: Sequence[Dict[str, Any]], patch_half_mm: float = 32.0,
-                           margin_mm: float = 1.0) -> List[Tuple[Sequence[float], float]]:
+                           margin_mm: float = 5.0) -> List[Tuple[Sequence[float], float]]:
     """For ``--keep-out view``: around each real nodule of an LIDC-IDRI background, the LPS-aligned cube
-    (centre, half-width mm) of placements whose 64 mm patch would show any part of it (half the
-    patch + the nodule's radius + a margin): no rendered sample then has a real nodule in view."""
+    (centre, half-width mm) of placements whose 64 mm patch would show it: half the patch + half the
+    readers' median diameter + a margin, because outlines reach past that radius on one side
+    (LIDC-IDRI-0001's reach 18.8 mm from its centroid, 2.5 mm beyond its median radius)."""
     return [(centre, patch_half_mm + (radius - 15.0) + margin_mm)
             for centre, radius in real_nodules_of_background(name, table)]
 

@@ -334,7 +334,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-out", default="ball", choices=("ball", "view"),
                         help="for an LIDC-IDRI background, how far renders stay from its own real nodules: 'ball' "
                              "(default, as insertion-v1: centres at least the nodule's radius + 15 mm away) or 'view' "
-                             "(no part of a real nodule inside any rendered 64 mm patch; recommended for new builds)")
+                             "(real nodules kept out of every rendered 64 mm patch: no centre within an LPS cube of half-width "
+                             "32 mm + the median radius + 5 mm; recommended for new builds)")
     parser.add_argument("--juxtapleural-fraction", type=float, default=0.0,
                         help="share of renders placed against the pleura instead of fully inside the lung (default 0)")
 
