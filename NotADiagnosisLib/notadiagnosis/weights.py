@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 
 from .errors import NoDefaultModelError, WeightsError
 
@@ -147,24 +147,23 @@ def card_digest(card: Dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def _canonical_numbers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
-        return int(value)
+def _map_floats(value: Any, convert: Callable[[float], Any]) -> Any:
+    """``value`` (parsed JSON) with ``convert`` applied to every float in it."""
+    if isinstance(value, float):
+        return convert(value)
     if isinstance(value, dict):
-        return {key: _canonical_numbers(item) for key, item in value.items()}
+        return {key: _map_floats(item, convert) for key, item in value.items()}
     if isinstance(value, list):
-        return [_canonical_numbers(item) for item in value]
+        return [_map_floats(item, convert) for item in value]
     return value
+
+
+def _canonical_numbers(value: Any) -> Any:
+    return _map_floats(value, lambda x: int(x) if x.is_integer() and abs(x) < 2 ** 53 else x)
 
 
 def _finite_or_null(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_null(item) for item in value]
-    return value
+    return _map_floats(value, lambda x: x if math.isfinite(x) else None)
 
 
 def _sorted_header(data: bytes) -> bytes:

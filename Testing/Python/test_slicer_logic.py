@@ -407,29 +407,21 @@ def _volume_like(scene, class_name, name, image):
     return node
 
 
-def test_label_map_is_refused_and_nothing_written(scene, ct_image, classifier):
+@pytest.mark.parametrize("class_name, crop, message", [
+    ("vtkMRMLLabelMapVolumeNode", False, "is a label map"),
+    ("vtkMRMLScalarVolumeNode", True, "a single slice"),  # the command line refuses it too
+])
+def test_label_maps_and_single_slices_are_refused_and_nothing_written(scene, ct_image, classifier, class_name, crop, message):
     from nadslicer.errors import VolumeError
     from nadslicer.validation import input_problem
 
     _, points = _setup(scene, ct_image)
-    labels = _volume_like(scene, "vtkMRMLLabelMapVolumeNode", "Segmentation-label", sitk.Cast(ct_image > -500, sitk.sitkUInt8))
+    image = ct_image[:, :, 18:19] if crop else sitk.Cast(ct_image > -500, sitk.sitkUInt8)
+    volume = _volume_like(scene, class_name, "Not a CT", image)
     counts = _counts(scene)
-    assert "is a label map" in input_problem(labels, points)
-    with pytest.raises(VolumeError, match="is a label map"):
-        logic.classify(labels, points, _options(), classifier=classifier)
-    _assert_nothing_written(scene, counts)
-
-
-def test_single_slice_volume_is_refused_like_the_command_line_does(scene, ct_image, classifier):
-    from nadslicer.errors import VolumeError
-    from nadslicer.validation import input_problem
-
-    _, points = _setup(scene, ct_image)
-    one_slice = _volume_like(scene, "vtkMRMLScalarVolumeNode", "Slice", ct_image[:, :, 18:19])
-    counts = _counts(scene)
-    assert "a single slice" in input_problem(one_slice, points)
-    with pytest.raises(VolumeError, match="a single slice"):
-        logic.classify(one_slice, points, _options(), classifier=classifier)
+    assert message in input_problem(volume, points)
+    with pytest.raises(VolumeError, match=message):
+        logic.classify(volume, points, _options(), classifier=classifier)
     _assert_nothing_written(scene, counts)
 
 
