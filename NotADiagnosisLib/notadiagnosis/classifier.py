@@ -168,7 +168,6 @@ class Classifier:
 
     def saliency(self, image: sitk.Image, point_lps: Sequence[float]) -> sitk.Image:
         """LayerCAM saliency for one point, as a float32 image in [0, 1] on the CT's own grid."""
-        check_image(image)
         patch = extract_patch(image, point_lps, self.patch_size, self.spacing_mm)
         tensor = torch.from_numpy(normalize_hu(patch.array_hu, self.hu_min, self.hu_max))[None, None].to(self.device)
         cam = layer_cam(self.model, tensor)

@@ -69,7 +69,7 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
     completed["architecture"] = dict(model.architecture)
     completed.setdefault("disclaimer", DISCLAIMER)
     completed.pop("weights", None)
-    check_card(completed | {"weights": {"sha256": ""}}, "the model card to export", strict_weights=False)
+    check_card(completed | {"weights": {"sha256": ""}}, "the model card to export")  # the file's hash comes later
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: card_digest(completed)}
     with _atomic_path(tensors_path) as temporary:
@@ -100,7 +100,7 @@ def read_card(path: PathLike) -> Dict[str, Any]:
     return card
 
 
-def check_card(card: Dict[str, Any], where: str, strict_weights: bool = True) -> None:
+def check_card(card: Dict[str, Any], where: str) -> None:
     """Raise :class:`WeightsError` unless the card has every field inference reads, of the right type and range."""
 
     def fail(problem: str) -> None:
@@ -132,7 +132,7 @@ def check_card(card: Dict[str, Any], where: str, strict_weights: bool = True) ->
         fail("has hu_min not below hu_max")
     if not 0.0 <= numbers["threshold"] <= 1.0:
         fail(f"has threshold {numbers['threshold']!r}, not a probability")
-    if strict_weights and not isinstance(card["weights"].get("sha256"), str):
+    if not isinstance(card["weights"].get("sha256"), str):
         fail("has no sha256 of its tensors file")
 
 
