@@ -48,6 +48,7 @@ from notadiagnosis.geometry import extract_patch
 from ..dataset import DatasetWriter, sample_key
 from ..nodules import (DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled,
                        texture_class)
+from ..parallel import run_tasks
 from .backgrounds import (Background, InsertionError, background_name, load_background, prepare_background,
                           real_nodule_view_boxes, real_nodules_of_background)
 
@@ -407,8 +408,6 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
                 tasks.append((row, missing))
         failures: List[str] = []
         not_fitting = juxtapleural = 0
-        from ..build import run_tasks
-
         for row, renders, error in run_tasks(_render_task, tasks, args.workers, _init_worker,
                                              (folders, args.consensus, args.seed, args.juxtapleural_fraction, args.mask), desc="inserting nodules",
                                              unit="nodule", progress=not args.quiet, chunksize=2):

@@ -1,12 +1,14 @@
 """`lidc` source: the 64 mm patch at each labelled nodule's centroid in the real LIDC-IDRI CT.
 
-The user's LIDC-IDRI download (folders ``LIDC-IDRI-dddd/...`` with DICOM files) is found through
-``--lidc-root`` or pylidc's own setting (``~/.pylidcrc``, section ``[dicom]``, key ``path``). Each
-scan's series (pylidc's SeriesInstanceUID) is read with SimpleITK's DICOM series reader, so the
-geometry is the scanner's; the nodule centroid (mean of its readers' contour centroids, pylidc's
-(row, column, slice)) is converted to LPS with the series' ImagePositionPatient, orientation and
-spacing (``nadtrain.nodules.SliceGeometry``), and ``notadiagnosis.geometry.extract_patch`` cuts the
-patch. Nodules of patients that are not downloaded are skipped and counted.
+The user's pixels are a LIDC-IDRI download from TCIA, in the classic or the NBIA Data Retriever's
+descriptive folder tree (``--lidc-root``, default pylidc's own setting: ``~/.pylidcrc``, section
+``[dicom]``, key ``path``), or LUNA16's ``subset*/<SeriesInstanceUID>.mhd`` (``--luna16-root``).
+Scans are found by SeriesInstanceUID, whatever the folder names (``nadtrain.scans``). Each scan is
+read with the library's reader, so the geometry is the scanner's; the nodule centroid (mean of its
+readers' contour centroids, pylidc's (row, column, slice)) is converted to LPS with that image's own
+origin, direction and spacing, and ``notadiagnosis.geometry.extract_patch`` cuts the patch. Nodules
+of scans that are not on disk are counted; a scan that cannot be used is recorded with its reason
+in the build's failures and the build goes on.
 """
 from __future__ import annotations
 
@@ -14,18 +16,21 @@ import argparse
 import configparser
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
 from notadiagnosis.geometry import extract_patch
-from notadiagnosis.readers import read_ct
 
 from ..dataset import DatasetWriter, sample_key
-from ..nodules import (DEFAULT_CACHE, LidcError, find_series_dir, import_pylidc, load_or_build_nodule_table,
-                       read_series_geometry, select_labelled, set_centroid_lps)
+from ..nodules import DEFAULT_CACHE, LidcError, load_or_build_nodule_table, select_labelled, set_centroid_lps
+from ..parallel import run_tasks
+from ..scans import ScanLocation, geometry_from_image, index_scans
+
+# The table's ``centroid_source`` of a nodule whose LPS centroid was placed in each layout's image.
+CENTROID_SOURCE = {"dicom": "dicom", "luna16": "luna16-mhd"}
 
 
 def pylidc_dicom_path() -> Optional[Path]:
@@ -50,69 +55,78 @@ def resolve_lidc_root(option: Optional[Path]) -> Path:
     return root
 
 
-def read_series(series_dir: Path, series_uid: str) -> sitk.Image:
-    """The CT series ``series_uid`` of a folder, in HU, with its real geometry.
+def _scan_task(task: Tuple[ScanLocation, List[Dict[str, Any]]]) -> Tuple[List[Tuple[Dict[str, Any], np.ndarray, float]], Optional[str]]:
+    """Worker: read one scan and cut the patch of each of its nodules.
 
-    The library's reader: a series with missing or unevenly spaced slices is refused (and reported
-    per scan by the build) rather than cut into misplaced patches.
+    Any failure (missing or unevenly spaced slices, an unreadable file, a non-axial series) is
+    returned as a one-line reason, recorded in the build's failures; the other scans go on.
     """
-    return read_ct(series_dir, series_uid=series_uid)
-
-
-def _scan_task(task: Tuple[str, List[Dict[str, Any]]]) -> Tuple[List[Tuple[Dict[str, Any], np.ndarray, float]], Optional[str]]:
-    """Worker: read one scan's series and cut the patch of each of its nodules."""
-    lidc_root, rows = task
+    location, rows = task
     first = rows[0]
     try:
-        import warnings
-
         warnings.filterwarnings("ignore")
-        pl = import_pylidc()
-        scan = pl.query(pl.Scan).filter(pl.Scan.series_instance_uid == first["series_uid"]).first()
-        series_dir = find_series_dir(Path(lidc_root), first["patient_id"], first["series_uid"])
-        geometry = read_series_geometry(series_dir, scan.slice_zvals)
-        image = read_series(series_dir, first["series_uid"])
+        image = location.read(first["series_uid"])
+        geometry = geometry_from_image(image)
         out = []
         for row in rows:
             row = dict(row)
             set_centroid_lps(row, geometry)
+            row["centroid_source"] = CENTROID_SOURCE[location.layout]
             patch = extract_patch(image, (row["centroid_x_lps"], row["centroid_y_lps"], row["centroid_z_lps"]))
             out.append((row, patch.array_hu, patch.outside_fraction))
         return out, None
     except Exception as error:  # noqa: BLE001 - one unreadable scan must not stop the others
-        return [], f"{first['patient_id']} ({first['series_uid']}): {type(error).__name__}: {error}"
+        return [], f"{first['patient_id']} ({first['series_uid']}, {location.path}): {type(error).__name__}: {error}"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lidc-root", type=Path, default=None,
-                        help="folder holding LIDC-IDRI-dddd folders (default: pylidc's [dicom] path in ~/.pylidcrc)")
+    roots = parser.add_mutually_exclusive_group()
+    roots.add_argument("--lidc-root", type=Path, default=None,
+                       help="folder of the LIDC-IDRI DICOM download, TCIA or NBIA folder names "
+                            "(default: pylidc's [dicom] path in ~/.pylidcrc)")
+    roots.add_argument("--luna16-root", type=Path, default=None,
+                       help="folder of LUNA16's subset0..subset9 folders of <SeriesInstanceUID>.mhd/.raw")
     parser.add_argument("--min-readers", type=int, default=1, help="only nodules with at least this many readers (default 1)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="cached nodule table CSV (built if absent)")
 
 
+def resolve_scan_root(args: argparse.Namespace) -> Tuple[Path, str]:
+    """(root folder, layout) from --luna16-root, else --lidc-root or pylidc's setting."""
+    luna16 = getattr(args, "luna16_root", None)
+    if luna16 is not None:
+        if not Path(luna16).is_dir():
+            raise LidcError(f"LUNA16 folder {luna16} does not exist; pass --luna16-root with the folder holding subset0..subset9.")
+        return Path(luna16), "luna16"
+    return resolve_lidc_root(args.lidc_root), "dicom"
+
+
 def build(args: argparse.Namespace) -> Dict[str, Any]:
-    """Write the dataset of every labelled nodule whose patient's CT is under the LIDC root."""
-    root = resolve_lidc_root(args.lidc_root)
+    """Write the dataset of every labelled nodule whose scan is under the LIDC-IDRI or LUNA16 root."""
+    root, layout = resolve_scan_root(args)
     table = load_or_build_nodule_table(args.nodule_table, workers=args.workers, progress=not args.quiet)
     rows = sorted(select_labelled(table, args.min_readers), key=lambda r: r["nodule_id"])
-    present = {p.name for p in root.iterdir() if p.is_dir()}
-    available = [r for r in rows if r["patient_id"] in present]
+    scans = index_scans(root, layout)
+    available = [r for r in rows if r["series_uid"] in scans]
+    not_on_disk = len(rows) - len(available)
     if not available:
-        raise LidcError(f"none of the labelled nodules' patients is under {root}; it should hold LIDC-IDRI-dddd folders.")
+        what = "LUNA16 .mhd files" if layout == "luna16" else "DICOM series"
+        raise LidcError(f"none of the labelled nodules' scans is under {root} ({len(scans)} {what} found there); "
+                        + ("it should hold subset0..subset9 of <SeriesInstanceUID>.mhd files." if layout == "luna16"
+                           else "it should hold the LIDC-IDRI patients' CT series (TCIA or NBIA folders)."))
     if args.limit is not None:
         available = available[: args.limit]
     params = {"lidc_root": str(root.resolve()), "min_readers": args.min_readers, "limit": args.limit}
+    if layout != "dicom":  # older builds (DICOM) keep their params, so they still resume
+        params = {"scan_root": str(root.resolve()), "layout": layout, "min_readers": args.min_readers, "limit": args.limit}
     with DatasetWriter(Path(args.out), "lidc", params, overwrite=args.overwrite) as writer:
         done = writer.done_keys()
         by_series: Dict[str, List[Dict[str, Any]]] = {}
         for row in available:
             if sample_key(row["nodule_id"], "", 0) not in done:
                 by_series.setdefault(row["series_uid"], []).append(row)
-        tasks = [(str(root), group) for group in by_series.values()]
+        tasks = [(scans[uid], group) for uid, group in by_series.items()]
         failures: List[str] = []
         written_rows: Dict[str, Dict[str, Any]] = {}
-        from ..build import run_tasks
-
         for results, error in run_tasks(_scan_task, tasks, args.workers, desc="cutting LIDC patches", unit="scan",
                                         progress=not args.quiet):
             if error:
@@ -126,9 +140,10 @@ def build(args: argparse.Namespace) -> Dict[str, Any]:
         # Rows written in an earlier (interrupted) run get their LPS centroid from the table when it has one.
         done_ids = {key[0] for key in writer.done_keys()}
         table_rows = [written_rows.get(r["nodule_id"], r) for r in available if r["nodule_id"] in done_ids]
-        writer.build_info.update({"failures": failures, "nodules_not_downloaded": len(rows) - len([r for r in rows if r["patient_id"] in present])})
+        writer.build_info.update({"failures": failures, "layout": layout, "scans_found": len(scans),
+                                  "nodules_not_downloaded": not_on_disk})
         writer.write_nodule_table(table_rows)
         n_samples = writer.n_samples
     labels = [int(r["label"]) for r in table_rows]
     return {"nodules": len(table_rows), "malignant": sum(labels), "benign": len(labels) - sum(labels), "samples": n_samples,
-            "failed_scans": len(failures), "labelled_nodules_not_downloaded": len(rows) - len([r for r in rows if r["patient_id"] in present])}
+            "failed_scans": len(failures), "labelled_nodules_not_downloaded": not_on_disk}
