@@ -1,4 +1,4 @@
-"""`nadtrain` command line: nodules -> build -> samples -> train -> evaluate -> export.
+"""`nadtrain` command line: nodules -> build -> samples -> train -> evaluate -> export, or all in `reproduce`.
 
 Each subcommand lives in its own module, registered in ``COMMANDS`` below. A command module defines
 
@@ -29,6 +29,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),
     "references": ("nadtrain.references", "size-only and readers'-ratings AUC on every patient test fold (no pixels)"),
     "export": ("nadtrain.export", "export a trained model to the library's weights format with its card"),
+    "reproduce": ("nadtrain.reproduce", "from a LIDC-IDRI or LUNA16 download to an exported model: every stage above, "
+                                        "cross-validated, resumable"),
 }
 
 
