@@ -87,3 +87,12 @@ def test_reproduce_runs_every_stage_on_a_tiny_budget_and_resumes(tmp_path, luna1
     assert main(command) == 0
     assert {k: (out / "cv" / f"fold-{k}" / "model.safetensors").stat().st_mtime_ns for k in (1, 2)} == stamps
     assert json.loads((out / "reproduce.json").read_text())["sha256"] == result["sha256"]
+
+    # Interrupted after fold 2's last epoch (no model yet): only fold 2 resumes, from its checkpoint.
+    fold2 = out / "cv" / "fold-2"
+    for name in ("model.safetensors", "model.json", "train_summary.json"):
+        (fold2 / name).unlink()
+    assert main(command) == 0
+    assert (out / "cv" / "fold-1" / "model.safetensors").stat().st_mtime_ns == stamps[1]
+    assert (fold2 / "model.json").is_file()
+    assert "resuming after epoch 1" in (out / "logs" / "5-fold-2-of-2-training.log").read_text()
