@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from nadtrain.cli import main
-from nadtrain.dataset import load_dataset, read_nodule_table, write_nodule_table
-from nadtrain.nodules import build_nodule_table, import_pylidc, read_series_geometry
+from nadtrain.dataset import load_dataset, read_nodule_table
+from nadtrain.nodules import import_pylidc, read_series_geometry
 from nadtrain.scans import geometry_from_image, index_scans
 from notadiagnosis.readers import read_ct
 
@@ -19,16 +19,6 @@ from conftest import LIDC_0001_SERIES_UID
 pytestmark = pytest.mark.shared
 
 STUDY_UID_TAG = "0020|000d"
-
-
-@pytest.fixture(scope="module")
-def table_0001_0002(tmp_path_factory):
-    """The nodule table of LIDC-IDRI-0001 (in ../shared) and LIDC-IDRI-0002 (whose scan no layout has)."""
-    rows, failures = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001", "LIDC-IDRI-0002"], progress=False)
-    assert failures == []
-    path = tmp_path_factory.mktemp("table") / "nodules.csv"
-    write_nodule_table(path, rows)
-    return path
 
 
 def _slices(lidc_0001_dir):
@@ -89,8 +79,8 @@ def _build(out, root_option, root, table) -> None:
                  "--workers", "1", "--quiet"]) == 0
 
 
-def test_the_three_layouts_give_the_shared_folders_patch(tmp_path, lidc_root, lidc_0001_dir, table_0001_0002, capsys):
-    _build(tmp_path / "flat", "--lidc-root", lidc_root, table_0001_0002)
+def test_the_three_layouts_give_the_shared_folders_patch(tmp_path, lidc_root, lidc_0001_dir, small_table, capsys):
+    _build(tmp_path / "flat", "--lidc-root", lidc_root, small_table)
     reference = load_dataset(tmp_path / "flat")
     layouts = {
         "tcia": ("--lidc-root", tcia_tree(tmp_path / "tcia", lidc_0001_dir)),
@@ -99,7 +89,7 @@ def test_the_three_layouts_give_the_shared_folders_patch(tmp_path, lidc_root, li
     }
     capsys.readouterr()
     for name, (option, root) in layouts.items():
-        _build(tmp_path / f"built-{name}", option, root, table_0001_0002)
+        _build(tmp_path / f"built-{name}", option, root, small_table)
         # LIDC-IDRI-0002's malignant-or-benign nodules are counted, not built: its scan is on no disk here.
         assert "labelled_nodules_not_downloaded 1" in capsys.readouterr().out, name
         data = load_dataset(tmp_path / f"built-{name}")
@@ -130,15 +120,15 @@ def test_image_geometry_places_centroids_as_the_dicom_header_does(lidc_0001_dir)
     np.testing.assert_allclose(from_image.to_lps(points), from_header.to_lps(points), atol=1e-4)
 
 
-def test_a_scan_with_a_missing_slice_is_a_recorded_failure_and_the_build_goes_on(tmp_path, lidc_0001_dir, table_0001_0002):
+def test_a_scan_with_a_missing_slice_is_a_recorded_failure_and_the_build_goes_on(tmp_path, lidc_0001_dir, small_table):
     """LIDC-IDRI-0002's row is pointed at a LUNA16 file with a gap in its slices; LIDC-IDRI-0001 still builds."""
     root = luna16_tree(tmp_path / "luna16", lidc_0001_dir)
-    rows = read_nodule_table(table_0001_0002)
+    rows = read_nodule_table(small_table)
     broken_uid = next(r["series_uid"] for r in rows if r["patient_id"] == "LIDC-IDRI-0002")
     (root / "subset1").mkdir()
     (root / "subset1" / f"{broken_uid}.mhd").write_text("ObjectType = Image\nNDims = 3\nnot an image\n")
     out = tmp_path / "built"
-    _build(out, "--luna16-root", root, table_0001_0002)
+    _build(out, "--luna16-root", root, small_table)
     data = load_dataset(out)
     assert list(data.nodule_ids) == ["LIDC-IDRI-0001/n0"] and data.manifest["complete"] is True
     failures = data.manifest["build"]["failures"]
@@ -146,12 +136,12 @@ def test_a_scan_with_a_missing_slice_is_a_recorded_failure_and_the_build_goes_on
     assert "InputError" in failures[0]
 
 
-def test_uneven_slices_in_a_dicom_series_are_a_recorded_failure(tmp_path, lidc_0001_dir, table_0001_0002):
+def test_uneven_slices_in_a_dicom_series_are_a_recorded_failure(tmp_path, lidc_0001_dir, small_table):
     root = tcia_tree(tmp_path / "tcia", lidc_0001_dir)
     series = next((root / "LIDC-IDRI-0001").glob("*/*"))
     sorted(series.iterdir())[60].unlink()  # one slice missing in the middle of the scan
     out = tmp_path / "built"
-    assert main(["build", "lidc", "--out", str(out), "--lidc-root", str(root), "--nodule-table", str(table_0001_0002),
+    assert main(["build", "lidc", "--out", str(out), "--lidc-root", str(root), "--nodule-table", str(small_table),
                  "--workers", "1", "--quiet"]) == 0
     data = load_dataset(out, allow_incomplete=True, load_patches=False)
     failures = data.manifest["build"]["failures"]

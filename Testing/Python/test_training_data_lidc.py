@@ -5,20 +5,10 @@ import numpy as np
 import pytest
 
 from nadtrain.cli import main
-from nadtrain.dataset import load_dataset, write_nodule_table
-from nadtrain.nodules import LidcError, build_nodule_table
+from nadtrain.dataset import load_dataset
+from nadtrain.nodules import LidcError
 
 pytestmark = pytest.mark.shared
-
-
-@pytest.fixture(scope="module")
-def small_table(tmp_path_factory):
-    """The nodule table of two patients: 0001 (downloaded in ../shared) and 0002 (not downloaded)."""
-    rows, failures = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001", "LIDC-IDRI-0002"], progress=False)
-    assert failures == []
-    path = tmp_path_factory.mktemp("table") / "nodules.csv"
-    write_nodule_table(path, rows)
-    return path
 
 
 def test_lidc_source_cuts_the_real_malignant_nodule_of_lidc_0001(tmp_path, lidc_root, lidc_0001_dir, small_table, capsys):
