@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test venv benchmark clean
+.PHONY: demo test venv benchmark bundled-model clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,14 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) Testing/Benchmarks/benchmark_inference.py
+
+# Re-export the bundled default model in place from its own files (.safetensors + card): writes its
+# .onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed.
+# After a card change (edit a copy, then CARD=copy.json), or a new VERSION=x.y.z, it rebinds all three;
+# update notadiagnosis.weights' pinned sha256 with the printed hashes.
+BUNDLED := NotADiagnosisLib/notadiagnosis/models/default
+bundled-model: $(STAMP)
+	$(VENV)/bin/nadtrain export --from-model $(BUNDLED).json --out $(BUNDLED) $(if $(CARD),--card $(CARD)) $(if $(VERSION),--version $(VERSION))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

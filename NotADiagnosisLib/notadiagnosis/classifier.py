@@ -4,7 +4,9 @@ Estimator-style: ``Classifier.load(...)`` then ``predict(image, points_lps)``; n
 beyond the loaded model and its card. Each point's 64 mm cube is extracted in physical space,
 normalised with the card's constants, and classified with flip test-time augmentation (TTA): the
 probability is ``sigmoid(mean TTA logit / temperature)``, the uncertainty the standard deviation
-of the calibrated per-flip probabilities.
+of the calibrated per-flip probabilities. The network runs on ONNX Runtime by default
+(:mod:`.onnx_backend`) or on torch (:mod:`.torch_backend`, the optional extra); this module imports
+neither.
 """
 from __future__ import annotations
 
@@ -14,18 +16,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
-from .device import select_device
 from .errors import InputError, NotADiagnosisError
 from .geometry import check_image, extract_patch
-from .model import ResNet3D
 from .preprocessing import normalize_hu
-from .saliency import layer_cam, map_to_ct_space
-from .weights import default_model_path, load_model
+from .runtime import choose_runtime
+from .saliency import SALIENCY_METHODS, layer_cam, map_to_ct_space, score_cam
+from .weights import default_model_path, model_files, read_card
 
 # Flip TTA: identity, then left-right (x), anterior-posterior (y), superior-inferior (z).
-# Dimensions of a (N, 1, z, y, x) batch.
+# Axes of a (N, 1, z, y, x) batch.
 TTA_FLIPS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,))
 OUTSIDE_WARNING_FRACTION = 0.10
 MAX_SLICE_THICKNESS_MM = 5.0
@@ -48,14 +48,15 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded, verified model on a device. Build it with :meth:`load` or :meth:`from_model`."""
+    """A loaded, verified model on a runtime. Build it with :meth:`load` or :meth:`from_model`.
 
-    def __init__(self, model: ResNet3D, card: Dict[str, Any], device: torch.device, device_description: str) -> None:
-        self.model = model.to(device).eval()
-        self._fast_model = _inference_copy(self.model)
+    ``backend`` runs the network: ``logits(batch)`` and ``logits_and_features(batch)`` on normalised
+    (N, 1, D, H, W) float32 arrays, with ``runtime``, ``device`` and ``description`` attributes.
+    """
+
+    def __init__(self, backend: Any, card: Dict[str, Any]) -> None:
+        self.backend = backend
         self.card = card
-        self.device = device
-        self.device_description = device_description
         preprocessing = card.get("preprocessing", {})
         self.patch_size = int(preprocessing.get("patch_size", 64))
         self.spacing_mm = float(preprocessing.get("spacing_mm", 1.0))
@@ -67,21 +68,50 @@ class Classifier:
             raise InputError(f"The model card's temperature must be positive, got {self.temperature}.")
 
     @classmethod
-    def load(cls, path: Optional[str] = None, device: str = "auto", expected_sha256: Optional[str] = None) -> "Classifier":
-        """Load the bundled default model (``path=None``) or a model file, verified by sha256.
+    def load(cls, path: Optional[str] = None, device: str = "auto", expected_sha256: Optional[str] = None,
+             runtime: str = "auto", threads: Optional[int] = None) -> "Classifier":
+        """Load the bundled default model (``path=None``) or a model (its card, .onnx or .safetensors file),
+        verified by sha256.
 
-        ``device``: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda``, ``gpu`` or ``mps``;
-        the choice is in ``device_description``.
+        ``runtime``: ``auto`` (ONNX Runtime when installed, else torch), ``onnx`` or ``torch``; the model
+        file it loads (``.onnx`` or ``.safetensors``) is the one ``expected_sha256`` pins. ``device``:
+        ``auto`` (a CUDA GPU when the runtime has one; Apple MPS too on torch, else the CPU), ``cpu``,
+        ``cuda``, ``gpu`` or ``mps`` (torch only). ``threads``: intra-op CPU threads (default: the
+        runtime's measured choice). What ran is in ``device_description``.
         """
-        model, card = load_model(default_model_path() if path is None else path, expected_sha256)
-        torch_device, description = select_device(device)
-        return cls(model, card, torch_device, description)
+        _, card_path = model_files(default_model_path() if path is None else path)
+        card = read_card(card_path)
+        if choose_runtime(runtime, card) == "onnx":
+            from .onnx_backend import load_onnx_backend
+
+            return cls(load_onnx_backend(card, card_path, device, expected_sha256, threads), card)
+        from .torch_backend import load_torch_backend
+
+        backend, card = load_torch_backend(card_path, device, expected_sha256, threads)
+        return cls(backend, card)
 
     @classmethod
-    def from_model(cls, model: ResNet3D, card: Dict[str, Any], device: str = "cpu") -> "Classifier":
-        """Wrap an in-memory model and card (training evaluation, tests)."""
-        torch_device, description = select_device(device)
-        return cls(model, card, torch_device, description)
+    def from_model(cls, model: Any, card: Dict[str, Any], device: Any = "cpu") -> "Classifier":
+        """Wrap an in-memory torch model and card (training, evaluation, tests); needs torch."""
+        from .torch_backend import TorchBackend
+
+        return cls(TorchBackend(model, device), card)
+
+    @property
+    def runtime(self) -> str:
+        """``onnxruntime`` or ``torch``."""
+        return self.backend.runtime
+
+    @property
+    def device(self) -> str:
+        """Where the network runs: ``cpu``, ``cuda``, ... (a torch device on the torch runtime)."""
+        return self.backend.device
+
+    @property
+    def device_description(self) -> str:
+        """Runtime, version, execution provider or device, and threads, e.g.
+        ``ONNX Runtime 1.31.1, CPUExecutionProvider (1 thread)``."""
+        return self.backend.description
 
     @property
     def name(self) -> str:
@@ -152,12 +182,10 @@ class Classifier:
         Training's evaluation calls this too, so temperature fitting and inference see the same
         TTA-mean logits.
         """
-        batch = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32)).unsqueeze(1).to(self.device)
-        batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        batch = np.asarray(normalized, dtype=np.float32)[:, None]
         flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
-        with torch.inference_mode():
-            logits = torch.stack([self._fast_model(torch.flip(batch, dims) if dims else batch) for dims in flips])
-        logits = logits.float().cpu().numpy()  # (flips, N)
+        logits = np.stack([self.backend.logits(np.flip(batch, dims) if dims else batch) for dims in flips])
+        logits = logits.astype(np.float32)  # (flips, N)
         mean_logit = logits.mean(axis=0)
         probabilities = _sigmoid(mean_logit / self.temperature)
         if tta:
@@ -166,31 +194,28 @@ class Classifier:
             uncertainties = np.full(len(mean_logit), np.nan)
         return probabilities, uncertainties, mean_logit
 
-    def saliency(self, image: sitk.Image, point_lps: Sequence[float]) -> sitk.Image:
-        """LayerCAM saliency for one point, as a float32 image in [0, 1] on the CT's own grid."""
+    def saliency(self, image: sitk.Image, point_lps: Sequence[float], method: str = "score-cam") -> sitk.Image:
+        """Saliency for one point, as a float32 image in [0, 1] on the CT's own grid.
+
+        ``method``: ``score-cam`` (any runtime) or ``layer-cam`` (torch runtime); see :mod:`.saliency`.
+        """
+        if method not in SALIENCY_METHODS:
+            raise InputError(f"Unknown saliency method {method!r}; choose one of {', '.join(SALIENCY_METHODS)}.")
+        if method == "layer-cam" and self.runtime != "torch":
+            raise InputError("LayerCAM needs gradients, which only the torch runtime gives; use score-cam or --runtime torch.")
         patch = extract_patch(image, point_lps, self.patch_size, self.spacing_mm)
-        tensor = torch.from_numpy(normalize_hu(patch.array_hu, self.hu_min, self.hu_max))[None, None].to(self.device)
-        cam = layer_cam(self.model, tensor)
-        return map_to_ct_space(cam, patch.image, image)
+        return map_to_ct_space(self.saliency_map(normalize_hu(patch.array_hu, self.hu_min, self.hu_max), method),
+                               patch.image, image)
 
+    def saliency_map(self, normalized: np.ndarray, method: str = "score-cam") -> np.ndarray:
+        """Saliency (D, H, W) in [0, 1] of one normalised patch (D, H, W), on the patch's grid."""
+        if method == "layer-cam":
+            import torch
 
-def _inference_copy(model: ResNet3D) -> torch.nn.Module:
-    """A copy of the eval-mode model made for fast inference: batch norm folded into the convolutions
-    and channels-last memory (together about 2x faster on CPU; outputs equal to ~1e-6). The original
-    stays as it is for saliency, which needs its stages."""
-    import copy
-    import warnings
-
-    fast: torch.nn.Module = copy.deepcopy(model).eval()
-    try:
-        with warnings.catch_warnings():  # torch's fx helpers raise deprecation noise about torch.jit
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torch.fx.experimental.optimization import fuse
-
-            fast = fuse(fast)
-    except Exception:  # noqa: BLE001 - an optimisation only: an older torch without fx fusion runs unfused
-        pass
-    return fast.to(memory_format=torch.channels_last_3d)
+            tensor = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))[None, None].to(self.device)
+            return layer_cam(self.backend.model, tensor)
+        _, features = self.backend.logits_and_features(np.asarray(normalized, dtype=np.float32)[None, None])
+        return score_cam(normalized, features[0], self.backend.logits)
 
 
 def _as_points(points_lps: Sequence[Sequence[float]]) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The ``notadiagnosis`` command line: ``classify``, ``info`` and ``demo``.
 
 User mistakes (a missing file, a point outside the CT, no model) end with one sentence on stderr
-and a non-zero exit status, never a traceback; programming errors still raise. Torch is imported
-only by the commands that need it, so ``--help`` stays fast.
+and a non-zero exit status, never a traceback; programming errors still raise. The runtime (ONNX
+Runtime, or torch when asked for) is imported only by the commands that need it, so ``--help`` stays fast.
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ import numpy as np
 from . import __version__
 from .errors import InputError, NoDefaultModelError, NotADiagnosisError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
+from .runtime import RUNTIMES
+from .saliency import SALIENCY_METHODS
 
-# Also in weights.DISCLAIMER; repeated here so that `--help` and errors need not import torch.
+# Also in weights.DISCLAIMER; repeated here so that `--help` and errors need not import the runtime.
 REMINDER = "Not a diagnosis: research use only; the model has not been validated on patients."
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
 DEMO_CT_NAME = "synthetic-chest-ct.nrrd"
@@ -96,12 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", action="store_true", help="print results as CSV (label,r,a,s,...)")
     classify.add_argument("--saliency", metavar="DIR", help="write one saliency map (NRRD, CT space) per point into DIR")
+    classify.add_argument("--saliency-method", default="score-cam", choices=SALIENCY_METHODS,
+                          help="score-cam (default, any runtime) or layer-cam (needs --runtime torch)")
     _add_model_arguments(classify)
     classify.add_argument("--no-tta", action="store_true", help="switch off flip test-time augmentation (no uncertainty)")
     classify.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="points per batch (default 32)")
     classify.set_defaults(run=run_classify)
 
-    info = commands.add_parser("info", help="print the model card, the device and library versions")
+    info = commands.add_parser("info", help="load the model; print its card, the runtime, execution provider and versions")
     _add_model_arguments(info)
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(run=run_info)
@@ -120,9 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PATH", help="model card (.json) or tensors (.safetensors); default: the bundled model")
+    parser.add_argument("--model", metavar="PATH",
+                        help="model card (.json), or its .onnx or .safetensors file; default: the bundled model")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="auto (default: ONNX Runtime when installed, else torch), onnx or torch")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "gpu", "mps"),
-                        help="compute device (default auto: CUDA, then Apple MPS, then CPU)")
+                        help="compute device (default auto: a CUDA GPU when the runtime has one, then Apple MPS "
+                             "on torch, else the CPU)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads of the runtime (default: ONNX Runtime 1, chosen by measurement; torch its own)")
 
 
 def _positive_int(text: str) -> int:
@@ -142,12 +152,13 @@ def run_classify(args: argparse.Namespace) -> int:
     from .readers import read_ct
 
     points = collect_points(args.point, args.points, lps=args.lps)
-    classifier = load_classifier(args.model, args.device)  # before reading the CT: fail fast without a model
+    classifier = load_classifier(args)  # before reading the CT: fail fast without a model
     image = read_ct(args.ct, series_uid=args.series, progress=True)
     check_points_inside(image, points)
     predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=args.batch_size,
                                      tta=not args.no_tta, progress=True)
-    saliency_files = write_saliency_maps(classifier, image, points, args.saliency) if args.saliency else {}
+    saliency_files = (write_saliency_maps(classifier, image, points, args.saliency, args.saliency_method)
+                      if args.saliency else {})
     rows = result_rows(points, predictions, saliency_files)
     if args.json:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
@@ -177,13 +188,14 @@ def collect_points(point_args: Sequence[str], point_files: Sequence[str], lps: b
     return points
 
 
-def load_classifier(model: Optional[str], device: str):
-    """Load ``model`` (or the bundled default) on ``device``."""
+def load_classifier(args: argparse.Namespace):
+    """Load ``--model`` (or the bundled default) on ``--runtime``, ``--device`` and ``--threads``."""
     from .classifier import Classifier
 
+    model = args.model
     if model is not None and not (Path(model).exists() or Path(model).with_suffix(".json").exists()):
-        raise InputError(f"The model {model} does not exist; give the model's .json card or .safetensors file.")
-    return Classifier.load(model, device=device)
+        raise InputError(f"The model {model} does not exist; give the model's .json card, or its .onnx or .safetensors file.")
+    return Classifier.load(model, device=args.device, runtime=args.runtime, threads=args.threads)
 
 
 def check_points_inside(image, points: Sequence) -> None:
@@ -213,7 +225,7 @@ def describe_image(image) -> str:
     return f"{size} voxels, {spacing} mm"
 
 
-def write_saliency_maps(classifier, image, points: Sequence, directory: str) -> Dict[int, Path]:
+def write_saliency_maps(classifier, image, points: Sequence, directory: str, method: str = "score-cam") -> Dict[int, Path]:
     """Write one saliency NRRD per point into ``directory``; returns {point index: path}."""
     import SimpleITK as sitk
 
@@ -224,7 +236,7 @@ def write_saliency_maps(classifier, image, points: Sequence, directory: str) -> 
         raise InputError(f"Cannot create the saliency folder {folder} ({error.strerror}); choose a writable folder.") from None
     written: Dict[int, Path] = {}
     for index, point in enumerate(_progress_bar(points, desc="Saliency maps", unit="map")):
-        saliency = classifier.saliency(image, point.point_lps)
+        saliency = classifier.saliency(image, point.point_lps, method)
         path = folder / f"{index + 1:02d}-{_safe_name(point.label)}-saliency.nrrd"
         try:
             sitk.WriteImage(saliency, str(path), True)
@@ -287,6 +299,7 @@ def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
         "ct": str(ct),
         "model": {"name": card.get("name"), "version": card.get("version"),
                   "sha256": card.get("weights", {}).get("sha256"), "threshold": card.get("threshold")},
+        "runtime": classifier.runtime,
         "device": classifier.device_description,
         "tta": tta,
         "points": list(rows),
@@ -314,37 +327,37 @@ def results_csv(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    import importlib.metadata
+
     import SimpleITK as sitk
-    import torch
 
-    from .device import select_device
-    from .weights import default_model_path, read_card
-
-    _device, device_description = select_device(args.device)
-    versions = {
-        "notadiagnosis": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "SimpleITK": sitk.Version_VersionString(),
-        "numpy": np.__version__,
-    }
-    card, model_note = None, None
+    versions = {"notadiagnosis": __version__, "python": platform.python_version()}
+    for package in ("onnxruntime", "onnxruntime-gpu", "torch"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    versions |= {"SimpleITK": sitk.Version_VersionString(), "numpy": np.__version__}
+    classifier, model_note = None, None
     try:
-        card_path = Path(args.model) if args.model else default_model_path()
-        card = read_card(card_path)
-        model_note = str(card_path)
+        classifier = load_classifier(args)  # loads and verifies the model: the runtime and provider are the ones that ran
+        model_note = str(Path(args.model) if args.model else "the bundled default model")
     except NoDefaultModelError as error:
         model_note = str(error)
+    card = classifier.card if classifier else None
+    runtime = classifier.runtime if classifier else None
+    device = classifier.device_description if classifier else None
     if args.json:
-        print(json.dumps({"versions": versions, "device": device_description, "model_path": model_note if card else None,
-                          "model_card": card, "note": None if card else model_note, "disclaimer": REMINDER}, indent=2))
+        print(json.dumps({"versions": versions, "runtime": runtime, "device": device,
+                          "model_path": model_note if card else None, "model_card": card,
+                          "note": None if card else model_note, "disclaimer": REMINDER}, indent=2))
         return EXIT_OK
     print("Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
-    print(f"Device: {device_description}")
     if card is None:
         print(f"Model: none. {model_note}")
     else:
-        print(f"Model: {card.get('name')} {card.get('version')} ({model_note})")
+        print(f"Runtime: {runtime}; {device}")
+        print(f"Model: {card.get('name')} {card.get('version')} ({model_note}; verified)")
         print("Model card:")
         print(json.dumps(card, indent=2))
     print(REMINDER)
@@ -380,7 +393,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"Synthetic chest CT ({describe_image(image)}): {ct_path.resolve()}")
     print(f"Nodule points (Slicer point list, LPS): {points_path.resolve()}")
     try:
-        classifier = load_classifier(args.model, args.device)
+        classifier = load_classifier(args)
     except NoDefaultModelError:
         print(
             "\nNo default model is bundled with this version of notadiagnosis yet, so NOTHING WAS CLASSIFIED: "

@@ -1,28 +1,97 @@
 """Saliency: which voxels of the 64 mm cube drove the logit, mapped back into the CT's space.
 
-Method: LayerCAM (Jiang et al., IEEE TIP 2021), a Grad-CAM variant. Plain Grad-CAM weights each
-channel by its spatially averaged gradient, which is only reliable on the deepest layer — here a
-2³ grid of 32 mm cells, too coarse to outline a nodule. LayerCAM weights every location by its own
-positive gradient, which stays faithful on shallower, finer layers; we take the 8³ stage (8 mm
-cells), upsample trilinearly to 64³ and scale to [0, 1]. It explains the model's logit for the
-malignant class at the given point; it is not a segmentation.
+Both methods read the feature maps of the 8³ residual stage (8 mm cells; the 2³ last stage, 32 mm
+cells, is too coarse to outline a nodule), upsample trilinearly to 64³ and scale to [0, 1]. They
+explain the model's malignancy logit at the given point; they are not segmentations.
+
+- **Score-CAM** (Wang et al., CVPR Workshops 2020), the default, runs on any runtime, ONNX Runtime
+  included: it needs forward passes only. Each of the stage's C feature maps, upsampled and scaled
+  to [0, 1], keeps its part of the patch and turns the rest into air (0 after ``normalize_hu`` is
+  -1000 HU); the map's weight is how much the malignancy probability of that masked patch rises
+  above that of an all-air patch. The map is ``relu(sum_k w_k A_k)``. C masked patches (16 for the
+  shipped network) run as one batch.
+- **LayerCAM** (Jiang et al., IEEE TIP 2021), a Grad-CAM variant that weights every location by its
+  own positive gradient; it needs gradients, hence the torch runtime. It was the method before ONNX
+  Runtime; Score-CAM's agreement with it is measured in ``Testing/Benchmarks/benchmark_saliency.py``.
 """
 from __future__ import annotations
 
+from typing import Callable, Tuple
+
 import numpy as np
 import SimpleITK as sitk
-import torch
-from torch import nn
 
 from .geometry import continuous_index
-from .model import ResNet3D
 
 # Residual stage whose output is used: stage 1 runs at 8³ for a 64³ input (see model.py).
-DEFAULT_STAGE = 1
+SALIENCY_STAGE = 1
+DEFAULT_STAGE = SALIENCY_STAGE
+SALIENCY_METHODS = ("score-cam", "layer-cam")
 
 
-def layer_cam(model: ResNet3D, patch: torch.Tensor, stage: int = DEFAULT_STAGE) -> np.ndarray:
+def score_cam(patch: np.ndarray, features: np.ndarray, logits: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Score-CAM map (D, H, W) in [0, 1] of one normalised patch (D, H, W).
+
+    ``features`` (C, d, h, w) are the saliency stage's maps of this patch; ``logits`` runs the model
+    on a batch (N, 1, D, H, W) and returns (N,) logits. Each map is scaled to [0, 1] on its own grid
+    and then upsampled (the two commute up to the interpolation's reach), which costs C small arrays
+    instead of C full-size ones.
+    """
+    patch = np.asarray(patch, dtype=np.float32)
+    features = np.asarray(features, dtype=np.float32)
+    low = features.min(axis=(1, 2, 3), keepdims=True)
+    span = features.max(axis=(1, 2, 3), keepdims=True) - low
+    usable = span.reshape(-1) > 0  # a constant map masks nothing in particular
+    weights = np.zeros(len(features), dtype=np.float64)
+    if usable.any():
+        masks = upsample_trilinear((features[usable] - low[usable]) / span[usable], patch.shape, channels_last=True)
+        batch = np.zeros((masks.shape[1] + 1, 1) + patch.shape, dtype=np.float32)  # the last one stays all air
+        np.multiply(np.moveaxis(masks, 0, 1), patch, out=batch[:-1, 0])
+        scores = _sigmoid(logits(batch))
+        weights[usable] = np.maximum(scores[:-1] - scores[-1], 0.0)
+    cam = np.maximum(np.tensordot(weights, features.astype(np.float64), axes=1), 0.0)
+    return _scaled(upsample_trilinear(cam[None], patch.shape)[0])
+
+
+def upsample_trilinear(volumes: np.ndarray, shape: Tuple[int, int, int], channels_last: bool = False) -> np.ndarray:
+    """(C, d, h, w) maps resampled to (C, *shape) by trilinear interpolation between cell centres
+    (torch's ``interpolate(mode="trilinear", align_corners=False)``): one matrix product per axis, the
+    smallest first. ``channels_last`` returns them as (D, C, H, W), which the last product gives for free."""
+    volumes = np.asarray(volumes, dtype=np.float32)
+    channels, depth = volumes.shape[:2]
+    weights_z, weights_y, weights_x = (_linear_weights(source, target) for source, target in zip(volumes.shape[1:], shape))
+    result = weights_y @ (volumes @ weights_x.T)  # (C, d, H, W); the products run over the last two axes
+    # One plain 2-D product for the largest step: numpy's stacked products are slow for this shape.
+    result = (weights_z @ np.swapaxes(result, 0, 1).reshape(depth, -1)).reshape((shape[0], channels) + tuple(shape[1:]))
+    return result if channels_last else np.ascontiguousarray(np.swapaxes(result, 0, 1))
+
+
+def _linear_weights(source: int, target: int) -> np.ndarray:
+    """(target, source) matrix of linear interpolation weights, cell centres aligned, edges clamped."""
+    position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0.0, source - 1)
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, source - 1)
+    fraction = (position - below).astype(np.float32)
+    weights = np.zeros((target, source), dtype=np.float32)
+    weights[np.arange(target), below] += 1.0 - fraction
+    weights[np.arange(target), above] += fraction
+    return weights
+
+
+def _scaled(volume: np.ndarray) -> np.ndarray:
+    peak = float(volume.max())
+    return (volume / peak).astype(np.float32) if peak > 0 else np.zeros_like(volume, dtype=np.float32)
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
+
+
+def layer_cam(model, patch, stage: int = DEFAULT_STAGE) -> np.ndarray:
     """LayerCAM map (D, H, W) in [0, 1] for one normalised patch tensor of shape (1, 1, D, H, W)."""
+    import torch
+    from torch import nn
+
     if patch.dim() != 5 or patch.shape[0] != 1:
         raise ValueError("layer_cam takes one patch of shape (1, 1, D, H, W)")
     model.eval()
@@ -41,9 +110,7 @@ def layer_cam(model: ResNet3D, patch: torch.Tensor, stage: int = DEFAULT_STAGE) 
         logit.sum().backward()
         cam = torch.relu((torch.relu(chosen.grad) * chosen).sum(dim=1, keepdim=True))
         cam = nn.functional.interpolate(cam, size=patch.shape[2:], mode="trilinear", align_corners=False)
-    cam_array = cam[0, 0].detach().float().cpu().numpy()
-    peak = float(cam_array.max())
-    return (cam_array / peak).astype(np.float32) if peak > 0 else np.zeros_like(cam_array, dtype=np.float32)
+    return _scaled(cam[0, 0].detach().float().cpu().numpy())
 
 
 def map_to_ct_space(patch_map: np.ndarray, patch_image: sitk.Image, ct: sitk.Image) -> sitk.Image:

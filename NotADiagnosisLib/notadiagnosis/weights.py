@@ -1,13 +1,16 @@
-"""Model weights: safetensors tensors plus a JSON model card, verified by sha256. No pickle.
+"""Model files: a JSON model card with the network in two forms, each verified by sha256. No pickle.
 
-A model is two files side by side: ``<stem>.safetensors`` (the tensors) and ``<stem>.json`` (the
-card: architecture, preprocessing constants, temperature, threshold, training data and recipe,
-metrics with their split, the sha256 of the tensors file, version). The card changes predictions as
-much as the tensors do, so its digest (everything but its ``weights`` block, which holds the file's
-own hash) is written into the tensors file's header: a sha256 that pins the tensors file pins the
-card too. Loading checks the card's fields, the file's sha256 (and, optionally, a sha256 the caller
-pins), that the card is the one the file was exported with, then rebuilds the network from the card
-and loads the tensors strictly.
+A model is three files side by side: ``<stem>.json`` (the card: architecture, preprocessing
+constants, temperature, threshold, training data and recipe, metrics with their split, version),
+``<stem>.onnx`` (the network for ONNX Runtime, the default runtime; see :mod:`.onnx_export`) and
+``<stem>.safetensors`` (the same network's tensors, for the torch runtime and for training). The
+card's ``weights`` and ``onnx`` blocks hold each file's sha256 and size. The card changes
+predictions as much as the network does, so its digest (everything but those two blocks, which hold
+the files' own hashes) is written into both files (the safetensors header's metadata, the ONNX
+file's ``metadata_props``): a sha256 that pins either file pins the card too. Loading checks the
+card's fields, the file's sha256 (and, optionally, a sha256 the caller pins), that the card is the
+one the file was exported with; the torch runtime then rebuilds the network from the card and loads
+the tensors strictly (:func:`load_model`), ONNX Runtime builds a session (:mod:`.onnx_backend`).
 """
 from __future__ import annotations
 
@@ -27,8 +30,12 @@ if TYPE_CHECKING:  # torch is imported only by the functions that need it: readi
 CARD_FORMAT = "notadiagnosis-model-card/1"
 DEFAULT_MODEL_NAME = "default"
 REQUIRED_CARD_KEYS = ("format", "name", "version", "architecture", "preprocessing", "calibration", "threshold", "weights")
-# Key, in the safetensors header's metadata, of the digest that binds the card to the tensors file.
+# Key, in the safetensors header's and the ONNX file's metadata, of the digest that binds the card to the file.
 CARD_DIGEST_KEY = "card_sha256"
+# Card blocks that describe the model files (name, format, sha256, size): left out of the card's digest,
+# since the files' hashes can only be known after the digest is written into the files.
+FILE_BLOCKS = ("weights", "onnx")
+MODEL_SUFFIXES = (".json", ".safetensors", ".onnx")
 DISCLAIMER = (
     "Not a diagnosis: research use only. The probability estimates how LIDC-IDRI radiologists would "
     "rate the nodule's malignancy; the model has not been validated on patients."
@@ -47,19 +54,33 @@ def sha256_of(path: PathLike) -> str:
 
 
 def model_files(path: PathLike) -> Tuple[Path, Path]:
-    """(tensors, card) paths for a model given by either file or by its common stem."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    """(tensors, card) paths for a model given by any of its files or by their common stem."""
+    stem = model_stem(path)
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
-    """Write ``model`` as ``<stem>.safetensors`` and its card ``<stem>.json``; return the card's path.
+def model_stem(path: PathLike) -> Path:
+    """The common stem of a model's files, from any of them (``.json``, ``.safetensors``, ``.onnx``)."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in MODEL_SUFFIXES else path
 
-    The card given is completed (not modified in place) with the format, the architecture and the
-    tensors file's name, format and sha256. Both files are written atomically.
+
+def file_block(path: Path, file_format: str) -> Dict[str, Any]:
+    """A card block describing a written model file: name, format, sha256 and size."""
+    return {"file": path.name, "format": file_format, "sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_opset: Optional[int] = None) -> Path:
+    """Write ``model`` as ``<stem>.safetensors`` and ``<stem>.onnx`` and its card ``<stem>.json``; return the card's path.
+
+    The card given is completed (not modified in place) with the format, the architecture and each
+    file's block (name, format, sha256, size; the ONNX block also records its opset). Every file is
+    written atomically, the card last. Needs torch, safetensors and onnx (``notadiagnosis[export]``).
+    ``onnx_opset`` defaults to :data:`.onnx_export.ONNX_OPSET`.
     """
     from safetensors.torch import save as serialize
+
+    from .onnx_export import ONNX_OPSET, write_onnx
 
     tensors_path, card_path = model_files(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,18 +89,20 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
     completed["format"] = CARD_FORMAT
     completed["architecture"] = dict(model.architecture)
     completed.setdefault("disclaimer", DISCLAIMER)
-    completed.pop("weights", None)
-    check_card(completed | {"weights": {"sha256": ""}}, "the model card to export")  # the file's hash comes later
+    for block in FILE_BLOCKS:
+        completed.pop(block, None)
+    check_card(completed | {"weights": {"sha256": ""}}, "the model card to export")  # the files' hashes come later
+    digest = card_digest(completed)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: card_digest(completed)}
+    metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: digest}
     with _atomic_path(tensors_path) as temporary:
         temporary.write_bytes(_sorted_header(serialize(state, metadata=metadata)))
-    completed["weights"] = {
-        "file": tensors_path.name,
-        "format": "safetensors",
-        "sha256": sha256_of(tensors_path),
-        "bytes": tensors_path.stat().st_size,
-    }
+    completed["weights"] = file_block(tensors_path, "safetensors")
+    onnx_path = model_stem(path).with_suffix(".onnx")
+    with _atomic_path(onnx_path) as temporary:
+        onnx_details = write_onnx(model, temporary, {"card": card_path.name, CARD_DIGEST_KEY: digest},
+                                  int(completed["preprocessing"]["patch_size"]), ONNX_OPSET if onnx_opset is None else onnx_opset)
+    completed["onnx"] = file_block(onnx_path, "onnx") | onnx_details
     with _atomic_path(card_path) as temporary:
         temporary.write_text(json.dumps(completed, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     return card_path
@@ -137,9 +160,9 @@ def check_card(card: Dict[str, Any], where: str) -> None:
 
 
 def card_digest(card: Dict[str, Any]) -> str:
-    """sha256 of the card without its ``weights`` block, over canonical JSON (sorted keys, no spaces,
-    whole-valued floats as integers so that a tool rewriting ``1.0`` as ``1`` does not change it)."""
-    bound = _canonical_numbers({key: value for key, value in card.items() if key != "weights"})
+    """sha256 of the card without its file blocks (``weights``, ``onnx``), over canonical JSON (sorted keys,
+    no spaces, whole-valued floats as integers so that a tool rewriting ``1.0`` as ``1`` does not change it)."""
+    bound = _canonical_numbers({key: value for key, value in card.items() if key not in FILE_BLOCKS})
     try:
         canonical = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except ValueError:

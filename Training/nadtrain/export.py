@@ -1,6 +1,14 @@
-"""`nadtrain export`: a trained, evaluated run -> the library's weights format with a full model card.
+"""`nadtrain export`: a trained, evaluated run -> the library's model files with a full model card.
 
-The card gets the run's architecture, preprocessing, temperature and threshold (fitted on
+The model is written as a card (.json) with the network twice, bound to it: ``.onnx`` for ONNX
+Runtime (the library's default runtime) and ``.safetensors`` for torch (``weights.save_model``).
+``--from-model`` re-exports an existing model instead of a run (the bundled default, whose run is
+not in this repository): same network, optionally a new version, description or card; the card's
+reference predictions must still hold. Exports are byte-reproducible (same torch, onnx and card:
+same bytes), so ``make bundled-model`` re-exporting the bundled model in place changes nothing
+unless its card changed.
+
+The card of a run gets the run's architecture, preprocessing, temperature and threshold (fitted on
 validation by ``train``), the training data and recipe, the test metrics from ``report.json``
 with their split (refused when the report is of another model, or of a leak-prone split unless
 asked), a plain statement of where the pixels came from, and ``reference_predictions``: the
@@ -17,9 +25,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from notadiagnosis.classifier import Classifier
-from notadiagnosis.errors import InputError
+from notadiagnosis.errors import InputError, WeightsError
 from notadiagnosis.preprocessing import normalize_hu
-from notadiagnosis.weights import load_model, model_files, save_model, sha256_of
+from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, save_model, sha256_of
 
 REFERENCE_GENERATOR = "nadtrain.export.reference_patches/1"
 # (name, diameter_mm, nodule_hu): a spread of looks, from a faint small ground-glass nodule to a
@@ -154,13 +162,60 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
     return save_model(model, out, card)
 
 
+# A re-exported network must still give the probabilities its card recorded; float32 on another CPU moves
+# them by ~1e-6, a different network or preprocessing by far more.
+REFERENCE_TOLERANCE = 1e-5
+
+
+def reexport_model(model: Path, out: Path, card_path: Optional[Path] = None, version: Optional[str] = None,
+                   description: Optional[str] = None) -> Path:
+    """Write ``out`` (.json card, .safetensors, .onnx) from an existing model; return the card path.
+
+    ``model`` is loaded verified (its tensors' sha256 and its card's binding). ``card_path``: a card
+    whose content replaces the model's (an edited copy: new fields, a corrected statement); its
+    architecture must be the model's. ``version`` and ``description`` override the card's. The card's
+    reference predictions are kept, and checked: the network must still give them.
+    """
+    network, card = load_model(model)
+    if card_path is not None:
+        try:
+            replacement = json.loads(Path(card_path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"--card {card_path} is not a readable JSON file ({error}).") from None
+        if not isinstance(replacement, dict) or replacement.get("architecture") != card["architecture"]:
+            raise InputError(f"--card {card_path} is not a card of this network (its architecture differs or is missing).")
+        card = replacement
+    card = {key: value for key, value in json.loads(json.dumps(card)).items() if key not in FILE_BLOCKS}
+    if version:
+        card["version"] = version
+    if description:
+        card["description"] = description
+    recorded = card.get("reference_predictions")
+    computed = reference_predictions(Classifier.from_model(network, card, device="cpu"))
+    if recorded is None:
+        card["reference_predictions"] = computed
+    else:
+        old = np.array([item["probability"] for item in recorded.get("items", [])])
+        new = np.array([item["probability"] for item in computed["items"]])
+        if old.shape != new.shape or not np.allclose(old, new, atol=REFERENCE_TOLERANCE, rtol=0.0):
+            raise WeightsError(f"{model} no longer gives the reference predictions its card records; "
+                               "the network or its preprocessing changed: export it from its run instead.")
+    return save_model(network, out, card)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nadtrain export``."""
-    parser.add_argument("run", help="run directory written by `nadtrain train` (and evaluated)")
-    parser.add_argument("--out", required=True, help="output path, e.g. NotADiagnosisLib/notadiagnosis/models/default.safetensors")
+    parser.add_argument("run", nargs="?", help="run directory written by `nadtrain train` (and evaluated)")
+    parser.add_argument("--from-model", type=Path, metavar="MODEL",
+                        help="re-export an existing model (its .json card, .onnx or .safetensors) instead of a run, "
+                             "e.g. the bundled default: `make bundled-model`")
+    parser.add_argument("--card", type=Path, metavar="JSON",
+                        help="with --from-model: a card whose content replaces the model's (edit a copy, not the card itself)")
+    parser.add_argument("--out", required=True, help="output path, e.g. NotADiagnosisLib/notadiagnosis/models/default "
+                        "(writes default.json, default.onnx and default.safetensors)")
     parser.add_argument("--report", help="report.json from `nadtrain evaluate` (default: RUN/evaluation/report.json)")
     parser.add_argument("--name", default="default")
-    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--version", help="model version (default: 1.0.0 from a run; the model's own with --from-model)")
     parser.add_argument("--description", default="")
     parser.add_argument("--extra-metrics", type=Path, metavar="JSON",
                         help="a JSON object of figures measured outside evaluate, stored as metrics.extra in the card")
@@ -169,18 +224,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    extra = None
-    if args.extra_metrics:
-        try:
-            extra = json.loads(Path(args.extra_metrics).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise InputError(f"--extra-metrics {args.extra_metrics} is not a readable JSON file ({error}).") from None
-        if not isinstance(extra, dict):
-            raise InputError("--extra-metrics must hold a JSON object.")
-    card_path = export_model(Path(args.run), Path(args.out), Path(args.report) if args.report else None,
-                             args.name, args.version, args.allow_leaky_split, args.description, extra)
+    if (args.run is None) == (args.from_model is None):
+        raise InputError("give either a run directory or --from-model MODEL, not both.")
+    if args.from_model is not None:
+        if args.report or args.extra_metrics or args.allow_leaky_split:
+            raise InputError("--report, --extra-metrics and --allow-leaky-split belong to exports from a run, not --from-model.")
+        card_path = reexport_model(args.from_model, Path(args.out), args.card, args.version, args.description)
+    else:
+        if args.card is not None:
+            raise InputError("--card goes with --from-model; a run's card comes from the run and its report.")
+        extra = None
+        if args.extra_metrics:
+            try:
+                extra = json.loads(Path(args.extra_metrics).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as error:
+                raise InputError(f"--extra-metrics {args.extra_metrics} is not a readable JSON file ({error}).") from None
+            if not isinstance(extra, dict):
+                raise InputError("--extra-metrics must hold a JSON object.")
+        card_path = export_model(Path(args.run), Path(args.out), Path(args.report) if args.report else None,
+                                 args.name, args.version or "1.0.0", args.allow_leaky_split, args.description, extra)
     tensors, _ = model_files(card_path)
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    print(f"exported {tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card['weights']['sha256']}) "
-          f"and its card {card_path}")
+    onnx_file = tensors.with_suffix(".onnx")
+    print(f"exported {onnx_file} (ONNX opset {card['onnx']['opset']}, sha256 {card['onnx']['sha256']}), "
+          f"{tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card['weights']['sha256']}) and its card {card_path}")
     return 0

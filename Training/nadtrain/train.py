@@ -263,7 +263,7 @@ def predict_logits(model: torch.nn.Module, data: Dataset, indices: np.ndarray, d
     """Mean-TTA logits (temperature 1) through the library's ``Classifier.predict_patches`` —
     the very code path inference uses, so temperature and threshold fit what users will see.
     Leaves the model in eval mode."""
-    classifier = Classifier(model, {"calibration": {"temperature": 1.0}}, device, str(device))
+    classifier = Classifier.from_model(model, {"calibration": {"temperature": 1.0}}, device)
     out = np.empty(len(indices), dtype=np.float64)
     starts = range(0, len(indices), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):

@@ -1,0 +1,171 @@
+"""The ONNX Runtime backend: a model's ``.onnx`` file, verified against its card, as an inference session.
+
+No torch. The file is refused, with one sentence, when it is missing, when its sha256 is not the one
+in its card (damaged, truncated or altered) or not the one the caller pinned, when ONNX Runtime
+cannot read it, when it needs an operator the installed ONNX Runtime lacks (the message names both
+versions), when it was exported with another card (the card's digest in its ``metadata_props``)
+or when its inputs and outputs are not the ones the library feeds and reads.
+
+Threads: one intra-op thread by default and no spin-waiting (:data:`DEFAULT_THREADS`; measured in
+``Testing/Benchmarks/benchmark_inference.py``): a spinning pool with a thread per core collapses
+when another process holds a core (Slicer's GUI, another job), one thread does not.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from .errors import InputError, WeightsError
+from .weights import CARD_DIGEST_KEY, card_digest, model_stem
+
+INPUT_NAME = "patches"
+LOGIT_OUTPUT = "logit"
+FEATURES_OUTPUT = "saliency_features"
+ONNX_FORMAT = "notadiagnosis-onnx/1"
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+# Chosen by measurement (README, "Speed"): see the module docstring.
+DEFAULT_THREADS = 1
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime can be imported (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+class OnnxBackend:
+    """Runs the exported graph: ``logits`` for classification, ``logits_and_features`` for saliency."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, session: Any, provider: str, threads: int) -> None:
+        import onnxruntime
+
+        self.session = session
+        self.provider = provider
+        self.threads = threads
+        where = f"{threads} thread{'s' if threads != 1 else ''}" if provider == CPU_PROVIDER else "GPU"
+        self.description = f"ONNX Runtime {onnxruntime.__version__}, {provider} ({where})"
+        self.device = "cuda" if provider == CUDA_PROVIDER else "cpu"
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N,) of normalised patches (N, 1, D, H, W)."""
+        return self.session.run([LOGIT_OUTPUT], {INPUT_NAME: _float32(batch)})[0]
+
+    def logits_and_features(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Logits (N,) and the saliency stage's feature maps (N, C, d, h, w)."""
+        logits, features = self.session.run([LOGIT_OUTPUT, FEATURES_OUTPUT], {INPUT_NAME: _float32(batch)})
+        return logits, features
+
+
+def _float32(batch: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def onnx_path_of(card_path: Path, card: Dict[str, Any]) -> Path:
+    """Where the card's ONNX file lies (beside the card); refuses a card without one."""
+    block = card.get("onnx")
+    if not isinstance(block, dict) or not isinstance(block.get("sha256"), str):
+        raise WeightsError(
+            f"The model card {Path(card_path).name} lists no ONNX file (exported before ONNX Runtime was the runtime); "
+            "re-export the model with `nadtrain export` or run it with the torch runtime (--runtime torch)."
+        )
+    return model_stem(card_path).with_suffix(".onnx")
+
+
+def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto",
+                      expected_sha256: Optional[str] = None, threads: Optional[int] = None) -> OnnxBackend:
+    """A session on the card's verified ONNX file; ``device`` auto, cpu, cuda or gpu; ``threads`` intra-op
+    threads on the CPU (default :data:`DEFAULT_THREADS`)."""
+    import onnxruntime
+
+    onnx_path = onnx_path_of(card_path, card)
+    if not onnx_path.is_file():
+        raise WeightsError(f"Model file {onnx_path} not found beside its card {Path(card_path).name}.")
+    data = onnx_path.read_bytes()  # read once: the bytes hashed are the bytes loaded
+    actual = hashlib.sha256(data).hexdigest()
+    recorded = card["onnx"]["sha256"].lower()
+    if actual != recorded:
+        raise WeightsError(
+            f"{onnx_path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "
+            "the file is damaged or was altered; re-download or re-export it."
+        )
+    if expected_sha256 is not None and actual != expected_sha256.lower():
+        raise WeightsError(f"{onnx_path.name} has sha256 {actual}, not the expected {expected_sha256}.")
+    providers = _providers(device, onnxruntime.get_available_providers())
+    threads = DEFAULT_THREADS if threads is None else int(threads)
+    if threads < 1:
+        raise InputError("The number of threads must be at least 1.")
+    session = _session(onnxruntime, data, onnx_path.name, card, providers, threads)
+    bound = session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY)
+    if bound != card_digest(card):
+        raise WeightsError(
+            f"{Path(card_path).name} is not the card {onnx_path.name} was exported with (its calibration, threshold, "
+            "preprocessing or another field was changed); restore the original card or re-export the model."
+        )
+    _check_signature(session, onnx_path.name, card)
+    return OnnxBackend(session, session.get_providers()[0], threads)
+
+
+def _providers(device: str, available: Any) -> list:
+    choice = (device or "auto").lower()
+    if choice in ("auto", "gpu") or choice.startswith("cuda"):
+        if CUDA_PROVIDER in available:
+            index = choice.split(":", 1)[1] if choice.startswith("cuda:") else "0"
+            return [(CUDA_PROVIDER, {"device_id": index}), CPU_PROVIDER]
+        if choice != "auto":
+            raise InputError(
+                "A GPU was asked for but this ONNX Runtime has no CUDA provider (install onnxruntime-gpu instead of "
+                "onnxruntime, with a CUDA driver); use --device cpu."
+            )
+        return [CPU_PROVIDER]
+    if choice == "cpu":
+        return [CPU_PROVIDER]
+    if choice == "mps":
+        raise InputError("Apple MPS is a torch device; with ONNX Runtime use --device cpu, or --runtime torch for MPS.")
+    raise InputError(f"Unknown device {device!r}; choose auto, cpu, cuda or gpu.")
+
+
+def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], providers: list, threads: int) -> Any:
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: the provider fallback notice is reported by `info` instead
+    try:
+        return onnxruntime.InferenceSession(data, options, providers=providers)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind types, one per failure kind
+        kind = type(error).__name__
+        text = str(error).strip().splitlines()[0] if str(error).strip() else kind
+        if kind == "NotImplemented" or "Could not find an implementation" in text or "opset" in text.lower():
+            raise WeightsError(
+                f"{name} needs an operator or opset (card: opset {card['onnx'].get('opset')}) that the installed "
+                f"ONNX Runtime {onnxruntime.__version__} lacks ({text[:200]}); upgrade onnxruntime "
+                "(pip install -U onnxruntime) or use --runtime torch."
+            ) from None
+        raise WeightsError(
+            f"{name} is not a model ONNX Runtime {onnxruntime.__version__} can read ({kind}: {text[:200]}); "
+            "re-download or re-export it."
+        ) from None
+
+
+def _check_signature(session: Any, name: str, card: Dict[str, Any]) -> None:
+    size = int(card["preprocessing"]["patch_size"])
+    inputs = {item.name: item for item in session.get_inputs()}
+    outputs = {item.name for item in session.get_outputs()}
+    patches = inputs.get(INPUT_NAME)
+    if (
+        patches is None
+        or len(inputs) != 1
+        or patches.type != "tensor(float)"
+        or list(patches.shape[1:]) != [int(card["architecture"].get("in_channels", 1)), size, size, size]
+        or not {LOGIT_OUTPUT, FEATURES_OUTPUT} <= outputs
+    ):
+        raise WeightsError(
+            f"{name} does not take {INPUT_NAME!r} float patches of {size}³ voxels and give {LOGIT_OUTPUT!r} and "
+            f"{FEATURES_OUTPUT!r}, as its card requires; re-export the model with `nadtrain export`."
+        )
