@@ -109,8 +109,8 @@ class Classifier:
 
     @property
     def device_description(self) -> str:
-        """Runtime, version, execution provider or device, and threads, e.g.
-        ``ONNX Runtime 1.31.1, CPUExecutionProvider (1 thread)``."""
+        """Device, threads, runtime and its execution provider, e.g.
+        ``cpu (1 thread), ONNX Runtime 1.31.1 CPUExecutionProvider`` or ``cpu (2 threads), torch 2.13.0``."""
         return self.backend.description
 
     @property

@@ -356,7 +356,8 @@ def run_info(args: argparse.Namespace) -> int:
     if card is None:
         print(f"Model: none. {model_note}")
     else:
-        print(f"Runtime: {runtime}; {device}")
+        print(f"Runtime: {runtime}")
+        print(f"Device: {device}")
         print(f"Model: {card.get('name')} {card.get('version')} ({model_note}; verified)")
         print("Model card:")
         print(json.dumps(card, indent=2))

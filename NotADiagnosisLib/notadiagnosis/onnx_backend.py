@@ -47,9 +47,9 @@ class OnnxBackend:
         self.session = session
         self.provider = provider
         self.threads = threads
-        where = f"{threads} thread{'s' if threads != 1 else ''}" if provider == CPU_PROVIDER else "GPU"
-        self.description = f"ONNX Runtime {onnxruntime.__version__}, {provider} ({where})"
         self.device = "cuda" if provider == CUDA_PROVIDER else "cpu"
+        where = f"{threads} thread{'s' if threads != 1 else ''}" if provider == CPU_PROVIDER else "GPU"
+        self.description = f"{self.device} ({where}), ONNX Runtime {onnxruntime.__version__} {provider}"
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N,) of normalised patches (N, 1, D, H, W)."""

@@ -7,9 +7,10 @@ explain the model's malignancy logit at the given point; they are not segmentati
 - **Score-CAM** (Wang et al., CVPR Workshops 2020), the default, runs on any runtime, ONNX Runtime
   included: it needs forward passes only. Each of the stage's C feature maps, upsampled and scaled
   to [0, 1], keeps its part of the patch and turns the rest into air (0 after ``normalize_hu`` is
-  -1000 HU); the map's weight is how much the malignancy probability of that masked patch rises
-  above that of an all-air patch. The map is ``relu(sum_k w_k A_k)``. C masked patches (16 for the
-  shipped network) run as one batch.
+  -1000 HU); the maps' weights are the softmax, over the C maps, of the malignancy logits of their
+  masked patches (so some map always carries weight: the paper's "rise over a blank patch" is zero
+  for every map of a patch that looks benign, leaving nothing to show). The map is
+  ``relu(sum_k w_k A_k)``. The C masked patches (16 for the shipped network) run as one batch.
 - **LayerCAM** (Jiang et al., IEEE TIP 2021), a Grad-CAM variant that weights every location by its
   own positive gradient; it needs gradients, hence the torch runtime. It was the method before ONNX
   Runtime; Score-CAM's agreement with it is measured in ``Testing/Benchmarks/benchmark_saliency.py``.
@@ -45,10 +46,11 @@ def score_cam(patch: np.ndarray, features: np.ndarray, logits: Callable[[np.ndar
     weights = np.zeros(len(features), dtype=np.float64)
     if usable.any():
         masks = upsample_trilinear((features[usable] - low[usable]) / span[usable], patch.shape, channels_last=True)
-        batch = np.zeros((masks.shape[1] + 1, 1) + patch.shape, dtype=np.float32)  # the last one stays all air
-        np.multiply(np.moveaxis(masks, 0, 1), patch, out=batch[:-1, 0])
-        scores = _sigmoid(logits(batch))
-        weights[usable] = np.maximum(scores[:-1] - scores[-1], 0.0)
+        batch = np.empty((masks.shape[1], 1) + patch.shape, dtype=np.float32)
+        np.multiply(np.moveaxis(masks, 0, 1), patch, out=batch[:, 0])
+        scores = np.asarray(logits(batch), dtype=np.float64)
+        exponentials = np.exp(scores - scores.max())
+        weights[usable] = exponentials / exponentials.sum()
     cam = np.maximum(np.tensordot(weights, features.astype(np.float64), axes=1), 0.0)
     return _scaled(upsample_trilinear(cam[None], patch.shape)[0])
 
@@ -82,9 +84,6 @@ def _scaled(volume: np.ndarray) -> np.ndarray:
     peak = float(volume.max())
     return (volume / peak).astype(np.float32) if peak > 0 else np.zeros_like(volume, dtype=np.float32)
 
-
-def _sigmoid(values: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
 
 
 def layer_cam(model, patch, stage: int = DEFAULT_STAGE) -> np.ndarray:

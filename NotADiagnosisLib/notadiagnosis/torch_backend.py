@@ -29,7 +29,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self._fast_model = _inference_copy(self.model)
-        self.description = f"torch {torch.__version__.split('+')[0]}, {description}"
+        self.description = f"{description}, torch {torch.__version__.split('+')[0]}"
 
     def _tensor(self, batch: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)

@@ -234,15 +234,18 @@ def test_missing_model_is_one_sentence_and_exit_1(capsys, chest, tmp_path):
     assert_one_sentence_error(code, err, "does not exist")
 
 
-def test_tampered_model_is_refused_before_any_result(capsys, chest, model_path, tmp_path):
+@pytest.mark.parametrize("runtime, suffix", [("auto", ".onnx"), ("torch", ".safetensors")])
+def test_tampered_model_is_refused_before_any_result(capsys, chest, model_path, tmp_path, runtime, suffix):
     path, _, _ = chest
-    copy = tmp_path / "model.safetensors"
-    data = bytearray(model_path.with_suffix(".safetensors").read_bytes())
+    for other in (".json", ".onnx", ".safetensors"):
+        (tmp_path / f"model{other}").write_bytes(model_path.with_suffix(other).read_bytes())
+    data = bytearray(model_path.with_suffix(suffix).read_bytes())
     data[-1] ^= 0xFF
-    copy.write_bytes(bytes(data))
-    (tmp_path / "model.json").write_text(model_path.read_text())
-    code, out, err = run_cli(capsys, "classify", path, "--point", "1,2,3", "--model", tmp_path / "model.json")
+    (tmp_path / f"model{suffix}").write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "classify", path, "--point", "1,2,3", "--model", tmp_path / "model.json",
+                             "--runtime", runtime)
     assert_one_sentence_error(code, err, "sha256")
+    assert f"model{suffix} does not match" in err
     assert out == ""
 
 
@@ -281,8 +284,15 @@ def test_info_prints_versions_device_and_the_given_model_card(capsys, model_path
 
     assert f"torch {torch.__version__}" in out and f"SimpleITK {sitk.Version_VersionString()}" in out
     assert f"numpy {np.__version__}" in out and "python " in out
-    assert "Device: cpu" in out
+    assert "Runtime: onnxruntime" in out and "Device: cpu (1 thread), ONNX Runtime" in out and "CPUExecutionProvider" in out
     assert '"name": "random-test-model"' in out and "sha256" in out
+
+
+def test_info_names_the_torch_runtime_when_asked(capsys, model_path):
+    code, out, _ = run_cli(capsys, "info", "--model", model_path, "--device", "cpu", "--runtime", "torch", "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["runtime"] == "torch" and document["device"].startswith("cpu (") and "torch" in document["device"]
 
 
 def test_info_json_says_whether_a_default_model_is_bundled(capsys):
