@@ -27,6 +27,8 @@ LOGIT_OUTPUT = "logit"
 FEATURES_OUTPUT = "saliency_features"
 ONNX_FORMAT = "notadiagnosis-onnx/1"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+# How ONNX Runtime says that a model needs an operator (or an operator's version) it does not have.
+MISSING_OPERATOR_SIGNS = ("Could not find an implementation", "is not a registered function/op")
 # Chosen by measurement (README, "Speed"): see the module docstring.
 DEFAULT_THREADS = 1
 
@@ -141,7 +143,7 @@ def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], pro
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind types, one per failure kind
         kind = type(error).__name__
         text = str(error).strip().splitlines()[0] if str(error).strip() else kind
-        if kind == "NotImplemented" or "Could not find an implementation" in text or "opset" in text.lower():
+        if kind == "NotImplemented" or any(sign in text for sign in MISSING_OPERATOR_SIGNS) or "opset" in text.lower():
             raise WeightsError(
                 f"{name} needs an operator or opset (card: opset {card['onnx'].get('opset')}) that the installed "
                 f"ONNX Runtime {onnxruntime.__version__} lacks ({text[:200]}); upgrade onnxruntime "

@@ -1,0 +1,272 @@
+"""ONNX Runtime, the default runtime: agreement with torch, the file bound to its card, refusals of
+damaged, altered or mismatched ONNX files and of operators the installed ONNX Runtime lacks."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from helpers import save_random_model
+from nadtrain.export import reexport_model, reference_patches
+from notadiagnosis.classifier import Classifier
+from notadiagnosis.errors import InputError, WeightsError
+from notadiagnosis.model import build_model
+from notadiagnosis.onnx_backend import FEATURES_OUTPUT, INPUT_NAME, LOGIT_OUTPUT
+from notadiagnosis.onnx_export import ONNX_OPSET
+from notadiagnosis.preprocessing import normalize_hu
+from notadiagnosis.weights import CARD_DIGEST_KEY, card_digest, default_model_path, save_model, sha256_of
+
+# The issue's bar: the two runtimes' probabilities agree within 1e-4 (float32 convolutions in another order).
+AGREEMENT = 1e-4
+
+
+def _both(path) -> tuple:
+    return (Classifier.load(path, device="cpu", runtime="onnx"), Classifier.load(path, device="cpu", runtime="torch"))
+
+
+def _generated_patches(count: int, seed: int) -> np.ndarray:
+    """Normalised patches: the fixed reference nodules and random noise of CT-like range."""
+    _, reference = reference_patches()
+    noise = np.random.default_rng(seed).uniform(-1000.0, 400.0, size=(count, 64, 64, 64)).astype(np.float32)
+    return normalize_hu(np.concatenate([reference, noise]))
+
+
+@pytest.fixture(scope="module")
+def trained_like_model(tmp_path_factory) -> Path:
+    """A random network whose batch norms are not the identity (so folding them is exercised)."""
+    torch.manual_seed(11)
+    model = build_model("resnet3d-tiny").eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    card = {"name": "bn-test-model", "version": "0.0.0-test",
+            "preprocessing": {"patch_size": 64, "spacing_mm": 1.0, "hu_min": -1000.0, "hu_max": 400.0},
+            "calibration": {"temperature": 1.3}, "threshold": 0.5}
+    return save_model(model, tmp_path_factory.mktemp("bn") / "model", card)
+
+
+@pytest.mark.parametrize("which", ["bundled", "generated"])
+def test_onnx_runtime_and_torch_agree_within_1e_4(which, trained_like_model):
+    onnx_classifier, torch_classifier = _both(None if which == "bundled" else trained_like_model)
+    assert onnx_classifier.runtime == "onnxruntime" and torch_classifier.runtime == "torch"
+    patches = _generated_patches(4, seed=1)
+    for tta in (True, False):
+        a = onnx_classifier.predict_patches(patches, tta=tta)
+        b = torch_classifier.predict_patches(patches, tta=tta)
+        np.testing.assert_allclose(a[0], b[0], atol=AGREEMENT, rtol=0)  # probabilities
+        np.testing.assert_allclose(a[2], b[2], atol=10 * AGREEMENT, rtol=0)  # logits
+        if tta:
+            np.testing.assert_allclose(a[1], b[1], atol=AGREEMENT, rtol=0)  # uncertainties
+
+
+def test_score_cam_is_the_same_map_on_both_runtimes(trained_like_model):
+    onnx_classifier, torch_classifier = _both(trained_like_model)
+    patch = _generated_patches(0, seed=0)[4]
+    a, b = onnx_classifier.saliency_map(patch), torch_classifier.saliency_map(patch)
+    assert a.shape == patch.shape and a.max() == pytest.approx(1.0) and a.min() >= 0.0
+    np.testing.assert_allclose(a, b, atol=AGREEMENT)
+
+
+def test_layer_cam_needs_the_torch_runtime(trained_like_model):
+    onnx_classifier, torch_classifier = _both(trained_like_model)
+    patch = _generated_patches(0, seed=0)[4]
+    with pytest.raises(InputError, match="torch runtime"):
+        onnx_classifier.saliency(_ct(), (0.0, 0.0, 0.0), method="layer-cam")
+    assert torch_classifier.saliency_map(patch, "layer-cam").max() == pytest.approx(1.0)
+
+
+def _ct():
+    from helpers import make_ct
+
+    return make_ct(size=(80, 80, 40), spacing=(1.0, 1.0, 2.0), origin=(-40.0, -40.0, -40.0))
+
+
+def test_the_bundled_model_ships_as_onnx_bound_to_its_card():
+    card_path = default_model_path()
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    onnx_path = card_path.with_suffix(".onnx")
+    assert card["onnx"]["file"] == onnx_path.name and card["onnx"]["sha256"] == sha256_of(onnx_path)
+    assert card["onnx"]["opset"] == ONNX_OPSET
+    model = onnx.load(str(onnx_path))
+    assert [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")] == [ONNX_OPSET]
+    assert {entry.key: entry.value for entry in model.metadata_props}[CARD_DIGEST_KEY] == card_digest(card)
+    assert "1.1.x network" in card["description"]
+    assert Classifier.load().runtime == "onnxruntime"
+
+
+def test_reexporting_the_bundled_model_gives_the_same_bytes(tmp_path):
+    # `make bundled-model`: the bundled files are exactly what their own re-export writes.
+    bundled = default_model_path()
+    reexport_model(bundled, tmp_path / "default")
+    for suffix in (".json", ".onnx", ".safetensors"):
+        assert (tmp_path / "default").with_suffix(suffix).read_bytes() == bundled.with_suffix(suffix).read_bytes(), suffix
+
+
+def test_reexport_with_an_edited_card_copy_rebinds_every_file(tmp_path):
+    source = save_random_model(tmp_path / "source")
+    edited = json.loads(source.read_text(encoding="utf-8"))
+    edited["references"] = {"size_only": {"coefficient": 3.9, "intercept": -9.9}}
+    copy = tmp_path / "edited.json"
+    copy.write_text(json.dumps(edited), encoding="utf-8")
+    card_path = reexport_model(source, tmp_path / "out" / "model", card_path=copy, version="0.0.1-test")
+    onnx_classifier, torch_classifier = _both(card_path)
+    assert onnx_classifier.card["references"] == edited["references"]
+    assert torch_classifier.card["version"] == "0.0.1-test"
+
+
+def test_reexport_refuses_a_card_of_another_network(tmp_path):
+    source = save_random_model(tmp_path / "source")
+    other = json.loads(source.read_text(encoding="utf-8"))
+    other["architecture"]["widths"] = [16, 32, 64, 128]
+    copy = tmp_path / "other.json"
+    copy.write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(InputError, match="architecture"):
+        reexport_model(source, tmp_path / "out" / "model", card_path=copy)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.fixture()
+def model_copy(tmp_path, trained_like_model) -> Path:
+    for suffix in (".json", ".onnx", ".safetensors"):
+        shutil.copy(trained_like_model.with_suffix(suffix), tmp_path / f"model{suffix}")
+    return tmp_path / "model.json"
+
+
+def _replace_onnx(card_path: Path, data: bytes) -> None:
+    """Write ``data`` as the model's ONNX file and re-hash it in the card (an alteration that passes the hash)."""
+    card_path.with_suffix(".onnx").write_bytes(data)
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["onnx"]["sha256"] = sha256_of(card_path.with_suffix(".onnx"))
+    card_path.write_text(json.dumps(card), encoding="utf-8")
+
+
+def _load(card_path: Path) -> Classifier:
+    return Classifier.load(card_path, device="cpu", runtime="onnx")
+
+
+def _assert_one_sentence(error: pytest.ExceptionInfo) -> None:
+    text = str(error.value)
+    assert "\n" not in text and text.endswith(".") and "Traceback" not in text
+
+
+def test_a_flipped_byte_in_the_onnx_file_is_refused(model_copy):
+    data = bytearray(model_copy.with_suffix(".onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model_copy.with_suffix(".onnx").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="does not match the sha256 in its card") as error:
+        _load(model_copy)
+    _assert_one_sentence(error)
+
+
+def test_a_truncated_onnx_file_is_refused_even_with_a_rehashed_card(model_copy):
+    _replace_onnx(model_copy, model_copy.with_suffix(".onnx").read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="not a model ONNX Runtime .* can read") as error:
+        _load(model_copy)
+    _assert_one_sentence(error)
+
+
+def test_an_edited_card_is_refused_by_the_onnx_file(model_copy):
+    card = json.loads(model_copy.read_text(encoding="utf-8"))
+    card["threshold"] = 0.1
+    model_copy.write_text(json.dumps(card), encoding="utf-8")
+    with pytest.raises(WeightsError, match="not the card model.onnx was exported with"):
+        _load(model_copy)
+
+
+def test_the_onnx_file_of_another_model_is_refused(model_copy, tmp_path):
+    other = save_random_model(tmp_path / "other", seed=4)
+    _replace_onnx(model_copy, other.with_suffix(".onnx").read_bytes())
+    with pytest.raises(WeightsError, match="not the card model.onnx was exported with"):
+        _load(model_copy)
+
+
+def test_a_pinned_sha256_covers_the_onnx_file(model_copy):
+    actual = sha256_of(model_copy.with_suffix(".onnx"))
+    assert _load(model_copy) is not None
+    assert Classifier.load(model_copy, runtime="onnx", expected_sha256=actual).runtime == "onnxruntime"
+    with pytest.raises(WeightsError, match="not the expected"):
+        Classifier.load(model_copy, runtime="onnx", expected_sha256="0" * 64)
+
+
+def test_a_missing_onnx_file_is_named(model_copy):
+    model_copy.with_suffix(".onnx").unlink()
+    with pytest.raises(WeightsError, match=r"model\.onnx not found beside its card"):
+        _load(model_copy)
+
+
+def test_a_card_without_an_onnx_file_falls_back_to_torch_or_says_what_to_do(model_copy):
+    card = json.loads(model_copy.read_text(encoding="utf-8"))
+    del card["onnx"]
+    model_copy.write_text(json.dumps(card), encoding="utf-8")
+    model_copy.with_suffix(".onnx").unlink()
+    assert Classifier.load(model_copy, device="cpu").runtime == "torch"  # auto: an older export still runs
+    with pytest.raises(WeightsError, match="lists no ONNX file.*--runtime torch"):
+        _load(model_copy)
+
+
+def _graph_with(node: onnx.NodeProto, opsets: list, card_path: Path) -> bytes:
+    """A small ONNX model with the library's input and outputs and the card's digest, built around ``node``."""
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    patches = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 1, 64, 64, 64])
+    outputs = [helper.make_tensor_value_info(LOGIT_OUTPUT, TensorProto.FLOAT, None),
+               helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT, None)]
+    identity = helper.make_node("Identity", [INPUT_NAME], [FEATURES_OUTPUT])
+    model = helper.make_model(helper.make_graph([node, identity], "g", [patches], outputs), opset_imports=opsets)
+    model.ir_version = 8
+    helper.set_model_props(model, {CARD_DIGEST_KEY: card_digest(card)})
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("node, opsets", [
+    (helper.make_node("Frobnicate", [INPUT_NAME], [LOGIT_OUTPUT], domain="org.example"),
+     [helper.make_opsetid("", 17), helper.make_opsetid("org.example", 1)]),
+    (helper.make_node("Relu", [INPUT_NAME], [LOGIT_OUTPUT]), [helper.make_opsetid("", 999)]),
+], ids=["unknown-operator", "future-opset"])
+def test_an_operator_the_installed_onnx_runtime_lacks_is_named_with_the_versions(model_copy, node, opsets):
+    import onnxruntime
+
+    _replace_onnx(model_copy, _graph_with(node, opsets, model_copy))
+    with pytest.raises(WeightsError, match="lacks") as error:
+        _load(model_copy)
+    assert f"ONNX Runtime {onnxruntime.__version__}" in str(error.value) and "opset 17" in str(error.value)
+    assert "upgrade onnxruntime" in str(error.value)
+
+
+def test_an_onnx_file_with_other_inputs_is_refused(model_copy):
+    node = helper.make_node("ReduceMean", [INPUT_NAME], [LOGIT_OUTPUT], keepdims=0)
+    data = _graph_with(node, [helper.make_opsetid("", 17)], model_copy)
+    model = onnx.load_from_string(data)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32  # 32³ patches instead of 64³
+    _replace_onnx(model_copy, model.SerializeToString())
+    with pytest.raises(WeightsError, match="does not take 'patches' float patches of 64³ voxels"):
+        _load(model_copy)
+
+
+def test_unknown_runtime_and_gpu_without_a_provider_are_refused(trained_like_model):
+    import onnxruntime
+
+    with pytest.raises(InputError, match="Unknown runtime"):
+        Classifier.load(trained_like_model, runtime="tensorflow")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(InputError, match="onnxruntime-gpu"):
+            Classifier.load(trained_like_model, runtime="onnx", device="cuda")
+    with pytest.raises(InputError, match="MPS"):
+        Classifier.load(trained_like_model, runtime="onnx", device="mps")
+
+
+def test_threads_are_the_callers_choice(trained_like_model):
+    assert "(1 thread)" in Classifier.load(trained_like_model, runtime="onnx", device="cpu").device_description
+    assert "(2 threads)" in Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=2).device_description
