@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 benchmark: $(STAMP)
+	$(PY) Testing/Benchmarks/benchmark_runtimes.py
 	$(PY) Testing/Benchmarks/benchmark_inference.py
 
 # Re-export the bundled default model in place from its own files (.safetensors + card): writes its

@@ -1,4 +1,6 @@
-"""Inference benchmark: prints figures, asserts nothing (machines are noisy).
+"""Inference benchmark of the candidate architectures on torch: prints figures, asserts nothing.
+
+(ONNX Runtime, the default runtime, against torch: benchmark_runtimes.py.)
 
 Measured in one run on the same CT (the real chest CT in ../shared when present, else the
 synthetic one):
@@ -151,10 +153,10 @@ def main() -> int:
             figures["architectures"][name] = {"parameters": count_parameters(model), "ms_per_point_tta": tta, "ms_per_point": plain}
             print(f"{name:<18}{count_parameters(model):>10,}{tta:>15.1f}{plain:>18.1f}")
         if default_path is not None:
-            shipped = Classifier.load(default_path, device="cpu")
+            shipped = Classifier.load(default_path, device="cpu", runtime="torch")
             tta = per_point_ms(shipped, image, points, True, args.repeats)
             figures["shipped_model_ms_per_point_tta"] = tta
-            print(f"{'shipped default':<18}{count_parameters(shipped.model):>10,}{tta:>15.1f}")
+            print(f"{'shipped default':<18}{count_parameters(shipped.backend.model):>10,}{tta:>15.1f}")
 
         point = points[0]
         patch_s = best_of(lambda: extract_patch(image, point), 5)

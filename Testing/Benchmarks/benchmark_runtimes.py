@@ -1,0 +1,178 @@
+"""ONNX Runtime vs torch, side by side in one run: prints figures, asserts nothing (machines are noisy).
+
+For each runtime, with the bundled default model:
+  1. cold start: a fresh interpreter importing notadiagnosis and loading the model (median of --repeats);
+  2. one-point `notadiagnosis classify` on the real LIDC DICOM folder, wall time of the whole command;
+  3. warm time per point with flip TTA at N = --points (patch extraction + normalisation + forward passes)
+     and for a single point, at 1 and 2 intra-op threads, with the machine as it is and with one core
+     kept busy by a spinning process (the other work a shared machine runs: Slicer's GUI, another job);
+  4. saliency per point (Score-CAM on both runtimes, LayerCAM on torch);
+  5. the largest probability difference between the runtimes on the same points.
+Targets (issue 15): one-point classify <= 0.8 s, warm <= 8 ms per point with TTA at N >= 64, cold
+start <= 0.5 s, saliency <= 100 ms per point, on 2 cores.
+
+    python Testing/Benchmarks/benchmark_runtimes.py [--points 64] [--repeats 3] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from notadiagnosis import Classifier
+from notadiagnosis.preprocessing import normalize_hu
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("NOTADIAGNOSIS_SHARED", REPO.parent / "shared"))
+CHEST_CT = SHARED / "data/chest_ct/cptac-C3N-00247.nrrd"
+LIDC_CASE = SHARED / "data/lidc/LIDC-IDRI-0001"
+# The card's documented command (metrics.extra.real_lidc_idri_0001): the real nodule, RAS mm.
+LIDC_POINT_RAS = "-56.17,-86.20,-115.86"
+RUNTIMES = ("onnx", "torch")
+THREADS = (1, 2)
+NOTADIAGNOSIS = Path(sys.executable).with_name("notadiagnosis")
+
+
+def points_in(image: sitk.Image, count: int, seed: int = 0) -> np.ndarray:
+    """Random points well inside the CT (central 60% of each axis)."""
+    rng = np.random.default_rng(seed)
+    size = np.array(image.GetSize())
+    indices = rng.uniform(0.2, 0.8, size=(count, 3)) * (size - 1)
+    return np.array([image.TransformContinuousIndexToPhysicalPoint(i.tolist()) for i in indices])
+
+
+def median_seconds(function, repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+@contextmanager
+def busy_core(active: bool) -> Iterator[None]:
+    """Keep one core busy with a spinning process while the block runs (when ``active``)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if active else None
+    try:
+        time.sleep(0.3 if active else 0.0)
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
+def cold_start(runtime: str, repeats: int) -> Dict[str, float]:
+    code = ("import time, resource; t = time.perf_counter(); import notadiagnosis; "
+            f"c = notadiagnosis.Classifier.load(runtime={runtime!r}, device='cpu'); "
+            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    seconds, megabytes = [], []
+    for _ in range(repeats):
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        elapsed, rss = output.split()[-2:]
+        seconds.append(float(elapsed))
+        megabytes.append(float(rss))
+    return {"seconds": statistics.median(seconds), "peak_rss_mb": statistics.median(megabytes)}
+
+
+def one_point_classify(runtime: str, repeats: int) -> float:
+    command = [str(NOTADIAGNOSIS), "classify", str(LIDC_CASE), f"--point={LIDC_POINT_RAS}", "--runtime", runtime, "--json"]
+    return median_seconds(lambda: subprocess.run(command, capture_output=True, check=True), repeats)
+
+
+def warm_ms_per_point(classifier: Classifier, image: sitk.Image, points: np.ndarray, repeats: int) -> float:
+    classifier.predict(image, points[:2])  # warm-up
+    return 1000.0 * median_seconds(lambda: classifier.predict(image, points, batch_size=len(points)), repeats) / len(points)
+
+
+def saliency_ms(classifier: Classifier, patch: np.ndarray, method: str, repeats: int) -> float:
+    classifier.saliency_map(patch, method)  # warm-up
+    return 1000.0 * median_seconds(lambda: classifier.saliency_map(patch, method), repeats)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args()
+    import onnxruntime
+    import torch
+
+    figures: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+        "load_average_at_start": os.getloadavg(),
+        "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
+    }
+    print(f"machine: {figures['machine']}; load average {figures['load_average_at_start']}; "
+          f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}\n")
+    image = sitk.ReadImage(str(CHEST_CT))
+    points = points_in(image, args.points)
+
+    print("1-2. cold start (import + load, fresh process) and one-point classify of the LIDC DICOM folder (whole command)")
+    for runtime in RUNTIMES:
+        cold = cold_start(runtime, args.repeats)
+        command_s = one_point_classify(runtime, args.repeats)
+        figures[runtime] = {"cold_start_s": cold["seconds"], "cold_start_peak_rss_mb": cold["peak_rss_mb"],
+                            "one_point_classify_s": command_s}
+        print(f"  {runtime:<6} cold start {cold['seconds']:.2f} s ({cold['peak_rss_mb']:.0f} MB peak RSS); "
+              f"one-point classify {command_s:.2f} s   (targets 0.5 s, 0.8 s)")
+
+    print(f"\n3. warm ms per point, flip TTA, N = {args.points} and N = 1; 'busy' = one core kept busy")
+    print(f"  {'runtime':<8}{'threads':>8}{'N=' + str(args.points):>9}{'N=1':>8}{'N=' + str(args.points) + ' busy':>14}{'N=1 busy':>10}")
+    for runtime in RUNTIMES:
+        figures[runtime]["warm_ms_per_point"] = {}
+        for threads in THREADS:
+            classifier = Classifier.load(runtime=runtime, device="cpu", threads=threads)
+            row = {}
+            for busy in (False, True):
+                with busy_core(busy):
+                    suffix = "_busy" if busy else ""
+                    row[f"n{args.points}{suffix}"] = warm_ms_per_point(classifier, image, points, args.repeats)
+                    row[f"n1{suffix}"] = warm_ms_per_point(classifier, image, points[:1], 5 * args.repeats)
+            figures[runtime]["warm_ms_per_point"][threads] = row
+            print(f"  {runtime:<8}{threads:>8}{row[f'n{args.points}']:>9.1f}{row['n1']:>8.1f}"
+                  f"{row[f'n{args.points}_busy']:>14.1f}{row['n1_busy']:>10.1f}")
+
+    print("\n4. saliency ms per point (one 64³ patch), 1 thread; busy = one core kept busy")
+    onnx_classifier = Classifier.load(runtime="onnx", device="cpu")
+    torch_classifier = Classifier.load(runtime="torch", device="cpu", threads=1)
+    from notadiagnosis.geometry import extract_patch
+
+    patch = normalize_hu(extract_patch(image, points[0]).array_hu)
+    figures["saliency_ms"] = {}
+    for label, classifier, method in (("score-cam onnx", onnx_classifier, "score-cam"),
+                                      ("score-cam torch", torch_classifier, "score-cam"),
+                                      ("layer-cam torch", torch_classifier, "layer-cam")):
+        quiet = saliency_ms(classifier, patch, method, args.repeats)
+        with busy_core(True):
+            busy = saliency_ms(classifier, patch, method, args.repeats)
+        figures["saliency_ms"][label] = {"quiet": quiet, "busy": busy}
+        print(f"  {label:<16} {quiet:6.1f} ms; busy {busy:6.1f} ms   (target 100 ms)")
+
+    a = onnx_classifier.predict(image, points)
+    b = torch_classifier.predict(image, points)
+    difference = max(abs(x.probability - y.probability) for x, y in zip(a, b))
+    figures["max_probability_difference"] = difference
+    figures["load_average_at_end"] = os.getloadavg()
+    print(f"\n5. largest |probability difference| ONNX Runtime vs torch over {len(points)} points: {difference:.1e}")
+    print(f"load average at the end: {figures['load_average_at_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
