@@ -12,15 +12,13 @@ when another process holds a core (Slicer's GUI, another job), one thread does n
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from .errors import InputError, WeightsError
-from .weights import CARD_DIGEST_KEY, card_digest, model_stem
+from .weights import CARD_DIGEST_KEY, card_digest, model_stem, verified_bytes
 
 INPUT_NAME = "patches"
 LOGIT_OUTPUT = "logit"
@@ -31,11 +29,6 @@ CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 MISSING_OPERATOR_SIGNS = ("Could not find an implementation", "is not a registered function/op")
 # Chosen by measurement (README, "Speed"): see the module docstring.
 DEFAULT_THREADS = 1
-
-
-def onnxruntime_available() -> bool:
-    """Whether ONNX Runtime can be imported (without importing it)."""
-    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class OnnxBackend:
@@ -87,16 +80,7 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
     onnx_path = onnx_path_of(card_path, card)
     if not onnx_path.is_file():
         raise WeightsError(f"Model file {onnx_path} not found beside its card {Path(card_path).name}.")
-    data = onnx_path.read_bytes()  # read once: the bytes hashed are the bytes loaded
-    actual = hashlib.sha256(data).hexdigest()
-    recorded = card["onnx"]["sha256"].lower()
-    if actual != recorded:
-        raise WeightsError(
-            f"{onnx_path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "
-            "the file is damaged or was altered; re-download or re-export it."
-        )
-    if expected_sha256 is not None and actual != expected_sha256.lower():
-        raise WeightsError(f"{onnx_path.name} has sha256 {actual}, not the expected {expected_sha256}.")
+    data = verified_bytes(onnx_path, card["onnx"], expected_sha256)
     providers = _providers(device, onnxruntime.get_available_providers())
     threads = DEFAULT_THREADS if threads is None else int(threads)
     if threads < 1:

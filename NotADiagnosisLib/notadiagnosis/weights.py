@@ -228,17 +228,7 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
     card = read_card(card_path)
     if not tensors_path.is_file():
         raise WeightsError(f"Model tensors {tensors_path} not found beside its card {card_path.name}.")
-    # Read once: the bytes hashed are the bytes loaded.
-    data = tensors_path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    recorded = str(card["weights"].get("sha256", "")).lower()
-    if actual != recorded:
-        raise WeightsError(
-            f"{tensors_path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "
-            "the file is damaged or was altered; re-download or re-export it."
-        )
-    if expected_sha256 is not None and actual != expected_sha256.lower():
-        raise WeightsError(f"{tensors_path.name} has sha256 {actual}, not the expected {expected_sha256}.")
+    data = verified_bytes(tensors_path, card["weights"], expected_sha256)
     try:
         metadata = header_metadata(data)
         state = load_tensors(data)
@@ -261,6 +251,22 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
     except (ValueError, KeyError, RuntimeError) as error:
         raise WeightsError(f"The tensors in {tensors_path.name} do not fit the architecture in its card ({error}).") from None
     return model.eval(), card
+
+
+def verified_bytes(path: Path, block: Dict[str, Any], expected_sha256: Optional[str] = None) -> bytes:
+    """The bytes of a model file, read once (the bytes hashed are the bytes loaded), after checking them
+    against the sha256 in the card's ``block`` for the file and, when given, the sha256 the caller pins."""
+    data = Path(path).read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    recorded = str(block.get("sha256", "")).lower()
+    if actual != recorded:
+        raise WeightsError(
+            f"{path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "
+            "the file is damaged or was altered; re-download or re-export it."
+        )
+    if expected_sha256 is not None and actual != expected_sha256.lower():
+        raise WeightsError(f"{path.name} has sha256 {actual}, not the expected {expected_sha256}.")
+    return data
 
 
 def bundled_models_dir() -> Path:

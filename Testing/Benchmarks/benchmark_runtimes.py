@@ -30,6 +30,7 @@ from typing import Dict, Iterator
 import numpy as np
 import SimpleITK as sitk
 
+from benchmark_inference import points_in  # run as a script: its folder is on sys.path
 from notadiagnosis import Classifier
 from notadiagnosis.preprocessing import normalize_hu
 
@@ -42,14 +43,6 @@ LIDC_POINT_RAS = "-56.17,-86.20,-115.86"
 RUNTIMES = ("onnx", "torch")
 THREADS = (1, 2)
 NOTADIAGNOSIS = Path(sys.executable).with_name("notadiagnosis")
-
-
-def points_in(image: sitk.Image, count: int, seed: int = 0) -> np.ndarray:
-    """Random points well inside the CT (central 60% of each axis)."""
-    rng = np.random.default_rng(seed)
-    size = np.array(image.GetSize())
-    indices = rng.uniform(0.2, 0.8, size=(count, 3)) * (size - 1)
-    return np.array([image.TransformContinuousIndexToPhysicalPoint(i.tolist()) for i in indices])
 
 
 def median_seconds(function, repeats: int) -> float:
