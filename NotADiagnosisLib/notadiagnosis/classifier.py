@@ -21,7 +21,7 @@ from .errors import InputError, NotADiagnosisError
 from .geometry import check_image, extract_patch
 from .preprocessing import normalize_hu
 from .runtime import choose_runtime
-from .saliency import SALIENCY_METHODS, layer_cam, map_to_ct_space, score_cam
+from .saliency import layer_cam_from_cells, map_to_ct_space
 from .weights import default_model_path, model_files, read_card
 
 # Flip TTA: identity, then left-right (x), anterior-posterior (y), superior-inferior (z).
@@ -50,8 +50,9 @@ class Prediction:
 class Classifier:
     """A loaded, verified model on a runtime. Build it with :meth:`load` or :meth:`from_model`.
 
-    ``backend`` runs the network: ``logits(batch)`` and ``logits_and_features(batch)`` on normalised
-    (N, 1, D, H, W) float32 arrays, with ``runtime``, ``device`` and ``description`` attributes.
+    ``backend`` runs the network: ``logits(batch)`` on normalised (N, 1, D, H, W) float32 arrays, and
+    ``layer_cam_cells(batch)`` (ONNX Runtime) or ``layer_cam(patch)`` (torch) for saliency; it has
+    ``runtime``, ``device`` and ``description`` attributes.
     """
 
     def __init__(self, backend: Any, card: Dict[str, Any]) -> None:
@@ -194,28 +195,18 @@ class Classifier:
             uncertainties = np.full(len(mean_logit), np.nan)
         return probabilities, uncertainties, mean_logit
 
-    def saliency(self, image: sitk.Image, point_lps: Sequence[float], method: str = "score-cam") -> sitk.Image:
-        """Saliency for one point, as a float32 image in [0, 1] on the CT's own grid.
-
-        ``method``: ``score-cam`` (any runtime) or ``layer-cam`` (torch runtime); see :mod:`.saliency`.
-        """
-        if method not in SALIENCY_METHODS:
-            raise InputError(f"Unknown saliency method {method!r}; choose one of {', '.join(SALIENCY_METHODS)}.")
-        if method == "layer-cam" and self.runtime != "torch":
-            raise InputError("LayerCAM needs gradients, which only the torch runtime gives; use score-cam or --runtime torch.")
+    def saliency(self, image: sitk.Image, point_lps: Sequence[float]) -> sitk.Image:
+        """LayerCAM saliency for one point, as a float32 image in [0, 1] on the CT's own grid."""
         patch = extract_patch(image, point_lps, self.patch_size, self.spacing_mm)
-        return map_to_ct_space(self.saliency_map(normalize_hu(patch.array_hu, self.hu_min, self.hu_max), method),
-                               patch.image, image)
+        return map_to_ct_space(self.saliency_map(normalize_hu(patch.array_hu, self.hu_min, self.hu_max)), patch.image, image)
 
-    def saliency_map(self, normalized: np.ndarray, method: str = "score-cam") -> np.ndarray:
-        """Saliency (D, H, W) in [0, 1] of one normalised patch (D, H, W), on the patch's grid."""
-        if method == "layer-cam":
-            import torch
-
-            tensor = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))[None, None].to(self.device)
-            return layer_cam(self.backend.model, tensor)
-        _, features = self.backend.logits_and_features(np.asarray(normalized, dtype=np.float32)[None, None])
-        return score_cam(normalized, features[0], self.backend.logits)
+    def saliency_map(self, normalized: np.ndarray) -> np.ndarray:
+        """LayerCAM (D, H, W) in [0, 1] of one normalised patch (D, H, W), on the patch's grid: by
+        autograd on torch, by the gradient the exported graph computes on ONNX Runtime."""
+        normalized = np.asarray(normalized, dtype=np.float32)
+        if self.runtime == "torch":
+            return self.backend.layer_cam(normalized)
+        return layer_cam_from_cells(self.backend.layer_cam_cells(normalized[None, None])[0], normalized.shape)
 
 
 def _as_points(points_lps: Sequence[Sequence[float]]) -> np.ndarray:

@@ -24,7 +24,6 @@ from . import __version__
 from .errors import InputError, NoDefaultModelError, NotADiagnosisError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
 from .runtime import RUNTIMES
-from .saliency import SALIENCY_METHODS
 
 # Also in weights.DISCLAIMER; repeated here so that `--help` and errors need not import the runtime.
 REMINDER = "Not a diagnosis: research use only; the model has not been validated on patients."
@@ -98,8 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", action="store_true", help="print results as CSV (label,r,a,s,...)")
     classify.add_argument("--saliency", metavar="DIR", help="write one saliency map (NRRD, CT space) per point into DIR")
-    classify.add_argument("--saliency-method", default="score-cam", choices=SALIENCY_METHODS,
-                          help="score-cam (default, any runtime) or layer-cam (needs --runtime torch)")
     _add_model_arguments(classify)
     classify.add_argument("--no-tta", action="store_true", help="switch off flip test-time augmentation (no uncertainty)")
     classify.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="points per batch (default 32)")
@@ -157,8 +154,7 @@ def run_classify(args: argparse.Namespace) -> int:
     check_points_inside(image, points)
     predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=args.batch_size,
                                      tta=not args.no_tta, progress=True)
-    saliency_files = (write_saliency_maps(classifier, image, points, args.saliency, args.saliency_method)
-                      if args.saliency else {})
+    saliency_files = write_saliency_maps(classifier, image, points, args.saliency) if args.saliency else {}
     rows = result_rows(points, predictions, saliency_files)
     if args.json:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
@@ -225,7 +221,7 @@ def describe_image(image) -> str:
     return f"{size} voxels, {spacing} mm"
 
 
-def write_saliency_maps(classifier, image, points: Sequence, directory: str, method: str = "score-cam") -> Dict[int, Path]:
+def write_saliency_maps(classifier, image, points: Sequence, directory: str) -> Dict[int, Path]:
     """Write one saliency NRRD per point into ``directory``; returns {point index: path}."""
     import SimpleITK as sitk
 
@@ -236,7 +232,7 @@ def write_saliency_maps(classifier, image, points: Sequence, directory: str, met
         raise InputError(f"Cannot create the saliency folder {folder} ({error.strerror}); choose a writable folder.") from None
     written: Dict[int, Path] = {}
     for index, point in enumerate(_progress_bar(points, desc="Saliency maps", unit="map")):
-        saliency = classifier.saliency(image, point.point_lps, method)
+        saliency = classifier.saliency(image, point.point_lps)
         path = folder / f"{index + 1:02d}-{_safe_name(point.label)}-saliency.nrrd"
         try:
             sitk.WriteImage(saliency, str(path), True)

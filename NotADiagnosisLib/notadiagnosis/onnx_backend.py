@@ -13,7 +13,7 @@ when another process holds a core (Slicer's GUI, another job), one thread does n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .weights import CARD_DIGEST_KEY, card_digest, model_stem, verified_bytes
 
 INPUT_NAME = "patches"
 LOGIT_OUTPUT = "logit"
-FEATURES_OUTPUT = "saliency_features"
+LAYER_CAM_OUTPUT = "layer_cam"
 ONNX_FORMAT = "notadiagnosis-onnx/1"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 # How ONNX Runtime says that a model needs an operator (or an operator's version) it does not have.
@@ -32,7 +32,7 @@ DEFAULT_THREADS = 1
 
 
 class OnnxBackend:
-    """Runs the exported graph: ``logits`` for classification, ``logits_and_features`` for saliency."""
+    """Runs the exported graph: ``logits`` for classification, ``layer_cam_cells`` for saliency."""
 
     runtime = "onnxruntime"
 
@@ -50,10 +50,9 @@ class OnnxBackend:
         """Logits (N,) of normalised patches (N, 1, D, H, W)."""
         return self.session.run([LOGIT_OUTPUT], {INPUT_NAME: _float32(batch)})[0]
 
-    def logits_and_features(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Logits (N,) and the saliency stage's feature maps (N, C, d, h, w)."""
-        logits, features = self.session.run([LOGIT_OUTPUT, FEATURES_OUTPUT], {INPUT_NAME: _float32(batch)})
-        return logits, features
+    def layer_cam_cells(self, batch: np.ndarray) -> np.ndarray:
+        """LayerCAM (N, d, h, w) of the logit on the saliency stage's cells, before upsampling."""
+        return self.session.run([LAYER_CAM_OUTPUT], {INPUT_NAME: _float32(batch)})[0][:, 0]
 
 
 def _float32(batch: np.ndarray) -> np.ndarray:
@@ -149,9 +148,9 @@ def _check_signature(session: Any, name: str, card: Dict[str, Any]) -> None:
         or len(inputs) != 1
         or patches.type != "tensor(float)"
         or list(patches.shape[1:]) != [int(card["architecture"].get("in_channels", 1)), size, size, size]
-        or not {LOGIT_OUTPUT, FEATURES_OUTPUT} <= outputs
+        or not {LOGIT_OUTPUT, LAYER_CAM_OUTPUT} <= outputs
     ):
         raise WeightsError(
             f"{name} does not take {INPUT_NAME!r} float patches of {size}³ voxels and give {LOGIT_OUTPUT!r} and "
-            f"{FEATURES_OUTPUT!r}, as its card requires; re-export the model with `nadtrain export`."
+            f"{LAYER_CAM_OUTPUT!r}, as its card requires; re-export the model with `nadtrain export`."
         )

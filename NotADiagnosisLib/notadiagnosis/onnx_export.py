@@ -1,11 +1,19 @@
 """Write a model as ONNX for ONNX Runtime, bound to its card. Needs torch and onnx (``notadiagnosis[export]``).
 
 The graph takes normalised patches ``patches`` (N, 1, D, H, W) float32, N free, and gives two
-outputs: ``logit`` (N,), the network's logit (calibration stays in the card), and
-``saliency_features`` (N, C, d, h, w), the feature maps of the residual stage that saliency reads
-(:data:`.saliency.SALIENCY_STAGE`), which the forward pass computes anyway. The card's digest goes
-into the file's ``metadata_props`` (:data:`.weights.CARD_DIGEST_KEY`), as it goes into the
-safetensors header. The export is deterministic: the same network and card give the same bytes.
+outputs: ``logit`` (N,), the network's logit (calibration stays in the card), and ``layer_cam``
+(N, 1, d, h, w), LayerCAM of that logit on the residual stage saliency reads
+(:data:`.saliency.SALIENCY_STAGE`, 8³ cells for 64³ patches) before upsampling.
+
+LayerCAM needs the logit's gradient with respect to that stage's feature maps, and ONNX Runtime
+has no autograd; so the graph computes it as forward operations, the way backpropagation would:
+the head's weights spread by the global average pool, then, through each later residual block in
+reverse, ReLU masks from the forward pass, batch-norm scales and transposed convolutions with the
+blocks' own weights. ``Testing/Python/test_onnx_runtime.py`` checks it against torch's autograd.
+
+The card's digest goes into the file's ``metadata_props`` (:data:`.weights.CARD_DIGEST_KEY`), as it
+goes into the safetensors header. The export is deterministic: the same network and card give the
+same bytes.
 """
 from __future__ import annotations
 
@@ -13,13 +21,14 @@ import inspect
 import io
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import onnx
 import torch
+from torch import nn
 
-from .model import ResNet3D
-from .onnx_backend import FEATURES_OUTPUT, INPUT_NAME, LOGIT_OUTPUT, ONNX_FORMAT
+from .model import BasicBlock3D, ResNet3D
+from .onnx_backend import INPUT_NAME, LAYER_CAM_OUTPUT, LOGIT_OUTPUT, ONNX_FORMAT
 from .saliency import SALIENCY_STAGE
 
 # Opset 17 (ONNX 1.12, 2022): every ONNX Runtime since 1.12 runs it, which matters inside Slicer, whose
@@ -27,28 +36,68 @@ from .saliency import SALIENCY_STAGE
 ONNX_OPSET = 17
 
 
-class LogitAndFeatures(torch.nn.Module):
-    """The network with the saliency stage's feature maps as a second output."""
+class LogitAndLayerCam(nn.Module):
+    """The network (eval mode) with LayerCAM of its logit on the saliency stage as a second output."""
 
     def __init__(self, network: ResNet3D) -> None:
         super().__init__()
-        self.network = network
+        self.network = network.eval()
+        later = network.stages[SALIENCY_STAGE + 1 :]
+        self.later_blocks: List[BasicBlock3D] = [block for stage in later for block in stage]
 
     def forward(self, patches: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         activations = self.network.stem(patches)
-        chosen = activations
-        for index, stage in enumerate(self.network.stages):
+        for stage in self.network.stages[: SALIENCY_STAGE + 1]:
             activations = stage(activations)
-            if index == SALIENCY_STAGE:
-                chosen = activations
-        return self.network.classify_features(activations), chosen
+        chosen = activations
+        tape = []  # what each later block's backward needs from its forward pass
+        for block in self.later_blocks:
+            hidden = block.relu(block.bn1(block.conv1(activations)))
+            output = block.relu(block.bn2(block.conv2(hidden)) + block.shortcut(activations))
+            tape.append((activations, hidden, output))
+            activations = output
+        logit = self.network.classify_features(activations)
+        # d logit / d last feature maps: the head's weight of each channel, spread evenly by the average pool.
+        weights = self.network.head.weight.reshape(1, -1, 1, 1, 1) / float(activations[0, 0].numel())
+        gradient = torch.ones_like(activations) * weights
+        for block, (inputs, hidden, output) in zip(reversed(self.later_blocks), reversed(tape)):
+            gradient = _block_input_gradient(block, inputs, hidden, output, gradient)
+        cam = torch.relu((torch.relu(gradient) * chosen).sum(dim=1, keepdim=True))
+        return logit, cam
+
+
+def _block_input_gradient(block: BasicBlock3D, inputs: torch.Tensor, hidden: torch.Tensor, output: torch.Tensor,
+                          gradient: torch.Tensor) -> torch.Tensor:
+    """Backpropagate ``gradient`` (d logit / d the block's output) to the block's input, eval mode."""
+    gradient = gradient * (output > 0).to(gradient.dtype)  # the closing ReLU
+    into_hidden = _conv_input_gradient(block.conv2, gradient * _bn_scale(block.bn2), hidden)
+    into_hidden = into_hidden * (hidden > 0).to(gradient.dtype) * _bn_scale(block.bn1)
+    result = _conv_input_gradient(block.conv1, into_hidden, inputs)
+    if isinstance(block.shortcut, nn.Sequential):  # projection: 1x1x1 convolution and batch norm
+        convolution, norm = block.shortcut
+        return result + _conv_input_gradient(convolution, gradient * _bn_scale(norm), inputs)
+    return result + gradient
+
+
+def _bn_scale(norm: nn.BatchNorm3d) -> torch.Tensor:
+    """The factor an eval-mode batch norm multiplies each channel by, shaped to broadcast."""
+    return (norm.weight / torch.sqrt(norm.running_var + norm.eps)).reshape(1, -1, 1, 1, 1)
+
+
+def _conv_input_gradient(convolution: nn.Conv3d, gradient: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """d/d(input) of a bias-free convolution given d/d(output): its transposed convolution, padded to the input's size."""
+    kernel, stride, padding = convolution.kernel_size, convolution.stride, convolution.padding
+    extra = tuple(int(size) - ((int(out) - 1) * s - 2 * p + k) for size, out, s, p, k
+                  in zip(inputs.shape[2:], gradient.shape[2:], stride, padding, kernel))
+    return nn.functional.conv_transpose3d(gradient, convolution.weight, stride=stride, padding=padding,
+                                          output_padding=extra)
 
 
 def write_onnx(model: ResNet3D, path: Path, metadata: Dict[str, str], patch_size: int,
                opset: int = ONNX_OPSET) -> Dict[str, Any]:
     """Export ``model`` (eval mode, CPU) for ``patch_size``³ patches to ``path`` with ``metadata`` in its
     ``metadata_props``; returns the card's description of the graph (opset, input, outputs, exporter)."""
-    graph = LogitAndFeatures(model).eval()
+    graph = LogitAndLayerCam(model).eval()
     example = torch.zeros(1, int(model.architecture.get("in_channels", 1)), patch_size, patch_size, patch_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -56,10 +105,11 @@ def write_onnx(model: ResNet3D, path: Path, metadata: Dict[str, str], patch_size
         # needs no onnxscript and gives the same graph for this plain convolutional network.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the patch size is fixed by the card
         legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         torch.onnx.export(
-            graph, (example,), buffer, input_names=[INPUT_NAME], output_names=[LOGIT_OUTPUT, FEATURES_OUTPUT],
-            dynamic_axes={INPUT_NAME: {0: "n"}, LOGIT_OUTPUT: {0: "n"}, FEATURES_OUTPUT: {0: "n"}},
+            graph, (example,), buffer, input_names=[INPUT_NAME], output_names=[LOGIT_OUTPUT, LAYER_CAM_OUTPUT],
+            dynamic_axes={INPUT_NAME: {0: "n"}, LOGIT_OUTPUT: {0: "n"}, LAYER_CAM_OUTPUT: {0: "n"}},
             opset_version=opset, do_constant_folding=True, **legacy,
         )
     proto = onnx.load_from_string(buffer.getvalue())
@@ -70,6 +120,7 @@ def write_onnx(model: ResNet3D, path: Path, metadata: Dict[str, str], patch_size
         "opset": opset,
         "input": {INPUT_NAME: f"float32 (N, 1, {patch_size}, {patch_size}, {patch_size}): normalize_hu patches"},
         "outputs": {LOGIT_OUTPUT: "float32 (N,): uncalibrated logit",
-                    FEATURES_OUTPUT: f"float32 (N, C, d, h, w): residual stage {SALIENCY_STAGE}'s feature maps, for saliency"},
+                    LAYER_CAM_OUTPUT: f"float32 (N, 1, d, h, w): LayerCAM of the logit on residual stage {SALIENCY_STAGE}, "
+                                      "before upsampling (gradient computed in the graph)"},
         "exporter": f"torch {torch.__version__.split('+')[0]} (torch.onnx.export, TorchScript), onnx {onnx.__version__}",
     }

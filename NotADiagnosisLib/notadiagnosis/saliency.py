@@ -1,23 +1,21 @@
 """Saliency: which voxels of the 64 mm cube drove the logit, mapped back into the CT's space.
 
-Both methods read the feature maps of the 8³ residual stage (8 mm cells; the 2³ last stage, 32 mm
-cells, is too coarse to outline a nodule), upsample trilinearly to 64³ and scale to [0, 1]. They
-explain the model's malignancy logit at the given point; they are not segmentations.
+Method: LayerCAM (Jiang et al., IEEE TIP 2021), a Grad-CAM variant. Plain Grad-CAM weights each
+channel by its spatially averaged gradient, which is only reliable on the deepest layer — here a
+2³ grid of 32 mm cells, too coarse to outline a nodule. LayerCAM weights every location by its own
+positive gradient, which stays faithful on shallower, finer layers; we take the 8³ stage (8 mm
+cells), upsample trilinearly to 64³ and scale to [0, 1]. It explains the model's logit for the
+malignant class at the given point; it is not a segmentation.
 
-- **Score-CAM** (Wang et al., CVPR Workshops 2020), the default, runs on any runtime, ONNX Runtime
-  included: it needs forward passes only. Each of the stage's C feature maps, upsampled and scaled
-  to [0, 1], keeps its part of the patch and turns the rest into air (0 after ``normalize_hu`` is
-  -1000 HU); the maps' weights are the softmax, over the C maps, of the malignancy logits of their
-  masked patches (so some map always carries weight: the paper's "rise over a blank patch" is zero
-  for every map of a patch that looks benign, leaving nothing to show). The map is
-  ``relu(sum_k w_k A_k)``. The C masked patches (16 for the shipped network) run as one batch.
-- **LayerCAM** (Jiang et al., IEEE TIP 2021), a Grad-CAM variant that weights every location by its
-  own positive gradient; it needs gradients, hence the torch runtime. It was the method before ONNX
-  Runtime; Score-CAM's agreement with it is measured in ``Testing/Benchmarks/benchmark_saliency.py``.
+On torch the gradient comes from autograd (:func:`layer_cam`); on ONNX Runtime, which has no
+autograd, the exported graph computes it with forward operations (:mod:`.onnx_export`) and gives
+the 8³ map, which :func:`layer_cam_from_cells` upsamples the way torch does: the same map on both
+runtimes (tested to 1e-4). Gradient-free Score-CAM was measured as the alternative and left out:
+it agreed poorly with LayerCAM and was less faithful and slower (README, Performance).
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,57 +25,32 @@ from .geometry import continuous_index
 # Residual stage whose output is used: stage 1 runs at 8³ for a 64³ input (see model.py).
 SALIENCY_STAGE = 1
 DEFAULT_STAGE = SALIENCY_STAGE
-SALIENCY_METHODS = ("score-cam", "layer-cam")
 
 
-def score_cam(patch: np.ndarray, features: np.ndarray, logits: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Score-CAM map (D, H, W) in [0, 1] of one normalised patch (D, H, W).
-
-    ``features`` (C, d, h, w) are the saliency stage's maps of this patch; ``logits`` runs the model
-    on a batch (N, 1, D, H, W) and returns (N,) logits. Each map is scaled to [0, 1] on its own grid
-    and then upsampled (the two commute up to the interpolation's reach), which costs C small arrays
-    instead of C full-size ones.
-    """
-    patch = np.asarray(patch, dtype=np.float32)
-    features = np.asarray(features, dtype=np.float32)
-    low = features.min(axis=(1, 2, 3), keepdims=True)
-    span = features.max(axis=(1, 2, 3), keepdims=True) - low
-    usable = span.reshape(-1) > 0  # a constant map masks nothing in particular
-    weights = np.zeros(len(features), dtype=np.float64)
-    if usable.any():
-        masks = upsample_trilinear((features[usable] - low[usable]) / span[usable], patch.shape, channels_last=True)
-        batch = np.empty((masks.shape[1], 1) + patch.shape, dtype=np.float32)
-        np.multiply(np.moveaxis(masks, 0, 1), patch, out=batch[:, 0])
-        scores = np.asarray(logits(batch), dtype=np.float64)
-        exponentials = np.exp(scores - scores.max())
-        weights[usable] = exponentials / exponentials.sum()
-    cam = np.maximum(np.tensordot(weights, features.astype(np.float64), axes=1), 0.0)
-    return _scaled(upsample_trilinear(cam[None], patch.shape)[0])
+def layer_cam_from_cells(cells: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:
+    """A LayerCAM map on the stage's cells (d, h, w) upsampled to ``shape`` and scaled to [0, 1]."""
+    return _scaled(upsample_trilinear(np.asarray(cells, dtype=np.float32)[None], shape)[0])
 
 
-def upsample_trilinear(volumes: np.ndarray, shape: Tuple[int, int, int], channels_last: bool = False) -> np.ndarray:
+def upsample_trilinear(volumes: np.ndarray, shape: Tuple[int, int, int]) -> np.ndarray:
     """(C, d, h, w) maps resampled to (C, *shape) by trilinear interpolation between cell centres
-    (torch's ``interpolate(mode="trilinear", align_corners=False)``): one matrix product per axis, the
-    smallest first. ``channels_last`` returns them as (D, C, H, W), which the last product gives for free."""
-    volumes = np.asarray(volumes, dtype=np.float32)
-    channels, depth = volumes.shape[:2]
-    weights_z, weights_y, weights_x = (_linear_weights(source, target) for source, target in zip(volumes.shape[1:], shape))
-    result = weights_y @ (volumes @ weights_x.T)  # (C, d, H, W); the products run over the last two axes
-    # One plain 2-D product for the largest step: numpy's stacked products are slow for this shape.
-    result = (weights_z @ np.swapaxes(result, 0, 1).reshape(depth, -1)).reshape((shape[0], channels) + tuple(shape[1:]))
-    return result if channels_last else np.ascontiguousarray(np.swapaxes(result, 0, 1))
+    (torch's ``interpolate(mode="trilinear", align_corners=False)``), one axis at a time with
+    element-wise arithmetic: no matrix products, whose BLAS thread pool stalls on a busy machine."""
+    result = np.asarray(volumes, dtype=np.float32)
+    for axis, size in enumerate(shape, start=1):
+        below, above, fraction = _linear_neighbours(result.shape[axis], size)
+        fraction = fraction.reshape([-1 if dimension == axis else 1 for dimension in range(result.ndim)])
+        lower = np.take(result, below, axis=axis)
+        result = lower + fraction * (np.take(result, above, axis=axis) - lower)
+    return np.ascontiguousarray(result, dtype=np.float32)
 
 
-def _linear_weights(source: int, target: int) -> np.ndarray:
-    """(target, source) matrix of linear interpolation weights, cell centres aligned, edges clamped."""
+def _linear_neighbours(source: int, target: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``target`` cell centres: the ``source`` cells below and above and the weight of the one
+    above (cell centres aligned, edges clamped)."""
     position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0.0, source - 1)
     below = np.floor(position).astype(int)
-    above = np.minimum(below + 1, source - 1)
-    fraction = (position - below).astype(np.float32)
-    weights = np.zeros((target, source), dtype=np.float32)
-    weights[np.arange(target), below] += 1.0 - fraction
-    weights[np.arange(target), above] += fraction
-    return weights
+    return below, np.minimum(below + 1, source - 1), (position - below).astype(np.float32)
 
 
 def _scaled(volume: np.ndarray) -> np.ndarray:

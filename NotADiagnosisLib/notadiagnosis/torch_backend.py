@@ -14,12 +14,12 @@ import torch
 
 from .device import select_device
 from .model import ResNet3D
-from .saliency import SALIENCY_STAGE
+from .saliency import layer_cam
 from .weights import load_model
 
 
 class TorchBackend:
-    """A network on a torch device: ``logits`` for classification, ``logits_and_features`` for saliency."""
+    """A network on a torch device: ``logits`` for classification, ``layer_cam`` for saliency."""
 
     runtime = "torch"
 
@@ -40,17 +40,9 @@ class TorchBackend:
             tensor = self._tensor(batch).contiguous(memory_format=torch.channels_last_3d)
             return self._fast_model(tensor).float().cpu().numpy()
 
-    def logits_and_features(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Logits (N,) and the saliency stage's feature maps (N, C, d, h, w)."""
-        with torch.inference_mode():
-            activations = self.model.stem(self._tensor(batch))
-            chosen = activations
-            for index, stage in enumerate(self.model.stages):
-                activations = stage(activations)
-                if index == SALIENCY_STAGE:
-                    chosen = activations
-            logits = self.model.classify_features(activations)
-        return logits.float().cpu().numpy(), chosen.float().cpu().numpy()
+    def layer_cam(self, patch: np.ndarray) -> np.ndarray:
+        """LayerCAM (D, H, W) in [0, 1] of one normalised patch (D, H, W), by autograd."""
+        return layer_cam(self.model, self._tensor(np.asarray(patch)[None, None]))
 
 
 def load_torch_backend(path: Any, device: str = "auto", expected_sha256: Optional[str] = None,
