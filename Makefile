@@ -27,8 +27,8 @@ benchmark: $(STAMP)
 	$(PY) Testing/Benchmarks/benchmark_inference.py
 
 # Re-export the bundled default model in place from its own files (.safetensors + card): writes its
-# .onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed.
-# After a card change (edit a copy, then CARD=copy.json), or a new VERSION=x.y.z, it rebinds all three;
+# .onnx, .saliency.onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed.
+# After a card change (edit a copy, then CARD=copy.json), or a new VERSION=x.y.z, it rebinds all four;
 # update notadiagnosis.weights' pinned sha256 with the printed hashes.
 BUNDLED := NotADiagnosisLib/notadiagnosis/models/default
 bundled-model: $(STAMP)

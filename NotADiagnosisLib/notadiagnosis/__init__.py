@@ -1,9 +1,10 @@
 """notadiagnosis — lung nodule malignancy second opinion for research. Not a diagnosis.
 
-Physical-space patch extraction, a 3D ResNet, calibrated inference with flip TTA, saliency,
-sha256-verified safetensors weights, readers and a command line. Knows nothing of 3D Slicer.
-Heavy modules (torch) load on first use of the names that need them, so ``import notadiagnosis``
-stays cheap for the Slicer module.
+Physical-space patch extraction, a 3D ResNet, calibrated inference with flip TTA on ONNX Runtime
+(torch optional), LayerCAM saliency, sha256-verified model files bound to their card, readers and a
+command line. Knows nothing of 3D Slicer. Runtimes load on first use of the names that need them,
+so ``import notadiagnosis`` stays cheap for the Slicer module; ``ResNet3D``, ``build_model``,
+``save_model``, ``load_model`` and ``select_device`` need torch (``notadiagnosis[torch]``).
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ _LAZY = {
     "load_model": "weights",
     "select_device": "device",
     "DISCLAIMER": "weights",
+    "INFERENCE_REQUIREMENTS": "runtime",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import torch-dependent names on first use (PEP 562)."""
+    """Import runtime-dependent names on first use (PEP 562)."""
     if name in _LAZY:
         import importlib
 
@@ -40,7 +42,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ARCHITECTURES", "CancelledError", "Classifier", "DISCLAIMER", "HU_MAX", "HU_MIN", "InputError",
+    "ARCHITECTURES", "CancelledError", "Classifier", "DISCLAIMER", "HU_MAX", "HU_MIN", "INFERENCE_REQUIREMENTS", "InputError",
     "NoDefaultModelError", "NotADiagnosisError", "PATCH_SIZE", "PATCH_SPACING_MM", "Patch",
     "PointOutsideImageError", "Prediction", "ResNet3D", "WeightsError", "__version__", "build_model",
     "extract_patch", "load_model", "lps_to_ras", "normalize_hu", "patch_reference", "ras_to_lps",

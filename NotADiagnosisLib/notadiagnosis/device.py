@@ -1,4 +1,5 @@
-"""Compute device selection: ``auto`` takes CUDA, then Apple MPS, then the CPU, and says which."""
+"""Torch device selection (the torch runtime and training): ``auto`` takes CUDA, then Apple MPS, then the
+CPU, and says which. ONNX Runtime's execution providers are chosen in :mod:`.onnx_backend`."""
 from __future__ import annotations
 
 from typing import Tuple

@@ -1,24 +1,25 @@
-"""The ONNX Runtime backend: a model's ``.onnx`` file, verified against its card, as an inference session.
+"""The ONNX Runtime backend: a model's ONNX files, verified against its card, as inference sessions.
 
-No torch. The file is refused, with one sentence, when it is missing, when its sha256 is not the one
+No torch. ``<stem>.onnx`` (classification) is loaded with the model, ``<stem>.saliency.onnx`` at the
+first saliency call. A file is refused, with one sentence, when it is missing, when its sha256 is not the one
 in its card (damaged, truncated or altered) or not the one the caller pinned, when ONNX Runtime
 cannot read it, when it needs an operator the installed ONNX Runtime lacks (the message names both
 versions), when it was exported with another card (the card's digest in its ``metadata_props``)
 or when its inputs and outputs are not the ones the library feeds and reads.
 
 Threads: one intra-op thread by default and no spin-waiting (:data:`DEFAULT_THREADS`; measured in
-``Testing/Benchmarks/benchmark_inference.py``): a spinning pool with a thread per core collapses
+``Testing/Benchmarks/benchmark_runtimes.py``, README "Performance"): a spinning pool with a thread per core collapses
 when another process holds a core (Slicer's GUI, another job), one thread does not.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
 from .errors import InputError, WeightsError
-from .weights import CARD_DIGEST_KEY, card_digest, model_stem, verified_bytes
+from .weights import CARD_DIGEST_KEY, card_digest, onnx_files, verified_bytes
 
 INPUT_NAME = "patches"
 LOGIT_OUTPUT = "logit"
@@ -27,21 +28,24 @@ ONNX_FORMAT = "notadiagnosis-onnx/1"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 # How ONNX Runtime says that a model needs an operator (or an operator's version) it does not have.
 MISSING_OPERATOR_SIGNS = ("Could not find an implementation", "is not a registered function/op")
-# Chosen by measurement (README, "Speed"): see the module docstring.
+# Chosen by measurement (README, "Performance"): see the module docstring.
 DEFAULT_THREADS = 1
 
 
 class OnnxBackend:
-    """Runs the exported graph: ``logits`` for classification, ``layer_cam_cells`` for saliency."""
+    """Runs the exported graphs: ``logits`` for classification, ``layer_cam_cells`` for saliency (its graph
+    is verified and loaded at the first saliency call, so classification alone never pays for it)."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, session: Any, provider: str, threads: int) -> None:
+    def __init__(self, session: Any, provider: str, threads: int, saliency_session: Callable[[], Any]) -> None:
         import onnxruntime
 
         self.session = session
         self.provider = provider
         self.threads = threads
+        self._saliency_session = saliency_session
+        self._saliency: Any = None
         self.device = "cuda" if provider == CUDA_PROVIDER else "cpu"
         where = f"{threads} thread{'s' if threads != 1 else ''}" if provider == CPU_PROVIDER else "GPU"
         self.description = f"{self.device} ({where}), ONNX Runtime {onnxruntime.__version__} {provider}"
@@ -52,47 +56,49 @@ class OnnxBackend:
 
     def layer_cam_cells(self, batch: np.ndarray) -> np.ndarray:
         """LayerCAM (N, d, h, w) of the logit on the saliency stage's cells, before upsampling."""
-        return self.session.run([LAYER_CAM_OUTPUT], {INPUT_NAME: _float32(batch)})[0][:, 0]
+        if self._saliency is None:
+            self._saliency = self._saliency_session()
+        return self._saliency.run([LAYER_CAM_OUTPUT], {INPUT_NAME: _float32(batch)})[0][:, 0]
 
 
 def _float32(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def onnx_path_of(card_path: Path, card: Dict[str, Any]) -> Path:
-    """Where the card's ONNX file lies (beside the card); refuses a card without one."""
-    block = card.get("onnx")
-    if not isinstance(block, dict) or not isinstance(block.get("sha256"), str):
-        raise WeightsError(
-            f"The model card {Path(card_path).name} lists no ONNX file (exported before ONNX Runtime was the runtime); "
-            "re-export the model with `nadtrain export` or run it with the torch runtime (--runtime torch)."
-        )
-    return model_stem(card_path).with_suffix(".onnx")
-
-
 def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto",
                       expected_sha256: Optional[str] = None, threads: Optional[int] = None) -> OnnxBackend:
     """A session on the card's verified ONNX file; ``device`` auto, cpu, cuda or gpu; ``threads`` intra-op
-    threads on the CPU (default :data:`DEFAULT_THREADS`)."""
+    threads on the CPU (default :data:`DEFAULT_THREADS`). ``expected_sha256`` pins the classification
+    file ``<stem>.onnx``, which binds the card, which holds the saliency file's sha256."""
     import onnxruntime
 
-    onnx_path = onnx_path_of(card_path, card)
-    if not onnx_path.is_file():
-        raise WeightsError(f"Model file {onnx_path} not found beside its card {Path(card_path).name}.")
-    data = verified_bytes(onnx_path, card["onnx"], expected_sha256)
+    block = card.get("onnx")
+    if not isinstance(block, dict) or not isinstance(block.get("sha256"), str) or not isinstance(block.get("saliency"), dict):
+        raise WeightsError(
+            f"The model card {Path(card_path).name} lists no ONNX files (exported before ONNX Runtime was the runtime); "
+            "re-export the model with `nadtrain export` or run it with the torch runtime (--runtime torch)."
+        )
     providers = _providers(device, onnxruntime.get_available_providers())
     threads = DEFAULT_THREADS if threads is None else int(threads)
     if threads < 1:
         raise InputError("The number of threads must be at least 1.")
-    session = _session(onnxruntime, data, onnx_path.name, card, providers, threads)
-    bound = session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY)
-    if bound != card_digest(card):
-        raise WeightsError(
-            f"{Path(card_path).name} is not the card {onnx_path.name} was exported with (its calibration, threshold, "
-            "preprocessing or another field was changed); restore the original card or re-export the model."
-        )
-    _check_signature(session, onnx_path.name, card)
-    return OnnxBackend(session, session.get_providers()[0], threads)
+    classify_path, saliency_path = onnx_files(card_path)
+
+    def session_for(path: Path, file_block: Dict[str, Any], output: str, pin: Optional[str]) -> Any:
+        if not path.is_file():
+            raise WeightsError(f"Model file {path} not found beside its card {Path(card_path).name}.")
+        session = _session(onnxruntime, verified_bytes(path, file_block, pin), path.name, card, providers, threads)
+        if session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY) != card_digest(card):
+            raise WeightsError(
+                f"{Path(card_path).name} is not the card {path.name} was exported with (its calibration, threshold, "
+                "preprocessing or another field was changed); restore the original card or re-export the model."
+            )
+        _check_signature(session, path.name, card, output)
+        return session
+
+    session = session_for(classify_path, block, LOGIT_OUTPUT, expected_sha256)
+    return OnnxBackend(session, session.get_providers()[0], threads,
+                       lambda: session_for(saliency_path, block["saliency"], LAYER_CAM_OUTPUT, None))
 
 
 def _providers(device: str, available: Any) -> list:
@@ -120,7 +126,7 @@ def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], pro
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: the provider fallback notice is reported by `info` instead
+    options.log_severity_level = 3  # errors only: the provider that ran is reported by `info` instead
     try:
         return onnxruntime.InferenceSession(data, options, providers=providers)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind types, one per failure kind
@@ -138,19 +144,18 @@ def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], pro
         ) from None
 
 
-def _check_signature(session: Any, name: str, card: Dict[str, Any]) -> None:
+def _check_signature(session: Any, name: str, card: Dict[str, Any], output: str) -> None:
     size = int(card["preprocessing"]["patch_size"])
     inputs = {item.name: item for item in session.get_inputs()}
-    outputs = {item.name for item in session.get_outputs()}
     patches = inputs.get(INPUT_NAME)
     if (
         patches is None
         or len(inputs) != 1
         or patches.type != "tensor(float)"
         or list(patches.shape[1:]) != [int(card["architecture"].get("in_channels", 1)), size, size, size]
-        or not {LOGIT_OUTPUT, LAYER_CAM_OUTPUT} <= outputs
+        or output not in {item.name for item in session.get_outputs()}
     ):
         raise WeightsError(
-            f"{name} does not take {INPUT_NAME!r} float patches of {size}³ voxels and give {LOGIT_OUTPUT!r} and "
-            f"{LAYER_CAM_OUTPUT!r}, as its card requires; re-export the model with `nadtrain export`."
+            f"{name} does not take {INPUT_NAME!r} float patches of {size}³ voxels and give {output!r}, as its card "
+            "requires; re-export the model with `nadtrain export`."
         )

@@ -1,9 +1,10 @@
 """Write a model as ONNX for ONNX Runtime, bound to its card. Needs torch and onnx (``notadiagnosis[export]``).
 
-The graph takes normalised patches ``patches`` (N, 1, D, H, W) float32, N free, and gives two
-outputs: ``logit`` (N,), the network's logit (calibration stays in the card), and ``layer_cam``
-(N, 1, d, h, w), LayerCAM of that logit on the residual stage saliency reads
-(:data:`.saliency.SALIENCY_STAGE`, 8³ cells for 64³ patches) before upsampling.
+Two graphs, two files: ``<stem>.onnx`` takes normalised patches ``patches`` (N, 1, D, H, W)
+float32, N free, and gives ``logit`` (N,), the network's logit (calibration stays in the card);
+``<stem>.saliency.onnx`` also gives ``layer_cam`` (N, 1, d, h, w), LayerCAM of that logit on the
+residual stage saliency reads (:data:`.saliency.SALIENCY_STAGE`, 8³ cells for 64³ patches) before
+upsampling.
 
 LayerCAM needs the logit's gradient with respect to that stage's feature maps, and ONNX Runtime
 has no autograd; so the graph computes it as forward operations, the way backpropagation would:
@@ -93,11 +94,15 @@ def _conv_input_gradient(convolution: nn.Conv3d, gradient: torch.Tensor, inputs:
                                           output_padding=extra)
 
 
-def write_onnx(model: ResNet3D, path: Path, metadata: Dict[str, str], patch_size: int,
+def write_onnx(model: ResNet3D, path: Path, metadata: Dict[str, str], patch_size: int, saliency: bool = False,
                opset: int = ONNX_OPSET) -> Dict[str, Any]:
     """Export ``model`` (eval mode, CPU) for ``patch_size``³ patches to ``path`` with ``metadata`` in its
-    ``metadata_props``; returns the card's description of the graph (opset, input, outputs, exporter)."""
-    graph = LogitAndLayerCam(model).eval()
+    ``metadata_props``: the classification graph (``logit``), or with ``saliency`` the saliency graph
+    (``logit`` and ``layer_cam``; a graph of its own, since ONNX Runtime runs every node of a graph
+    whatever outputs are asked for, and the gradient would cost classification ~15 %). Returns the
+    card's description of the graph (opset, input, outputs, exporter)."""
+    graph = LogitAndLayerCam(model).eval() if saliency else model.eval()
+    outputs = [LOGIT_OUTPUT, LAYER_CAM_OUTPUT] if saliency else [LOGIT_OUTPUT]
     example = torch.zeros(1, int(model.architecture.get("in_channels", 1)), patch_size, patch_size, patch_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -108,19 +113,20 @@ def write_onnx(model: ResNet3D, path: Path, metadata: Dict[str, str], patch_size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the patch size is fixed by the card
         legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         torch.onnx.export(
-            graph, (example,), buffer, input_names=[INPUT_NAME], output_names=[LOGIT_OUTPUT, LAYER_CAM_OUTPUT],
-            dynamic_axes={INPUT_NAME: {0: "n"}, LOGIT_OUTPUT: {0: "n"}, LAYER_CAM_OUTPUT: {0: "n"}},
+            graph, (example,), buffer, input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes={name: {0: "n"} for name in [INPUT_NAME] + outputs},
             opset_version=opset, do_constant_folding=True, **legacy,
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, {"format": ONNX_FORMAT, **metadata})
     onnx.checker.check_model(proto)
     Path(path).write_bytes(proto.SerializeToString())
+    described = {LOGIT_OUTPUT: "float32 (N,): uncalibrated logit",
+                 LAYER_CAM_OUTPUT: f"float32 (N, 1, d, h, w): LayerCAM of the logit on residual stage {SALIENCY_STAGE}, "
+                                   "before upsampling (gradient computed in the graph)"}
     return {
         "opset": opset,
         "input": {INPUT_NAME: f"float32 (N, 1, {patch_size}, {patch_size}, {patch_size}): normalize_hu patches"},
-        "outputs": {LOGIT_OUTPUT: "float32 (N,): uncalibrated logit",
-                    LAYER_CAM_OUTPUT: f"float32 (N, 1, d, h, w): LayerCAM of the logit on residual stage {SALIENCY_STAGE}, "
-                                      "before upsampling (gradient computed in the graph)"},
+        "outputs": {name: described[name] for name in outputs},
         "exporter": f"torch {torch.__version__.split('+')[0]} (torch.onnx.export, TorchScript), onnx {onnx.__version__}",
     }

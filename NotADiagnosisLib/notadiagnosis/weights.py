@@ -1,10 +1,11 @@
 """Model files: a JSON model card with the network in two forms, each verified by sha256. No pickle.
 
-A model is three files side by side: ``<stem>.json`` (the card: architecture, preprocessing
-constants, temperature, threshold, training data and recipe, metrics with their split, version),
-``<stem>.onnx`` (the network for ONNX Runtime, the default runtime; see :mod:`.onnx_export`) and
-``<stem>.safetensors`` (the same network's tensors, for the torch runtime and for training). The
-card's ``weights`` and ``onnx`` blocks hold each file's sha256 and size. The card changes
+A model is a card with the network beside it: ``<stem>.json`` (the card: architecture,
+preprocessing constants, temperature, threshold, training data and recipe, metrics with their
+split, version), ``<stem>.onnx`` and ``<stem>.saliency.onnx`` (the network for ONNX Runtime, the
+default runtime, without and with LayerCAM; see :mod:`.onnx_export`) and ``<stem>.safetensors``
+(the same network's tensors, for the torch runtime and for training). The card's ``weights`` and
+``onnx`` blocks hold each file's sha256 and size. The card changes
 predictions as much as the network does, so its digest (everything but those two blocks, which hold
 the files' own hashes) is written into both files (the safetensors header's metadata, the ONNX
 file's ``metadata_props``): a sha256 that pins either file pins the card too. Loading checks the
@@ -36,6 +37,7 @@ CARD_DIGEST_KEY = "card_sha256"
 # since the files' hashes can only be known after the digest is written into the files.
 FILE_BLOCKS = ("weights", "onnx")
 MODEL_SUFFIXES = (".json", ".safetensors", ".onnx")
+SALIENCY_ONNX_SUFFIX = ".saliency.onnx"
 DISCLAIMER = (
     "Not a diagnosis: research use only. The probability estimates how LIDC-IDRI radiologists would "
     "rate the nodule's malignancy; the model has not been validated on patients."
@@ -60,9 +62,18 @@ def model_files(path: PathLike) -> Tuple[Path, Path]:
 
 
 def model_stem(path: PathLike) -> Path:
-    """The common stem of a model's files, from any of them (``.json``, ``.safetensors``, ``.onnx``)."""
+    """The common stem of a model's files, from any of them (``.json``, ``.safetensors``, ``.onnx``,
+    ``.saliency.onnx``)."""
     path = Path(path)
+    if path.name.endswith(SALIENCY_ONNX_SUFFIX):
+        return path.with_name(path.name[: -len(SALIENCY_ONNX_SUFFIX)])
     return path.with_suffix("") if path.suffix in MODEL_SUFFIXES else path
+
+
+def onnx_files(path: PathLike) -> Tuple[Path, Path]:
+    """(classification, saliency) ONNX files of a model: ``<stem>.onnx`` and ``<stem>.saliency.onnx``."""
+    stem = model_stem(path)
+    return stem.with_suffix(".onnx"), stem.with_name(stem.name + SALIENCY_ONNX_SUFFIX)
 
 
 def file_block(path: Path, file_format: str) -> Dict[str, Any]:
@@ -71,10 +82,12 @@ def file_block(path: Path, file_format: str) -> Dict[str, Any]:
 
 
 def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_opset: Optional[int] = None) -> Path:
-    """Write ``model`` as ``<stem>.safetensors`` and ``<stem>.onnx`` and its card ``<stem>.json``; return the card's path.
+    """Write ``model`` as ``<stem>.safetensors``, ``<stem>.onnx`` and ``<stem>.saliency.onnx`` (see
+    :mod:`.onnx_export`) and its card ``<stem>.json``; return the card's path.
 
     The card given is completed (not modified in place) with the format, the architecture and each
-    file's block (name, format, sha256, size; the ONNX block also records its opset). Every file is
+    file's block (name, format, sha256, size; the ONNX block also records its opset, and holds the
+    saliency file's block). Every file is
     written atomically, the card last. Needs torch, safetensors and onnx (``notadiagnosis[export]``).
     ``onnx_opset`` defaults to :data:`.onnx_export.ONNX_OPSET`.
     """
@@ -98,11 +111,14 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_ops
     with _atomic_path(tensors_path) as temporary:
         temporary.write_bytes(_sorted_header(serialize(state, metadata=metadata)))
     completed["weights"] = file_block(tensors_path, "safetensors")
-    onnx_path = model_stem(path).with_suffix(".onnx")
-    with _atomic_path(onnx_path) as temporary:
-        onnx_details = write_onnx(model, temporary, {"card": card_path.name, CARD_DIGEST_KEY: digest},
-                                  int(completed["preprocessing"]["patch_size"]), ONNX_OPSET if onnx_opset is None else onnx_opset)
-    completed["onnx"] = file_block(onnx_path, "onnx") | onnx_details
+    blocks = {}
+    for onnx_path, saliency in zip(onnx_files(path), (False, True)):
+        with _atomic_path(onnx_path) as temporary:
+            details = write_onnx(model, temporary, {"card": card_path.name, CARD_DIGEST_KEY: digest},
+                                 int(completed["preprocessing"]["patch_size"]), saliency,
+                                 ONNX_OPSET if onnx_opset is None else onnx_opset)
+        blocks[saliency] = file_block(onnx_path, "onnx") | details
+    completed["onnx"] = blocks[False] | {"saliency": blocks[True]}
     with _atomic_path(card_path) as temporary:
         temporary.write_text(json.dumps(completed, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     return card_path

@@ -237,8 +237,8 @@ def test_missing_model_is_one_sentence_and_exit_1(capsys, chest, tmp_path):
 @pytest.mark.parametrize("runtime, suffix", [("auto", ".onnx"), ("torch", ".safetensors")])
 def test_tampered_model_is_refused_before_any_result(capsys, chest, model_path, tmp_path, runtime, suffix):
     path, _, _ = chest
-    for other in (".json", ".onnx", ".safetensors"):
-        (tmp_path / f"model{other}").write_bytes(model_path.with_suffix(other).read_bytes())
+    for other in (".json", ".onnx", ".saliency.onnx", ".safetensors"):
+        (tmp_path / f"model{other}").write_bytes(model_path.with_name(f"model{other}").read_bytes())
     data = bytearray(model_path.with_suffix(suffix).read_bytes())
     data[-1] ^= 0xFF
     (tmp_path / f"model{suffix}").write_bytes(bytes(data))

@@ -24,6 +24,7 @@ from notadiagnosis.weights import CARD_DIGEST_KEY, card_digest, default_model_pa
 
 # The issue's bar: the two runtimes' probabilities agree within 1e-4 (float32 convolutions in another order).
 AGREEMENT = 1e-4
+MODEL_FILE_SUFFIXES = (".json", ".onnx", ".saliency.onnx", ".safetensors")
 
 
 def _both(path) -> tuple:
@@ -99,12 +100,14 @@ def _ct():
 def test_the_bundled_model_ships_as_onnx_bound_to_its_card():
     card_path = default_model_path()
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    onnx_path = card_path.with_suffix(".onnx")
-    assert card["onnx"]["file"] == onnx_path.name and card["onnx"]["sha256"] == sha256_of(onnx_path)
-    assert card["onnx"]["opset"] == ONNX_OPSET
-    model = onnx.load(str(onnx_path))
-    assert [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")] == [ONNX_OPSET]
-    assert {entry.key: entry.value for entry in model.metadata_props}[CARD_DIGEST_KEY] == card_digest(card)
+    for block, name, outputs in ((card["onnx"], "default.onnx", [LOGIT_OUTPUT]),
+                                 (card["onnx"]["saliency"], "default.saliency.onnx", [LOGIT_OUTPUT, LAYER_CAM_OUTPUT])):
+        onnx_path = card_path.with_name(name)
+        assert block["file"] == name and block["sha256"] == sha256_of(onnx_path) and block["opset"] == ONNX_OPSET
+        model = onnx.load(str(onnx_path))
+        assert [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")] == [ONNX_OPSET]
+        assert {entry.key: entry.value for entry in model.metadata_props}[CARD_DIGEST_KEY] == card_digest(card)
+        assert [output.name for output in model.graph.output] == outputs
     assert "1.1.x network" in card["description"]
     assert Classifier.load().runtime == "onnxruntime"
 
@@ -113,8 +116,8 @@ def test_reexporting_the_bundled_model_gives_the_same_bytes(tmp_path):
     # `make bundled-model`: the bundled files are exactly what their own re-export writes.
     bundled = default_model_path()
     reexport_model(bundled, tmp_path / "default")
-    for suffix in (".json", ".onnx", ".safetensors"):
-        assert (tmp_path / "default").with_suffix(suffix).read_bytes() == bundled.with_suffix(suffix).read_bytes(), suffix
+    for suffix in MODEL_FILE_SUFFIXES:
+        assert (tmp_path / f"default{suffix}").read_bytes() == bundled.with_name(f"default{suffix}").read_bytes(), suffix
 
 
 def test_reexport_with_an_edited_card_copy_rebinds_every_file(tmp_path):
@@ -145,8 +148,8 @@ def test_reexport_refuses_a_card_of_another_network(tmp_path):
 
 @pytest.fixture()
 def model_copy(tmp_path, trained_like_model) -> Path:
-    for suffix in (".json", ".onnx", ".safetensors"):
-        shutil.copy(trained_like_model.with_suffix(suffix), tmp_path / f"model{suffix}")
+    for suffix in MODEL_FILE_SUFFIXES:
+        shutil.copy(trained_like_model.with_name(f"model{suffix}"), tmp_path / f"model{suffix}")
     return tmp_path / "model.json"
 
 
@@ -174,6 +177,18 @@ def test_a_flipped_byte_in_the_onnx_file_is_refused(model_copy):
     with pytest.raises(WeightsError, match="does not match the sha256 in its card") as error:
         _load(model_copy)
     _assert_one_sentence(error)
+
+
+def test_an_altered_saliency_file_is_refused_at_the_first_saliency_and_classification_is_untouched(model_copy):
+    saliency = model_copy.with_name("model.saliency.onnx")
+    data = bytearray(saliency.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    saliency.write_bytes(bytes(data))
+    classifier = _load(model_copy)
+    patches = _generated_patches(0, seed=0)
+    assert classifier.predict_patches(patches[:1])[0].shape == (1,)
+    with pytest.raises(WeightsError, match=r"model\.saliency\.onnx does not match the sha256 in its card"):
+        classifier.saliency_map(patches[0])
 
 
 def test_a_truncated_onnx_file_is_refused_even_with_a_rehashed_card(model_copy):
@@ -218,7 +233,7 @@ def test_a_card_without_an_onnx_file_falls_back_to_torch_or_says_what_to_do(mode
     model_copy.write_text(json.dumps(card), encoding="utf-8")
     model_copy.with_suffix(".onnx").unlink()
     assert Classifier.load(model_copy, device="cpu").runtime == "torch"  # auto: an older export still runs
-    with pytest.raises(WeightsError, match="lists no ONNX file.*--runtime torch"):
+    with pytest.raises(WeightsError, match="lists no ONNX files.*--runtime torch"):
         _load(model_copy)
 
 

@@ -1,7 +1,8 @@
 """`nadtrain export`: a trained, evaluated run -> the library's model files with a full model card.
 
-The model is written as a card (.json) with the network twice, bound to it: ``.onnx`` for ONNX
-Runtime (the library's default runtime) and ``.safetensors`` for torch (``weights.save_model``).
+The model is written as a card (.json) with the network beside it, bound to it: ``.onnx`` and
+``.saliency.onnx`` for ONNX Runtime (the library's default runtime; classification, and
+classification with LayerCAM) and ``.safetensors`` for torch (``weights.save_model``).
 ``--from-model`` re-exports an existing model instead of a run (the bundled default, whose run is
 not in this repository): same network, optionally a new version, description or card; the card's
 reference predictions must still hold. Exports are byte-reproducible (same torch, onnx and card:
@@ -27,7 +28,7 @@ import numpy as np
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.errors import InputError, WeightsError
 from notadiagnosis.preprocessing import normalize_hu
-from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, save_model, sha256_of
+from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, onnx_files, save_model, sha256_of
 
 REFERENCE_GENERATOR = "nadtrain.export.reference_patches/1"
 # (name, diameter_mm, nodule_hu): a spread of looks, from a faint small ground-glass nodule to a
@@ -245,7 +246,8 @@ def run_cli(args: argparse.Namespace) -> int:
                                  args.name, args.version or "1.0.0", args.allow_leaky_split, args.description, extra)
     tensors, _ = model_files(card_path)
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    onnx_file = tensors.with_suffix(".onnx")
+    onnx_file, saliency_file = onnx_files(card_path)
     print(f"exported {onnx_file} (ONNX opset {card['onnx']['opset']}, sha256 {card['onnx']['sha256']}), "
+          f"{saliency_file} (sha256 {card['onnx']['saliency']['sha256']}), "
           f"{tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card['weights']['sha256']}) and its card {card_path}")
     return 0
