@@ -28,7 +28,7 @@ BLOCKER = textwrap.dedent('''
 
 def run_without_torch(code: str, cwd: Path) -> subprocess.CompletedProcess:
     script = BLOCKER + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, encoding="utf-8", timeout=600)
 
 
 def test_the_blocker_really_blocks_torch(tmp_path):
