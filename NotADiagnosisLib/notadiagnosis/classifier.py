@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .ct_reader import check_ct_values
 from .device import select_device
 from .errors import InputError, NotADiagnosisError
 from .geometry import check_image, extract_patch
@@ -106,6 +107,7 @@ class Classifier:
         if batch_size < 1:
             raise InputError("The batch size must be at least 1.")
         check_image(image)
+        check_ct_values(image)
         image_warnings = image_warnings_for(image)
         predictions: List[Prediction] = []
         bar = None

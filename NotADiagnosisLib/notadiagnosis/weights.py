@@ -26,6 +26,13 @@ if TYPE_CHECKING:  # torch is imported only by the functions that need it: readi
 
 CARD_FORMAT = "notadiagnosis-model-card/1"
 DEFAULT_MODEL_NAME = "default"
+#: sha256 of the bundled default model's tensors file, pinned in the code: every load of a model from the
+#: package's models folder must match it, so a model altered inside the installed package (tensors and a
+#: re-hashed card together) is refused. The card is covered too, through its digest in the tensors' header.
+#: Change it together with the bundled file, and only then.
+BUNDLED_MODEL_SHA256 = "58b400df4a15c85cf76c292c0385799abd9bf7d0386f06f8ccf7a990e8eeca9d"
+#: The files a model is given by: its card or its tensors (the other one lies beside it).
+MODEL_SUFFIXES = (".json", ".safetensors")
 REQUIRED_CARD_KEYS = ("format", "name", "version", "architecture", "preprocessing", "calibration", "threshold", "weights")
 # Key, in the safetensors header's metadata, of the digest that binds the card to the tensors file.
 CARD_DIGEST_KEY = "card_sha256"
@@ -85,9 +92,22 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any]) -> Path:
     return card_path
 
 
+def given_model_files(path: PathLike) -> Tuple[Path, Path]:
+    """(tensors, card) paths of a model named by the user: the file given must exist and be the card
+    (.json) or the tensors (.safetensors); nothing else is ever substituted for it."""
+    path = Path(path).expanduser()
+    if path.suffix not in MODEL_SUFFIXES:
+        raise WeightsError(
+            f"The model {path} is neither a model card (.json) nor its tensors (.safetensors); give one of the two files."
+        )
+    if not path.is_file():
+        raise WeightsError(f"The model {path} does not exist; give the model's .json card or .safetensors file.")
+    return model_files(path)
+
+
 def read_card(path: PathLike) -> Dict[str, Any]:
     """Read and check a model card (JSON) without loading tensors."""
-    _, card_path = model_files(path)
+    _, card_path = given_model_files(path)
     if not card_path.is_file():
         raise WeightsError(f"Model card {card_path} not found; a model is a .safetensors file with its .json card beside it.")
     try:
@@ -201,8 +221,8 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
 
     from .model import build_model
 
-    tensors_path, card_path = model_files(path)
-    card = read_card(card_path)
+    tensors_path, card_path = given_model_files(path)
+    card = read_card(path)
     if not tensors_path.is_file():
         raise WeightsError(f"Model tensors {tensors_path} not found beside its card {card_path.name}.")
     # Read once: the bytes hashed are the bytes loaded.
@@ -214,6 +234,7 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
             f"{tensors_path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "
             "the file is damaged or was altered; re-download or re-export it."
         )
+    check_bundled_pin(tensors_path, actual)
     if expected_sha256 is not None and actual != expected_sha256.lower():
         raise WeightsError(f"{tensors_path.name} has sha256 {actual}, not the expected {expected_sha256}.")
     try:
@@ -243,6 +264,22 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
 def bundled_models_dir() -> Path:
     """Folder of the models shipped inside the package."""
     return Path(__file__).resolve().parent / "models"
+
+
+def check_bundled_pin(tensors_path: Path, actual_sha256: str) -> None:
+    """Refuse a model file inside the package's models folder whose sha256 is not :data:`BUNDLED_MODEL_SHA256`.
+
+    The card travels with the file and can be re-hashed by whoever alters the file; the pin lives in
+    the code, so only a change of the code itself (a new release) can move it.
+    """
+    if Path(tensors_path).resolve().parent != bundled_models_dir():
+        return
+    if actual_sha256.lower() != BUNDLED_MODEL_SHA256:
+        raise WeightsError(
+            f"The bundled model {Path(tensors_path).name} has sha256 {actual_sha256[:12]}…, not the "
+            f"{BUNDLED_MODEL_SHA256[:12]}… this version of notadiagnosis ships: the installed package was altered; "
+            "reinstall notadiagnosis."
+        )
 
 
 def default_model_path() -> Path:

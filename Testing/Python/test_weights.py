@@ -173,7 +173,7 @@ def test_damaged_card_is_refused(tmp_path, damage):
 
 
 def test_missing_files_give_clear_errors(tmp_path):
-    with pytest.raises(WeightsError, match="not found"):
+    with pytest.raises(WeightsError, match="does not exist"):
         load_model(tmp_path / "nothing.safetensors")
     save_random_model(tmp_path)
     (tmp_path / "model.safetensors").unlink()
