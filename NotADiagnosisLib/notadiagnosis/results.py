@@ -28,8 +28,9 @@ def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[in
     for index, (point, prediction) in enumerate(zip(points, predictions)):
         rows.append({
             "label": point.label,
-            "point_ras": [float(v) for v in point.point_ras],
-            "point_lps": [float(v) for v in point.point_lps],
+            # + 0.0 turns the -0.0 of a sign flip into 0.0
+            "point_ras": [float(v) + 0.0 for v in point.point_ras],
+            "point_lps": [float(v) + 0.0 for v in point.point_lps],
             "probability": float(prediction.probability),
             "uncertainty": None if math.isnan(prediction.uncertainty) else float(prediction.uncertainty),
             "outside_fraction": float(prediction.outside_fraction),
@@ -133,7 +134,8 @@ def progress_bar(iterable=None, **options):
     """A tqdm bar on stderr that appears only for work that lasts over a second."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, delay=1.0, leave=False, **options)  # delay needs tqdm >= 4.62
+    options.setdefault("leave", False)
+    return tqdm(iterable, delay=1.0, **options)  # delay needs tqdm >= 4.62
 
 
 def safe_name(label: str) -> str:

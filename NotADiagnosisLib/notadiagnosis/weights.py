@@ -96,12 +96,12 @@ def given_model_files(path: PathLike) -> Tuple[Path, Path]:
     """(tensors, card) paths of a model named by the user: the file given must exist and be the card
     (.json) or the tensors (.safetensors); nothing else is ever substituted for it."""
     path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"The model {path} does not exist; give the model's .json card or .safetensors file.")
     if path.suffix not in MODEL_SUFFIXES:
         raise WeightsError(
             f"The model {path} is neither a model card (.json) nor its tensors (.safetensors); give one of the two files."
         )
-    if not path.is_file():
-        raise WeightsError(f"The model {path} does not exist; give the model's .json card or .safetensors file.")
     return model_files(path)
 
 
