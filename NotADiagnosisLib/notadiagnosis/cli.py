@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--manifest", metavar="CSV", help="classify every CT listed in this manifest instead of one CT")
     cohort.add_argument("--out", metavar="FILE", help="results file of the cohort, .csv or .jsonl; a rerun resumes it")
     cohort.add_argument("--shard", type=_shard, metavar="K/N", help="only this shard's rows: every N-th row from the K-th (1 <= K <= N)")
-    cohort.add_argument("--workers", type=_positive_int, default=2, metavar="N",
-                        help="processes reading the next CTs while one is classified (default 2)")
+    cohort.add_argument("--workers", type=_count, default=2, metavar="N",
+                        help="processes reading the next CTs while one is classified (default 2; 0: read in this process)")
     classify.set_defaults(run=run_classify)
 
     info = commands.add_parser("info", help="verify the model and print its card, the device and library versions")
@@ -186,6 +186,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
