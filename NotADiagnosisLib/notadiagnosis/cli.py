@@ -120,14 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--saliency", metavar="DIR", help="write one saliency map (NRRD, CT space) per point into DIR")
     _add_model_arguments(classify)
     classify.add_argument("--no-tta", action="store_true", help="switch off flip test-time augmentation (no uncertainty)")
-    classify.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="points per batch (default 32)")
+    classify.add_argument("--batch-size", type=_whole_number(1), default=32, metavar="N", help="points per batch (default 32)")
     cohort = classify.add_argument_group(
         "cohort mode", "one row per CT in a CSV manifest (columns ct, points; optional id, series, coordinates); "
         "see the README")
     cohort.add_argument("--manifest", metavar="CSV", help="classify every CT listed in this manifest instead of one CT")
     cohort.add_argument("--out", metavar="FILE", help="results file of the cohort, .csv or .jsonl; a rerun resumes it")
     cohort.add_argument("--shard", type=_shard, metavar="K/N", help="only this shard's rows: every N-th row from the K-th (1 <= K <= N)")
-    cohort.add_argument("--workers", type=_count, default=2, metavar="N",
+    cohort.add_argument("--workers", type=_whole_number(0), default=2, metavar="N",
                         help="processes reading the next CTs while one is classified (default 2; 0: read in this process)")
     classify.set_defaults(run=run_classify)
 
@@ -179,24 +179,19 @@ def check_argument_combinations(parser: argparse.ArgumentParser, args: argparse.
                          "coordinate system, and --out's suffix the format")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+    return parse
 
 
 def _shard(text: str) -> tuple:

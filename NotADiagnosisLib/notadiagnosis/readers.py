@@ -5,38 +5,8 @@ import from either module directly.
 """
 from __future__ import annotations
 
-from .ct_reader import (
-    VOLUME_SUFFIXES,
-    DicomSeries,
-    format_series_table,
-    list_dicom_series,
-    read_ct,
-    read_dicom_series,
-    read_volume_file,
-)
-from .points import (
-    LabelledPoint,
-    parse_point,
-    read_fcsv,
-    read_markups_json,
-    read_points,
-    read_points_csv,
-    write_markups_json,
-)
+from . import ct_reader, points
+from .ct_reader import *  # noqa: F401,F403 - re-exported: the public names of each module, stated there once
+from .points import *  # noqa: F401,F403
 
-__all__ = [
-    "LabelledPoint",
-    "DicomSeries",
-    "read_ct",
-    "read_volume_file",
-    "list_dicom_series",
-    "read_dicom_series",
-    "format_series_table",
-    "read_points",
-    "read_markups_json",
-    "read_fcsv",
-    "read_points_csv",
-    "parse_point",
-    "write_markups_json",
-    "VOLUME_SUFFIXES",
-]
+__all__ = [*ct_reader.__all__, *points.__all__]
