@@ -24,6 +24,7 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) Testing/Benchmarks/benchmark_inference.py
+	$(PY) Testing/Benchmarks/benchmark_cohort.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

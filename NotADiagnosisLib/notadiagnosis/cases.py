@@ -1,7 +1,8 @@
 """One case: a CT and the points on it, read and checked before any model is loaded.
 
-The command line's single-CT path and each row of a cohort go through :func:`read_case`, so both
-refuse the same inputs with the same sentences, and a bad input costs no model load.
+The command line's single-CT path and each row of a cohort go through :func:`read_case` (no model
+needed) and then :func:`classify_case`, so both refuse the same inputs with the same sentences, a
+bad input costs no model load, and both produce the same result rows.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .ct_reader import check_ct_values, read_ct
 from .errors import InputError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
 from .points import LabelledPoint, parse_point, read_points
+from .results import result_rows, write_saliency_maps
 
 
 def collect_points(point_args: Sequence[str], point_files: Sequence[str | os.PathLike], lps: bool) -> list:
@@ -34,6 +36,20 @@ def read_case(ct: str | os.PathLike, series_uid: Optional[str], points: Sequence
     check_ct_values(image, f"The CT {ct}")
     check_points_inside(image, points)
     return image
+
+
+def classify_case(classifier, image: sitk.Image, points: Sequence[LabelledPoint], tta: bool = True,
+                  batch_size: int = 32, saliency_dir: Optional[str | os.PathLike] = None,
+                  progress: bool = False) -> list:
+    """Classify every point of a read case (and write its saliency maps); returns its result rows.
+
+    The single-CT command and the cohort mode both call this, so whatever a result row holds is
+    computed the same way for both.
+    """
+    predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=batch_size, tta=tta,
+                                     progress=progress)
+    saliency = write_saliency_maps(classifier, image, points, saliency_dir, progress=progress) if saliency_dir else {}
+    return result_rows(points, predictions, saliency)
 
 
 def check_points_inside(image: sitk.Image, points: Sequence[LabelledPoint]) -> None:

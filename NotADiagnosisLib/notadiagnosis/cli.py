@@ -25,11 +25,9 @@ from .results import (
     REMINDER,
     prepare_folder,
     progress_bar,
-    result_rows,
     results_csv,
     results_document,
     results_table,
-    write_saliency_maps,
 )
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
@@ -213,7 +211,7 @@ def _sha256(text: str) -> str:
 def run_classify(args: argparse.Namespace) -> int:
     if args.manifest is not None:
         return run_cohort(args)
-    from .cases import collect_points, describe_image, read_case
+    from .cases import classify_case, collect_points, describe_image, read_case
 
     # Every input is checked before the model is loaded: a mistake costs no model load.
     points = collect_points(args.point, args.points, lps=args.lps)
@@ -222,10 +220,8 @@ def run_classify(args: argparse.Namespace) -> int:
         prepare_folder(args.saliency, "saliency")
     image = read_case(args.ct, args.series, points, progress=True)
     classifier = load_classifier(args.model, args.device, args.model_sha256)
-    predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=args.batch_size,
-                                     tta=not args.no_tta, progress=True)
-    saliency_files = write_saliency_maps(classifier, image, points, args.saliency) if args.saliency else {}
-    rows = result_rows(points, predictions, saliency_files)
+    rows = classify_case(classifier, image, points, tta=not args.no_tta, batch_size=args.batch_size,
+                         saliency_dir=args.saliency, progress=True)
     if args.json:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
     elif args.csv:
@@ -236,7 +232,7 @@ def run_classify(args: argparse.Namespace) -> int:
         print(f"Model: {classifier.name} on {classifier.device_description}; flip TTA {'off' if args.no_tta else 'on'}")
         print()
         print(results_table(rows))
-        if saliency_files:
+        if args.saliency:
             print(f"\nSaliency maps (NRRD, CT space): {Path(args.saliency).resolve()}")
         print(f"\n{REMINDER}")
     return EXIT_OK
@@ -321,7 +317,7 @@ def run_info(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from .cases import describe_image
+    from .cases import classify_case, describe_image
     from .points import LabelledPoint, write_markups_json
     from .synthetic import make_synthetic_chest_ct
 
@@ -354,9 +350,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         print(f"\n{REMINDER}")
         return EXIT_OK
-    predictions = classifier.predict(image, [p.point_lps for p in points], tta=True, progress=True)
-    saliency_files = write_saliency_maps(classifier, image, points, str(out / "saliency"))
-    rows = result_rows(points, predictions, saliency_files)
+    rows = classify_case(classifier, image, points, tta=True, saliency_dir=out / "saliency", progress=True)
     for row, nodule in zip(rows, nodules):
         row["kind"], row["diameter_mm"] = nodule["kind"], nodule["diameter_mm"]
     results_path = out / "results.json"

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .cases import classify_case, read_case
 from .errors import InputError, NotADiagnosisError
-from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, progress_bar, result_rows, safe_name, write_saliency_maps
+from .points import parse_point, read_points
+from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, progress_bar, safe_name
 
 __all__ = ["CohortOptions", "CohortRow", "read_manifest", "shard_rows", "classify_cohort", "COHORT_CSV_COLUMNS"]
 
@@ -137,9 +139,6 @@ def shard_rows(rows: Sequence[CohortRow], shard: Optional[Tuple[int, int]]) -> L
 
 def load_row(row: CohortRow, manifest: Path) -> Tuple[Any, list]:
     """Read and check one row's points and CT (no model): (image, points). Runs in a worker process."""
-    from .cases import read_case
-    from .points import parse_point, read_points
-
     where = f"Line {row.line} of {manifest.name}"
     if row.coordinates not in ("RAS", "LPS"):
         raise InputError(f"{where}: coordinates {row.coordinates!r} is neither RAS nor LPS.")
@@ -349,16 +348,14 @@ def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row:
     """Classify one row and append its results, or record why it failed; returns the row's status."""
     try:
         image, points = loaded()
-        predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=options.batch_size,
-                                         tta=options.tta)
-        saliency = (write_saliency_maps(classifier, image, points, options.saliency / safe_name(row.case),
-                                        progress=False) if options.saliency else {})
+        rows = classify_case(classifier, image, points, tta=options.tta, batch_size=options.batch_size,
+                             saliency_dir=options.saliency / safe_name(row.case) if options.saliency else None)
     except CohortStopped:
         raise
     except NotADiagnosisError as error:
         output.write_failed(row, str(error))
         return STATUS_FAILED
-    output.write_done(row, result_rows(points, predictions, saliency))
+    output.write_done(row, rows)
     return STATUS_OK
 
 
