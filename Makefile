@@ -25,6 +25,7 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) Testing/Benchmarks/benchmark_runtimes.py
 	$(PY) Testing/Benchmarks/benchmark_inference.py
+	$(PY) Testing/Benchmarks/benchmark_cohort.py
 
 # Re-export the bundled default model in place from its own files (.safetensors + card): writes its
 # .onnx, .saliency.onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed.

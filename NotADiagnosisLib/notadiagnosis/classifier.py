@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .ct_reader import check_ct_values
 from .errors import InputError, NotADiagnosisError
 from .geometry import check_image, extract_patch
 from .preprocessing import normalize_hu
@@ -137,6 +138,7 @@ class Classifier:
         if batch_size < 1:
             raise InputError("The batch size must be at least 1.")
         check_image(image)
+        check_ct_values(image)
         image_warnings = image_warnings_for(image)
         predictions: List[Prediction] = []
         bar = None

@@ -1,32 +1,36 @@
-"""The ``notadiagnosis`` command line: ``classify``, ``info`` and ``demo``.
+"""The ``notadiagnosis`` command line: ``classify`` (one CT, or a cohort from a manifest), ``info`` and ``demo``.
 
 User mistakes (a missing file, a point outside the CT, no model) end with one sentence on stderr
-and a non-zero exit status, never a traceback; programming errors still raise. The runtime (ONNX
-Runtime, or torch when asked for) is imported only by the commands that need it, so ``--help`` stays fast.
+and a non-zero exit status, never a traceback; programming errors still raise. Inputs are read and
+checked before the model is loaded, and the inference runtime is imported only by the commands
+that need it, so ``--help`` and input mistakes stay fast.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import math
 import os
 import platform
 import re
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from . import __version__
-from .errors import InputError, NoDefaultModelError, NotADiagnosisError, PointOutsideImageError
-from .geometry import is_inside, lps_to_ras
+from .errors import InputError, NoDefaultModelError, NotADiagnosisError, NotADiagnosisWarning
+from .results import (
+    REMINDER,
+    prepare_folder,
+    progress_bar,
+    results_csv,
+    results_document,
+    results_table,
+)
 from .runtime import RUNTIMES
 
-# Also in weights.DISCLAIMER; repeated here so that `--help` and errors need not import the runtime.
-REMINDER = "Not a diagnosis: research use only; the model has not been validated on patients."
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
 DEMO_CT_NAME = "synthetic-chest-ct.nrrd"
 DEMO_POINTS_NAME = "synthetic-nodules.mrk.json"
@@ -36,19 +40,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``notadiagnosis`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(_join_negative_points(sys.argv[1:] if argv is None else list(argv)))
+    check_argument_combinations(parser, args)
     try:
-        return int(args.run(args) or EXIT_OK)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.run(args) or EXIT_OK)
     except NotADiagnosisError as error:
         print(f"notadiagnosis: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("notadiagnosis: interrupted; the run is incomplete and no results were printed.", file=sys.stderr)
+        print(f"notadiagnosis: interrupted; {getattr(args, 'interrupted_note', 'the run is incomplete and no results were printed.')}",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of our output went away (e.g. `| head`): stop quietly, as command-line tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line each (``notadiagnosis: warning: …``); others as Python shows them."""
+    if issubclass(category, NotADiagnosisWarning):
+        print(f"notadiagnosis: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 _NUMERIC_TRIPLE = re.compile(r"^\s*-[\d.][^,]*(,[^,]*){2}$")
@@ -81,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser(
         "classify",
-        help="classify nodules at points of a CT",
+        help="classify nodules at points of a CT, or of every CT of a cohort (--manifest)",
         description="Classify the nodule at each point of a CT. Points are RAS millimetres (what Slicer shows) "
-        "unless --lps is given; Slicer point files carry their own coordinate system. " + REMINDER,
+        "unless --lps is given; Slicer point files carry their own coordinate system. With --manifest, classify "
+        "every CT of a cohort in one process into one CSV or JSONL file (--out), resumably. " + REMINDER,
     )
-    classify.add_argument("ct", metavar="CT", help="CT volume file (.nrrd, .nii.gz, .mha) or DICOM folder")
+    classify.add_argument("ct", metavar="CT", nargs="?", help="CT volume file (.nrrd, .nii.gz, .mha) or DICOM folder")
     classify.add_argument("--point", action="append", default=[], metavar="R,A,S",
                           help="a point in mm (repeat for several); RAS unless --lps")
     classify.add_argument("--points", action="append", default=[], metavar="FILE",
@@ -99,10 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--saliency", metavar="DIR", help="write one saliency map (NRRD, CT space) per point into DIR")
     _add_model_arguments(classify)
     classify.add_argument("--no-tta", action="store_true", help="switch off flip test-time augmentation (no uncertainty)")
-    classify.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="points per batch (default 32)")
+    classify.add_argument("--batch-size", type=_whole_number(1), default=32, metavar="N", help="points per batch (default 32)")
+    cohort = classify.add_argument_group(
+        "cohort mode", "one row per CT in a CSV manifest (columns ct, points; optional id, series, coordinates); "
+        "see the README")
+    cohort.add_argument("--manifest", metavar="CSV", help="classify every CT listed in this manifest instead of one CT")
+    cohort.add_argument("--out", metavar="FILE", help="results file of the cohort, .csv or .jsonl; a rerun resumes it")
+    cohort.add_argument("--shard", type=_shard, metavar="K/N", help="only this shard's rows: every N-th row from the K-th (1 <= K <= N)")
+    cohort.add_argument("--workers", type=_whole_number(0), default=2, metavar="N",
+                        help="processes reading the next CTs while one is classified (default 2; 0: read in this process)")
     classify.set_defaults(run=run_classify)
 
-    info = commands.add_parser("info", help="load the model; print its card, the runtime, execution provider and versions")
+    info = commands.add_parser("info", help="verify the model; print its card, the runtime, execution provider and versions")
     _add_model_arguments(info)
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(run=run_info)
@@ -123,39 +151,85 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH",
                         help="model card (.json), or its .onnx or .safetensors file; default: the bundled model")
+    parser.add_argument("--model-sha256", type=_sha256, metavar="HEX",
+                        help="refuse the model unless the file the runtime loads has this sha256 (e.g. the one published "
+                             "with it): MODEL.onnx on ONNX Runtime, MODEL.safetensors on torch")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="auto (default: ONNX Runtime when installed, else torch), onnx or torch")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "gpu", "mps"),
                         help="compute device (default auto: a CUDA GPU when the runtime has one, then Apple MPS "
                              "on torch, else the CPU)")
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
+    parser.add_argument("--threads", type=_whole_number(1), metavar="N",
                         help="CPU threads of the runtime (default: ONNX Runtime 1, chosen by measurement; torch its own)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def check_argument_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage mistakes argparse cannot see alone: one CT or a manifest, and the options each allows."""
+    if getattr(args, "run", None) is not run_classify:
+        return
+    if args.manifest is None:
+        if args.ct is None:
+            parser.error("give a CT (a volume file or DICOM folder), or a cohort with --manifest CSV --out FILE")
+        for name in ("out", "shard"):
+            if getattr(args, name) is not None:
+                parser.error(f"--{name} belongs to the cohort mode; add --manifest CSV")
+        return
+    if args.ct is not None:
+        parser.error("give either a CT or --manifest, not both")
+    if args.out is None:
+        parser.error("--manifest needs --out FILE (.csv or .jsonl), where results are written and resumed")
+    for name, given in (("--point", args.point), ("--points", args.points), ("--series", args.series),
+                        ("--lps", args.lps), ("--json", args.json), ("--csv", args.csv)):
+        if given:
+            parser.error(f"{name} does not apply with --manifest: each manifest row gives its CT's points, series and "
+                         "coordinate system, and --out's suffix the format")
+
+
+def _whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _shard(text: str) -> tuple:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 1 <= K <= N (e.g. 3/10)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _sha256(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 (64 hexadecimal digits)")
+    return text.strip().lower()
 
 
 # ------------------------------------------------------------------------------------------ classify
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from .readers import read_ct
+    if args.manifest is not None:
+        return run_cohort(args)
+    from .cases import classify_case, collect_points, describe_image, read_case
 
+    # Every input is checked before the model is loaded: a mistake costs no model load.
     points = collect_points(args.point, args.points, lps=args.lps)
-    classifier = load_classifier(args)  # before reading the CT: fail fast without a model
-    image = read_ct(args.ct, series_uid=args.series, progress=True)
-    check_points_inside(image, points)
-    predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=args.batch_size,
-                                     tta=not args.no_tta, progress=True)
-    saliency_files = write_saliency_maps(classifier, image, points, args.saliency) if args.saliency else {}
-    rows = result_rows(points, predictions, saliency_files)
+    check_model_path(args.model)
+    if args.saliency:
+        prepare_folder(args.saliency, "saliency")
+    image = read_case(args.ct, args.series, points, progress=True)
+    classifier = load_classifier(args)
+    rows = classify_case(classifier, image, points, tta=not args.no_tta, batch_size=args.batch_size,
+                         saliency_dir=args.saliency, progress=True)
     if args.json:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
     elif args.csv:
@@ -166,169 +240,59 @@ def run_classify(args: argparse.Namespace) -> int:
         print(f"Model: {classifier.name} on {classifier.device_description}; flip TTA {'off' if args.no_tta else 'on'}")
         print()
         print(results_table(rows))
-        if saliency_files:
+        if args.saliency:
             print(f"\nSaliency maps (NRRD, CT space): {Path(args.saliency).resolve()}")
         print(f"\n{REMINDER}")
     return EXIT_OK
 
 
-def collect_points(point_args: Sequence[str], point_files: Sequence[str], lps: bool) -> list:
-    """Points from ``--point`` values and ``--points`` files, in LPS, in the order given."""
-    from .readers import parse_point, read_points
+def run_cohort(args: argparse.Namespace) -> int:
+    """``classify --manifest``: every CT of the manifest (or of one shard of it) into ``--out``."""
+    from .cohort import CohortOptions, classify_cohort
 
-    points = [parse_point(text, lps=lps, label=f"P{i}") for i, text in enumerate(point_args, start=1)]
-    for file in point_files:
-        points.extend(read_points(file, coordinate_system="LPS" if lps else None))
-    if not points:
-        raise InputError("No points were given; pass --point R,A,S (repeatable) or --points FILE.")
-    return points
+    options = CohortOptions(manifest=Path(args.manifest), out=Path(args.out), shard=args.shard, workers=args.workers,
+                            tta=not args.no_tta, batch_size=args.batch_size,
+                            saliency=Path(args.saliency) if args.saliency else None)
+    check_model_path(args.model)
+    args.interrupted_note = f"the CTs finished so far are in {args.out}; rerun the same command to resume."
+    summary = classify_cohort(options, lambda: load_classifier(args))
+    print(summary)
+    print(REMINDER)
+    return EXIT_OK
+
+
+def check_model_path(model: Optional[str]) -> None:
+    """Refuse, before anything is loaded, a model path that does not exist or is not a model file."""
+    if model is not None:
+        from .weights import given_model_files
+
+        given_model_files(model)
 
 
 def load_classifier(args: argparse.Namespace):
-    """Load ``--model`` (or the bundled default) on ``--runtime``, ``--device`` and ``--threads``."""
+    """Load ``--model`` (or the bundled default) on ``--runtime``, ``--device`` and ``--threads``, verified
+    (and pinned to ``--model-sha256``)."""
     from .classifier import Classifier
 
-    model = args.model
-    if model is not None and not (Path(model).exists() or Path(model).with_suffix(".json").exists()):
-        raise InputError(f"The model {model} does not exist; give the model's .json card, or its .onnx or .safetensors file.")
-    return Classifier.load(model, device=args.device, runtime=args.runtime, threads=args.threads)
-
-
-def check_points_inside(image, points: Sequence) -> None:
-    """Refuse, by label, the first point that lies outside the CT, saying where the CT is (RAS)."""
-    for point in points:
-        if not is_inside(image, point.point_lps):
-            r, a, s = point.point_ras
-            raise PointOutsideImageError(
-                f"Point {point.label} (RAS {r:.1f}, {a:.1f}, {s:.1f} mm) lies outside the CT, which spans "
-                f"{ras_extent(image)}; check the coordinates and whether they are RAS or LPS (--lps)."
-            )
-
-
-def ras_extent(image) -> str:
-    """The CT's bounding box in RAS mm as readable text."""
-    size = np.array(image.GetSize()) - 1
-    corners = [image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-               for corner in np.array(np.meshgrid(*[[0, n] for n in size])).reshape(3, -1).T]
-    ras = lps_to_ras(np.array(corners))
-    low, high = ras.min(axis=0), ras.max(axis=0)
-    return ", ".join(f"{axis} {lo:.0f} to {hi:.0f}" for axis, lo, hi in zip("RAS", low, high))
-
-
-def describe_image(image) -> str:
-    size = "x".join(str(n) for n in image.GetSize())
-    spacing = "x".join(f"{s:.2f}" for s in image.GetSpacing())
-    return f"{size} voxels, {spacing} mm"
-
-
-def write_saliency_maps(classifier, image, points: Sequence, directory: str) -> Dict[int, Path]:
-    """Write one saliency NRRD per point into ``directory``; returns {point index: path}."""
-    import SimpleITK as sitk
-
-    folder = Path(directory)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"Cannot create the saliency folder {folder} ({error.strerror}); choose a writable folder.") from None
-    written: Dict[int, Path] = {}
-    for index, point in enumerate(_progress_bar(points, desc="Saliency maps", unit="map")):
-        saliency = classifier.saliency(image, point.point_lps)
-        path = folder / f"{index + 1:02d}-{_safe_name(point.label)}-saliency.nrrd"
-        try:
-            sitk.WriteImage(saliency, str(path), True)
-        except RuntimeError:
-            raise InputError(f"Cannot write {path}; check that the folder is writable and has space.") from None
-        written[index] = path
-    return written
-
-
-def _progress_bar(iterable=None, **options):
-    """A tqdm bar on stderr that appears only for work that lasts over a second."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, delay=1.0, leave=False, **options)  # delay needs tqdm >= 4.62
-
-
-def _safe_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "point"
-
-
-def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[int, Path]) -> List[Dict[str, Any]]:
-    """One plain dict per point, shared by the table, JSON and CSV outputs."""
-    rows = []
-    for index, (point, prediction) in enumerate(zip(points, predictions)):
-        rows.append({
-            "label": point.label,
-            "point_ras": [round(float(v), 3) for v in point.point_ras],
-            "point_lps": [round(float(v), 3) for v in point.point_lps],
-            "probability": float(prediction.probability),
-            "uncertainty": None if math.isnan(prediction.uncertainty) else float(prediction.uncertainty),
-            "outside_fraction": float(prediction.outside_fraction),
-            "logit": float(prediction.logit),
-            "warnings": list(prediction.warnings),
-            "saliency": str(saliency_files[index]) if index in saliency_files else None,
-        })
-    return rows
-
-
-def results_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """A fixed-width text table: point, R, A, S, probability, uncertainty, outside, warnings."""
-    header = ["Point", "R (mm)", "A (mm)", "S (mm)", "Probability", "Uncertainty", "Outside", "Warnings"]
-    body = []
-    for row in rows:
-        r, a, s = row["point_ras"]
-        uncertainty = "n/a (no TTA)" if row["uncertainty"] is None else f"±{row['uncertainty']:.3f}"
-        body.append([row["label"], f"{r:.1f}", f"{a:.1f}", f"{s:.1f}", f"{row['probability']:.3f}", uncertainty,
-                     f"{row['outside_fraction']:.0%}", "; ".join(row["warnings"]) or "-"])
-    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header) - 1)]
-    lines = []
-    for line in [header] + body:
-        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:-1], widths[1:])]
-        lines.append("  ".join(cells + [line[-1]]))
-    return "\n".join(lines)
-
-
-def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
-    card = classifier.card
-    return {
-        "disclaimer": REMINDER,
-        "ct": str(ct),
-        "model": {"name": card.get("name"), "version": card.get("version"),
-                  "sha256": card.get("weights", {}).get("sha256"), "threshold": card.get("threshold")},
-        "runtime": classifier.runtime,
-        "device": classifier.device_description,
-        "tta": tta,
-        "points": list(rows),
-    }
-
-
-def results_csv(rows: Sequence[Dict[str, Any]]) -> str:
-    """CSV with r,a,s columns, so the output can be read back as a points file.
-
-    Its first line is the reminder as a ``#`` comment, so a saved file carries it (the points reader,
-    and pandas with ``comment="#"``, skip it).
-    """
-    buffer = io.StringIO()
-    buffer.write(f"# {REMINDER}\n")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", "r", "a", "s", "probability", "uncertainty", "outside_fraction", "warnings", "saliency"])
-    for row in rows:
-        writer.writerow([row["label"], *(f"{v:.3f}" for v in row["point_ras"]), f"{row['probability']:.6f}",
-                         "" if row["uncertainty"] is None else f"{row['uncertainty']:.6f}",
-                         f"{row['outside_fraction']:.4f}", "; ".join(row["warnings"]), row["saliency"] or ""])
-    return buffer.getvalue()
+    check_model_path(args.model)
+    return Classifier.load(args.model, device=args.device, expected_sha256=args.model_sha256, runtime=args.runtime,
+                           threads=args.threads)
 
 
 # ---------------------------------------------------------------------------------------------- info
 
 
 def run_info(args: argparse.Namespace) -> int:
+    """Versions, device and the model's card; the model is verified as ``classify`` verifies it, so a
+    damaged or altered model ends in an error here too."""
     import importlib.metadata
 
     import SimpleITK as sitk
 
+    from .weights import default_model_path
+
     versions = {"notadiagnosis": __version__, "python": platform.python_version()}
-    for package in ("onnxruntime", "onnxruntime-gpu", "torch"):
+    for package in ("onnxruntime", "onnxruntime-gpu", "torch"):  # without importing them
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -336,25 +300,26 @@ def run_info(args: argparse.Namespace) -> int:
     versions |= {"SimpleITK": sitk.Version_VersionString(), "numpy": np.__version__}
     classifier, model_note = None, None
     try:
-        classifier = load_classifier(args)  # loads and verifies the model: the runtime and provider are the ones that ran
-        model_note = str(Path(args.model) if args.model else "the bundled default model")
+        classifier = load_classifier(args)  # the runtime and execution provider reported are the ones that ran
+        model_note = str(Path(args.model) if args.model else default_model_path())
     except NoDefaultModelError as error:
         model_note = str(error)
     card = classifier.card if classifier else None
     runtime = classifier.runtime if classifier else None
-    device = classifier.device_description if classifier else None
+    device_description = classifier.device_description if classifier else None
     if args.json:
-        print(json.dumps({"versions": versions, "runtime": runtime, "device": device,
+        print(json.dumps({"versions": versions, "runtime": runtime, "device": device_description,
                           "model_path": model_note if card else None, "model_card": card,
                           "note": None if card else model_note, "disclaimer": REMINDER}, indent=2))
         return EXIT_OK
     print("Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
+    if card is not None:
+        print(f"Runtime: {runtime}")
+        print(f"Device: {device_description}")
     if card is None:
         print(f"Model: none. {model_note}")
     else:
-        print(f"Runtime: {runtime}")
-        print(f"Device: {device}")
-        print(f"Model: {card.get('name')} {card.get('version')} ({model_note}; verified)")
+        print(f"Model: {card.get('name')} {card.get('version')} ({model_note}; sha256 verified)")
         print("Model card:")
         print(json.dumps(card, indent=2))
     print(REMINDER)
@@ -367,7 +332,8 @@ def run_info(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from .readers import LabelledPoint, write_markups_json
+    from .cases import classify_case, describe_image
+    from .points import LabelledPoint, write_markups_json
     from .synthetic import make_synthetic_chest_ct
 
     out = Path(args.out)
@@ -375,7 +341,7 @@ def run_demo(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"Cannot create the output folder {out} ({error.strerror}); pass a writable --out DIR.") from None
-    steps = _progress_bar(total=2, desc="Synthetic chest CT", unit="step")
+    steps = progress_bar(total=2, desc="Synthetic chest CT", unit="step")
     image, nodules = make_synthetic_chest_ct(seed=args.seed)
     steps.update(1)
     ct_path, points_path = out / DEMO_CT_NAME, out / DEMO_POINTS_NAME
@@ -399,9 +365,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         print(f"\n{REMINDER}")
         return EXIT_OK
-    predictions = classifier.predict(image, [p.point_lps for p in points], tta=True, progress=True)
-    saliency_files = write_saliency_maps(classifier, image, points, str(out / "saliency"))
-    rows = result_rows(points, predictions, saliency_files)
+    rows = classify_case(classifier, image, points, tta=True, saliency_dir=out / "saliency", progress=True)
     for row, nodule in zip(rows, nodules):
         row["kind"], row["diameter_mm"] = nodule["kind"], nodule["diameter_mm"]
     results_path = out / "results.json"

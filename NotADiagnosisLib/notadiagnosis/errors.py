@@ -25,3 +25,7 @@ class WeightsError(NotADiagnosisError):
 
 class NoDefaultModelError(WeightsError):
     """No trained default model is bundled with this installation."""
+
+
+class NotADiagnosisWarning(UserWarning):
+    """Something the user should know about an input that was used nonetheless (the CLI shows it as one line)."""

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from .errors import InputError, WeightsError
-from .weights import CARD_DIGEST_KEY, card_digest, onnx_files, verified_bytes
+from .weights import CARD_DIGEST_KEY, SALIENCY_DIGEST_KEY, card_digest, onnx_files, verified_bytes
 
 INPUT_NAME = "patches"
 LOGIT_OUTPUT = "logit"
@@ -87,7 +87,8 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
     def session_for(path: Path, file_block: Dict[str, Any], output: str, pin: Optional[str]) -> Any:
         if not path.is_file():
             raise WeightsError(f"Model file {path} not found beside its card {Path(card_path).name}.")
-        session = _session(onnxruntime, verified_bytes(path, file_block, pin), path.name, card, providers, threads)
+        data = verified_bytes(path, file_block, pin)
+        session = _session(onnxruntime, data, path.name, card, providers, threads)
         if session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY) != card_digest(card):
             raise WeightsError(
                 f"{Path(card_path).name} is not the card {path.name} was exported with (its calibration, threshold, "
@@ -97,8 +98,10 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
         return session
 
     session = session_for(classify_path, block, LOGIT_OUTPUT, expected_sha256)
+    # The saliency file must be the one the (verified, possibly pinned) classification file names.
+    saliency_sha256 = session.get_modelmeta().custom_metadata_map.get(SALIENCY_DIGEST_KEY)
     return OnnxBackend(session, session.get_providers()[0], threads,
-                       lambda: session_for(saliency_path, block["saliency"], LAYER_CAM_OUTPUT, None))
+                       lambda: session_for(saliency_path, block["saliency"], LAYER_CAM_OUTPUT, saliency_sha256 or "-"))
 
 
 def _providers(device: str, available: Any) -> list:

@@ -30,12 +30,22 @@ if TYPE_CHECKING:  # torch is imported only by the functions that need it: readi
 
 CARD_FORMAT = "notadiagnosis-model-card/1"
 DEFAULT_MODEL_NAME = "default"
+#: sha256 of the bundled default model's files, pinned in the code: every load of a model from the package's
+#: models folder must match them, so a model altered inside the installed package (a file and a re-hashed card
+#: together) is refused. The tensors file (torch runtime) and the classification ONNX file (ONNX Runtime) are
+#: pinned; the card is covered through its digest in each, and the saliency ONNX file through its sha256 in the
+#: classification file. Change them together with the bundled files (`make bundled-model` prints them), and only then.
+BUNDLED_MODEL_SHA256 = "d1e52b653db76c5089121d5e5098bb802a450b8d2641ede5ec640b7f468c4359"
+BUNDLED_ONNX_SHA256 = "0a1c63f215832424fa9e0a3f7b8c0b2b23da07a55efb1c99c7ab7a0d41a0823a"
 REQUIRED_CARD_KEYS = ("format", "name", "version", "architecture", "preprocessing", "calibration", "threshold", "weights")
 # Key, in the safetensors header's and the ONNX file's metadata, of the digest that binds the card to the file.
 CARD_DIGEST_KEY = "card_sha256"
+# Key, in the classification ONNX file's metadata, of the saliency ONNX file's sha256.
+SALIENCY_DIGEST_KEY = "saliency_onnx_sha256"
 # Card blocks that describe the model files (name, format, sha256, size): left out of the card's digest,
 # since the files' hashes can only be known after the digest is written into the files.
 FILE_BLOCKS = ("weights", "onnx")
+#: The files a model is given by: its card, its ONNX file or its tensors (the others lie beside it).
 MODEL_SUFFIXES = (".json", ".safetensors", ".onnx")
 SALIENCY_ONNX_SUFFIX = ".saliency.onnx"
 DISCLAIMER = (
@@ -111,22 +121,38 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_ops
     with _atomic_path(tensors_path) as temporary:
         temporary.write_bytes(_sorted_header(serialize(state, metadata=metadata)))
     completed["weights"] = file_block(tensors_path, "safetensors")
+    classify_path, saliency_path = onnx_files(path)
+    metadata = {"card": card_path.name, CARD_DIGEST_KEY: digest}
     blocks = {}
-    for onnx_path, saliency in zip(onnx_files(path), (False, True)):
+    # The saliency file first: the classification file records its sha256, so a pin on it covers both.
+    for onnx_path, saliency in ((saliency_path, True), (classify_path, False)):
         with _atomic_path(onnx_path) as temporary:
-            details = write_onnx(model, temporary, {"card": card_path.name, CARD_DIGEST_KEY: digest},
-                                 int(completed["preprocessing"]["patch_size"]), saliency,
+            details = write_onnx(model, temporary, metadata, int(completed["preprocessing"]["patch_size"]), saliency,
                                  ONNX_OPSET if onnx_opset is None else onnx_opset)
         blocks[saliency] = file_block(onnx_path, "onnx") | details
+        metadata = metadata | {SALIENCY_DIGEST_KEY: blocks[True]["sha256"]}
     completed["onnx"] = blocks[False] | {"saliency": blocks[True]}
     with _atomic_path(card_path) as temporary:
         temporary.write_text(json.dumps(completed, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     return card_path
 
 
+def given_model_files(path: PathLike) -> Tuple[Path, Path]:
+    """(tensors, card) paths of a model named by the user: the file given must exist and be the card
+    (.json), its ONNX file (.onnx) or its tensors (.safetensors); nothing else is ever substituted for it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"The model {path} does not exist; give the model's .json card, .onnx or .safetensors file.")
+    if path.suffix not in MODEL_SUFFIXES:
+        raise WeightsError(
+            f"The model {path} is neither a model card (.json) nor its .onnx or .safetensors file; give one of these."
+        )
+    return model_files(path)
+
+
 def read_card(path: PathLike) -> Dict[str, Any]:
     """Read and check a model card (JSON) without loading tensors."""
-    _, card_path = model_files(path)
+    _, card_path = given_model_files(path)
     if not card_path.is_file():
         raise WeightsError(f"Model card {card_path} not found; a model is a .safetensors file with its .json card beside it.")
     try:
@@ -240,8 +266,8 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
 
     from .model import build_model
 
-    tensors_path, card_path = model_files(path)
-    card = read_card(card_path)
+    tensors_path, card_path = given_model_files(path)
+    card = read_card(path)
     if not tensors_path.is_file():
         raise WeightsError(f"Model tensors {tensors_path} not found beside its card {card_path.name}.")
     data = verified_bytes(tensors_path, card["weights"], expected_sha256)
@@ -271,7 +297,8 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
 
 def verified_bytes(path: Path, block: Dict[str, Any], expected_sha256: Optional[str] = None) -> bytes:
     """The bytes of a model file, read once (the bytes hashed are the bytes loaded), after checking them
-    against the sha256 in the card's ``block`` for the file and, when given, the sha256 the caller pins."""
+    against the sha256 in the card's ``block`` for the file, the bundled model's pin (a file in the package's
+    models folder) and, when given, the sha256 the caller pins."""
     data = Path(path).read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     recorded = str(block.get("sha256", "")).lower()
@@ -280,6 +307,7 @@ def verified_bytes(path: Path, block: Dict[str, Any], expected_sha256: Optional[
             f"{path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "
             "the file is damaged or was altered; re-download or re-export it."
         )
+    check_bundled_pin(path, actual)
     if expected_sha256 is not None and actual != expected_sha256.lower():
         raise WeightsError(f"{path.name} has sha256 {actual}, not the expected {expected_sha256}.")
     return data
@@ -288,6 +316,26 @@ def verified_bytes(path: Path, block: Dict[str, Any], expected_sha256: Optional[
 def bundled_models_dir() -> Path:
     """Folder of the models shipped inside the package."""
     return Path(__file__).resolve().parent / "models"
+
+
+def check_bundled_pin(model_file: Path, actual_sha256: str) -> None:
+    """Refuse a pinned model file inside the package's models folder whose sha256 is not its pin
+    (:data:`BUNDLED_MODEL_SHA256`, :data:`BUNDLED_ONNX_SHA256`).
+
+    The card travels with the file and can be re-hashed by whoever alters the file; the pin lives in
+    the code, so only a change of the code itself (a new release) can move it.
+    """
+    if Path(model_file).resolve().parent != bundled_models_dir():
+        return
+    pinned = {".safetensors": BUNDLED_MODEL_SHA256, ".onnx": BUNDLED_ONNX_SHA256}.get(Path(model_file).suffix)
+    if Path(model_file).name.endswith(SALIENCY_ONNX_SUFFIX):
+        return  # pinned through the classification file, which records its sha256
+    if pinned is not None and actual_sha256.lower() != pinned:
+        raise WeightsError(
+            f"The bundled model {Path(model_file).name} has sha256 {actual_sha256[:12]}…, not the "
+            f"{pinned[:12]}… this version of notadiagnosis ships: the installed package was altered; "
+            "reinstall notadiagnosis."
+        )
 
 
 def default_model_path() -> Path:

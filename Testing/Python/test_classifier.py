@@ -69,15 +69,25 @@ def test_outside_fraction_and_warnings(classifier, chest):
 
 
 def test_image_that_is_not_ct_is_flagged(classifier):
-    mri_like = make_ct(size=(80, 80, 40), spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0), background_hu=300.0)
+    mri_like = add_sphere(make_ct(size=(80, 80, 40), spacing=(1.0, 1.0, 1.0), origin=(0, 0, 0), background_hu=300.0),
+                          (40.0, 40.0, 20.0), 8.0, 900.0)
     prediction = classifier.predict(mri_like, [[40.0, 40.0, 20.0]])[0]
     assert any("Hounsfield" in w for w in prediction.warnings)
 
 
 def test_thick_slices_are_flagged(classifier):
-    thick = make_ct(size=(80, 80, 10), spacing=(0.8, 0.8, 6.0), origin=(0, 0, 0), background_hu=-1000.0)
+    thick = add_sphere(make_ct(size=(80, 80, 10), spacing=(0.8, 0.8, 6.0), origin=(0, 0, 0), background_hu=-1000.0),
+                       (30.0, 30.0, 30.0), 8.0, 40.0)
     prediction = classifier.predict(thick, [[30.0, 30.0, 30.0]])[0]
     assert any("thick" in w for w in prediction.warnings)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -500.0], ids=["all-nan", "all-infinite", "constant"])
+def test_ct_without_usable_data_is_refused_not_scored(classifier, fill):
+    array = np.full((30, 40, 40), fill, dtype=np.float32)
+    empty = sitk.GetImageFromArray(array)
+    with pytest.raises(InputError, match="no finite voxel|one value"):
+        classifier.predict(empty, [[20.0, 20.0, 15.0]])
 
 
 def test_point_outside_and_no_points_are_refused(classifier, chest):

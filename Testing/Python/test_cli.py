@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -350,3 +351,170 @@ def test_demo_with_a_model_classifies_each_nodule_and_writes_saliency_maps(capsy
     for row in results["points"]:
         assert row["label"] in out
     assert str((tmp_path / "demo" / "saliency").resolve()) in out
+
+
+# ------------------------------------------------------------------- hardening from a new user's run (issue 14)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def small_ct(path: Path, array: np.ndarray, origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 2.0)) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path), True)
+    return path
+
+
+def varied_ct(size_zyx=(20, 40, 40), low=-1000.0, high=100.0) -> np.ndarray:
+    """Air around a block of tissue: a CT with data (values vary), as float32."""
+    array = np.full(size_zyx, low, dtype=np.float32)
+    z, y, x = (n // 4 for n in size_zyx)
+    array[z:-z, y:-y, x:-x] = high
+    return array
+
+
+def test_both_readmes_say_where_the_installed_command_is():
+    venv = re.search(r"^VENV\s*:=\s*(\S+)", (REPO_ROOT / "Makefile").read_text(), re.M).group(1)
+    for readme in (REPO_ROOT / "README.md", REPO_ROOT / "NotADiagnosisLib" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        assert f"source {venv}/bin/activate" in text and f"{venv}/bin/notadiagnosis" in text, readme
+        # The activation comes before the first bare `notadiagnosis` command of a code block.
+        activation = text.index(f"source {venv}/bin/activate")
+        first_command = re.search(r"^notadiagnosis ", text, re.M)
+        assert first_command is None or activation < first_command.start(), readme
+    # The path the READMEs name is where `make venv` puts the console script (this interpreter's venv in CI).
+    assert (Path(sys.executable).parent / "notadiagnosis").exists() or Path(sys.prefix).name != venv
+
+
+@pytest.mark.parametrize("runtime, suffix", [("auto", ".onnx"), ("torch", ".safetensors")])
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_info_verifies_the_model_like_classify_and_refuses_a_damaged_one(capsys, model_path, tmp_path, damage,
+                                                                         runtime, suffix):
+    for other in (".json", ".onnx", ".saliency.onnx", ".safetensors"):
+        (tmp_path / f"model{other}").write_bytes(model_path.with_name(f"model{other}").read_bytes())
+    data = bytearray(model_path.with_suffix(suffix).read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x01
+    (tmp_path / f"model{suffix}").write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "info", "--model", tmp_path / "model.json", "--device", "cpu", "--runtime", runtime)
+    assert_one_sentence_error(code, err, "sha256")
+    assert '"name"' not in out  # no card shown as if the model were fine
+
+
+def test_model_sha256_option_pins_a_user_model(capsys, chest, model_path):
+    from notadiagnosis.weights import sha256_of
+
+    path, _, nodules = chest
+    point = ras_text(nodules[0]["center_lps"])
+    # The pin names the file the runtime loads: the .onnx file on ONNX Runtime (the default), the tensors on torch.
+    for runtime, suffix in (("auto", ".onnx"), ("torch", ".safetensors")):
+        right = sha256_of(model_path.with_suffix(suffix))
+        code, out, _ = run_cli(capsys, "classify", path, "--point", point, "--model", model_path, "--model-sha256", right,
+                               "--json", "--runtime", runtime)
+        assert code == 0 and json.loads(out)["model"]["sha256"] == right
+        assert json.loads(out)["model"]["file"] == f"model{suffix}"
+    wrong_file = sha256_of(model_path.with_suffix(".safetensors"))
+    code, out, err = run_cli(capsys, "classify", path, "--point", point, "--model", model_path, "--model-sha256", wrong_file)
+    assert_one_sentence_error(code, err, "not the expected")
+    code, out, err = run_cli(capsys, "classify", path, "--point", point, "--model", model_path, "--model-sha256", "0" * 64)
+    assert_one_sentence_error(code, err, "not the expected")
+    assert out == ""
+    code, _, err = run_cli(capsys, "info", "--model", model_path, "--model-sha256", "0" * 64)
+    assert_one_sentence_error(code, err, "not the expected")
+
+
+@pytest.mark.parametrize("fill, fragment", [(np.nan, "no finite voxel"), (-1000.0, "one value")],
+                         ids=["all-nan", "constant"])
+def test_ct_without_usable_data_gets_no_probability(capsys, model_path, tmp_path, fill, fragment):
+    ct = small_ct(tmp_path / "empty.nrrd", np.full((20, 40, 40), fill, dtype=np.float32))
+    code, out, err = run_cli(capsys, "classify", ct, "--lps", "--point", "20,20,20", "--model", model_path, "--json")
+    assert_one_sentence_error(code, err, fragment)
+    assert out == ""
+
+
+def test_raw_unrescaled_intensities_keep_their_warning_and_a_result(capsys, model_path, tmp_path):
+    ct = small_ct(tmp_path / "raw.nrrd", varied_ct(low=0.0, high=1100.0))
+    code, out, _ = run_cli(capsys, "classify", ct, "--lps", "--point", "20,20,20", "--model", model_path, "--json")
+    assert code == 0
+    assert any("Hounsfield" in w for w in json.loads(out)["points"][0]["warnings"])
+
+
+def test_model_path_that_does_not_exist_is_refused_not_substituted(capsys, chest, model_path, tmp_path):
+    import shutil
+
+    path, _, nodules = chest
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(model_path.with_suffix(suffix), tmp_path / f"ok{suffix}")
+    args = ["classify", path, "--point", ras_text(nodules[0]["center_lps"])]
+    code, out, err = run_cli(capsys, *args, "--model", tmp_path / "ok.pt")
+    assert_one_sentence_error(code, err, "ok.pt does not exist")
+    (tmp_path / "ok.pt").write_bytes(b"a torch pickle, say")
+    code, out, err = run_cli(capsys, *args, "--model", tmp_path / "ok.pt")
+    assert_one_sentence_error(code, err, "neither a model card")
+    assert out == ""
+
+
+def test_csv_output_reads_back_even_for_a_point_on_the_ct_edge(capsys, model_path, tmp_path):
+    origin = (0.1234567, -3.7654321, 1.0)
+    ct = small_ct(tmp_path / "ct.nrrd", varied_ct(), origin=origin, spacing=(0.7, 0.7, 2.0))
+    # Half a voxel beyond the first voxel centre along x: the CT's outer face, which is inside.
+    edge_lps = (origin[0] - 0.35 + 1e-7, origin[1] + 10.0, origin[2] + 10.0)
+    code, out, _ = run_cli(capsys, "classify", ct, "--lps", "--point", ",".join(repr(v) for v in edge_lps),
+                           "--model", model_path, "--csv")
+    assert code == 0
+    saved = tmp_path / "results.csv"
+    saved.write_text(out)
+    np.testing.assert_array_equal(read_points(saved)[0].point_lps, edge_lps)
+    code, out, err = run_cli(capsys, "classify", ct, "--points", saved, "--model", model_path, "--csv")
+    assert code == 0, err
+
+
+def ct_with_nan(tmp_path: Path) -> Path:
+    return small_ct(tmp_path / "nan.nrrd", np.full((20, 40, 40), np.nan, dtype=np.float32))
+
+
+@pytest.mark.parametrize("mistake", ["missing CT", "bad points file", "point outside", "CT without data", "missing model"])
+def test_input_mistakes_are_reported_before_the_model_is_loaded(capsys, monkeypatch, chest, tmp_path, mistake):
+    from notadiagnosis import cli
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(cli, "load_classifier", must_not_load)
+    monkeypatch.setattr("notadiagnosis.classifier.Classifier.load", must_not_load)
+    path, _, _ = chest
+    bad_points = tmp_path / "points.csv"
+    bad_points.write_text("a,b,c\n1,2,3\n")
+    args = {
+        "missing CT": [tmp_path / "none.nrrd", "--point", "1,2,3"],
+        "bad points file": [path, "--points", bad_points],
+        "point outside": [path, "--point", "900,0,0"],
+        "CT without data": [ct_with_nan(tmp_path), "--lps", "--point", "20,20,20"],
+        "missing model": [path, "--point", "1,2,3", "--model", tmp_path / "none.json"],
+    }[mistake]
+    code, _, err = run_cli(capsys, "classify", *args)
+    assert_one_sentence_error(code, err)
+
+
+def test_missing_ct_is_reported_without_importing_the_inference_runtime(tmp_path):
+    script = ("import sys; from notadiagnosis.cli import main; "
+              f"code = main(['classify', {str(tmp_path / 'none.nrrd')!r}, '--point', '1,2,3']); "
+              "print(code, sorted(m for m in ('torch', 'onnxruntime', 'notadiagnosis.classifier') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split(None, 1) == ["1", "[]\n"], result.stdout + result.stderr
+    assert "does not exist" in result.stderr
+
+
+def test_series_with_a_missing_slice_is_one_clean_sentence_without_itk_text(capfd, model_path, tmp_path):
+    from test_readers import THIN_UID, gradient_ct, write_dicom_series
+
+    write_dicom_series(tmp_path, gradient_ct((16, 16, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), THIN_UID, "gap", "s")
+    (tmp_path / "s004.dcm").unlink()
+    code = main(["classify", str(tmp_path), "--lps", "--point", "8,8,4", "--model", str(model_path)])
+    captured = capfd.readouterr()
+    assert "WARNING" not in captured.err and "itk" not in captured.err.lower()
+    assert_one_sentence_error(code, captured.err, "uneven slice positions")

@@ -290,3 +290,54 @@ def test_unknown_runtime_and_gpu_without_a_provider_are_refused(trained_like_mod
 def test_threads_are_the_callers_choice(trained_like_model):
     assert "(1 thread)" in Classifier.load(trained_like_model, runtime="onnx", device="cpu").device_description
     assert "(2 threads)" in Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=2).device_description
+
+
+# ------------------------------------------------------------------------------------------------ pins
+
+
+def _reexported_with_opset(card_path: Path, folder: Path, opset: int) -> Path:
+    """A copy of the model whose ONNX files were written again at another opset: other bytes, the same card
+    digest, and a card re-hashed to match (what someone altering the files together would produce)."""
+    from notadiagnosis.onnx_export import write_onnx
+    from notadiagnosis.weights import CARD_DIGEST_KEY, SALIENCY_DIGEST_KEY, load_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in MODEL_FILE_SUFFIXES:
+        shutil.copy(card_path.with_name(f"{card_path.stem}{suffix}"), folder / f"{card_path.stem}{suffix}")
+    network, card = load_model(card_path.with_suffix(".safetensors"))
+    metadata = {"card": card_path.name, CARD_DIGEST_KEY: card_digest(card)}
+    saliency = folder / f"{card_path.stem}.saliency.onnx"
+    write_onnx(network, saliency, metadata, 64, saliency=True, opset=opset)
+    classify = folder / f"{card_path.stem}.onnx"
+    write_onnx(network, classify, metadata | {SALIENCY_DIGEST_KEY: sha256_of(saliency)}, 64, opset=opset)
+    card["onnx"]["sha256"], card["onnx"]["saliency"]["sha256"] = sha256_of(classify), sha256_of(saliency)
+    copy = folder / card_path.name
+    copy.write_text(json.dumps(card, indent=2), encoding="utf-8")
+    return copy
+
+
+def test_pinned_onnx_sha256_is_the_bundled_onnx_file():
+    from notadiagnosis.weights import BUNDLED_ONNX_SHA256
+
+    assert sha256_of(default_model_path().with_suffix(".onnx")) == BUNDLED_ONNX_SHA256
+
+
+def test_bundled_onnx_altered_inside_the_package_with_a_rehashed_card_is_refused(tmp_path, monkeypatch):
+    from notadiagnosis import weights
+
+    altered = _reexported_with_opset(default_model_path(), tmp_path / "models", 16)
+    assert _load(altered).runtime == "onnxruntime"  # outside the package the altered files agree and load
+    monkeypatch.setattr(weights, "bundled_models_dir", lambda: (tmp_path / "models").resolve())
+    with pytest.raises(WeightsError, match="installed package was altered"):
+        Classifier.load(runtime="onnx", device="cpu")
+
+
+def test_a_saliency_file_other_than_the_one_the_classification_file_names_is_refused(model_copy, tmp_path):
+    other = _reexported_with_opset(model_copy, tmp_path / "other", 16)
+    shutil.copy(other.with_name("model.saliency.onnx"), model_copy.with_name("model.saliency.onnx"))
+    card = json.loads(model_copy.read_text(encoding="utf-8"))
+    card["onnx"]["saliency"]["sha256"] = sha256_of(model_copy.with_name("model.saliency.onnx"))
+    model_copy.write_text(json.dumps(card), encoding="utf-8")  # the card re-hashed: only the pin chain catches it
+    classifier = _load(model_copy)
+    with pytest.raises(WeightsError, match="not the expected"):
+        classifier.saliency_map(_generated_patches(0, seed=0)[0])

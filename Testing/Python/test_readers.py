@@ -443,3 +443,66 @@ def test_command_line_point_is_ras_unless_lps():
 def test_malformed_command_line_point_is_refused(text):
     with pytest.raises(InputError):
         parse_point(text)
+
+
+# ------------------------------------------------------------------------- memory and parsing of DICOM reads
+
+
+def test_itk_messages_are_captured_not_printed(tmp_path, capfd):
+    from notadiagnosis.ct_reader import itk_messages
+
+    write_dicom_series(tmp_path, gradient_ct((16, 16, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), THIN_UID, "gap", "s")
+    (tmp_path / "s004.dcm").unlink()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sorted(str(p) for p in tmp_path.glob("*.dcm")))
+    with itk_messages() as messages:
+        reader.Execute()  # ITK reads the gappy series and complains about it
+    assert messages and any("missing slices" in m or "Non uniform" in m for m in messages), messages
+    assert "WARNING" not in capfd.readouterr().err
+
+
+def test_real_lidc_series_is_held_as_int16_with_the_same_values(lidc_0001_dir):
+    image = read_ct(lidc_0001_dir)
+    assert image.GetPixelID() == sitk.sitkInt16
+    reference = sitk.ImageSeriesReader()
+    reference.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(lidc_0001_dir), LIDC_0001_SERIES_UID))
+    expected = reference.Execute()  # GDCM's own order and pixel type (int32 for this series)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(expected))
+    assert image.GetOrigin() == expected.GetOrigin() and image.GetDirection() == expected.GetDirection()
+    np.testing.assert_allclose(image.GetSpacing(), expected.GetSpacing(), atol=1e-6)
+
+
+def test_real_lidc_series_headers_are_parsed_once(lidc_0001_dir, monkeypatch):
+    def gdcm_scan(*args, **kwargs):
+        raise AssertionError("the folder was scanned by GDCM again")
+
+    monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesIDs", staticmethod(gdcm_scan))
+    monkeypatch.setattr(sitk.ImageSeriesReader, "GetGDCMSeriesFileNames", staticmethod(gdcm_scan))
+    calls = []
+    original = sitk.ImageFileReader.ReadImageInformation
+    monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation",
+                        lambda self: calls.append(self.GetFileName()) or original(self))
+    image = read_ct(lidc_0001_dir)
+    assert image.GetSize() == (512, 512, 133)
+    files = [p for p in lidc_0001_dir.iterdir() if p.is_file()]
+    assert sorted(calls) == sorted(str(p) for p in files)  # each file's header once
+
+
+def test_real_lidc_series_read_with_progress_is_not_copied_when_first_looked_at(lidc_0001_dir):
+    # The progress callback used to keep the reader (and its pipeline's copy of the image) alive, so
+    # the first look at the voxels copied the whole CT. Measured in a fresh process: the peak memory
+    # must not grow when the voxels are first read.
+    script = f"""
+import resource, SimpleITK as sitk
+from notadiagnosis.readers import read_ct
+image = read_ct({str(lidc_0001_dir)!r}, progress=True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+float(sitk.GetArrayViewFromImage(image).sum())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, image.GetNumberOfPixels() * 2 / 2**20)
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    growth_mib, image_mib = (float(v) for v in result.stdout.split())
+    assert growth_mib < 0.25 * image_mib, (growth_mib, image_mib, result.stderr)

@@ -10,6 +10,7 @@ import torch
 from helpers import save_random_model
 from notadiagnosis.errors import NoDefaultModelError, WeightsError
 from notadiagnosis.weights import (
+    BUNDLED_MODEL_SHA256,
     CARD_DIGEST_KEY,
     card_digest,
     default_model_path,
@@ -173,7 +174,7 @@ def test_damaged_card_is_refused(tmp_path, damage):
 
 
 def test_missing_files_give_clear_errors(tmp_path):
-    with pytest.raises(WeightsError, match="not found"):
+    with pytest.raises(WeightsError, match="does not exist"):
         load_model(tmp_path / "nothing.safetensors")
     save_random_model(tmp_path)
     (tmp_path / "model.safetensors").unlink()
@@ -226,3 +227,65 @@ def test_non_finite_numbers_in_a_card_are_exported_as_null(tmp_path):
     card = json.loads(card_path.read_text())  # strict JSON: no NaN token
     assert card["metrics"] == {"validation": {"auc": None}, "extra": [None, 1.5]}
     load_model(card_path)
+
+
+# ---------------------------------------------------------------------------------- the pinned bundled model
+
+
+def altered_copy(card_path, folder):
+    """A copy of a model with every tensor zeroed and the card's sha256 rewritten to match: what an
+    attacker (or a careless edit) can do to files that travel together. The card digest in the
+    header is kept, so only a sha256 the attacker cannot rewrite can catch it."""
+    import shutil
+
+    from safetensors.torch import load as load_tensors
+    from safetensors.torch import save as serialize
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors_path = card_path.with_suffix(".safetensors")
+    data = tensors_path.read_bytes()
+    zeroed = {name: torch.zeros_like(value) for name, value in load_tensors(data).items()}
+    new_tensors = folder / tensors_path.name
+    new_tensors.write_bytes(serialize(zeroed, metadata=header_metadata(data)))
+    card = json.loads(card_path.read_text())
+    card["weights"]["sha256"] = sha256_of(new_tensors)
+    new_card = folder / card_path.name
+    new_card.write_text(json.dumps(card, indent=2))
+    shutil.copymode(card_path, new_card)
+    return new_card
+
+
+def test_pinned_sha256_is_the_bundled_model_file():
+    # The pin lives in the code; it must name the file that ships (change both together).
+    assert sha256_of(default_model_path().with_suffix(".safetensors")) == BUNDLED_MODEL_SHA256
+
+
+def test_bundled_model_altered_inside_the_package_with_a_rehashed_card_is_refused(tmp_path, monkeypatch):
+    from notadiagnosis import weights
+
+    altered = altered_copy(default_model_path(), tmp_path / "models")
+    load_model(altered)  # outside the package, the altered files agree with each other and load
+    monkeypatch.setattr(weights, "bundled_models_dir", lambda: (tmp_path / "models").resolve())
+    with pytest.raises(WeightsError, match="installed package was altered"):
+        load_model(weights.default_model_path())
+    with pytest.raises(WeightsError, match="installed package was altered"):
+        load_model(weights.default_model_path(), expected_sha256=sha256_of(altered.with_suffix(".safetensors")))
+
+
+def test_user_model_is_pinned_by_the_sha256_the_caller_trusts(tmp_path):
+    original = save_random_model(tmp_path / "original", seed=5)
+    trusted = sha256_of(original.with_suffix(".safetensors"))
+    altered = altered_copy(original, tmp_path / "altered")
+    load_model(original, expected_sha256=trusted)
+    with pytest.raises(WeightsError, match="not the expected"):
+        load_model(altered, expected_sha256=trusted)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model", "model.onnx.bak"])
+def test_model_path_that_is_not_a_model_file_is_never_substituted(tmp_path, name):
+    save_random_model(tmp_path)  # model.json and model.safetensors exist beside it
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_model(tmp_path / name)
+    (tmp_path / name).write_bytes(b"not a model")
+    with pytest.raises(WeightsError, match="neither a model card"):
+        load_model(tmp_path / name)

@@ -1,0 +1,407 @@
+"""Cohort mode: every CT of a manifest classified in one process, into one resumable CSV or JSONL file.
+
+One model load for the whole cohort; worker processes read the next CTs while the current one is
+classified; each CT's results are appended (and flushed to disk) as soon as they are done, so an
+interrupted run loses at most the CT in progress, and a rerun with the same options skips every CT
+already in the file (a CT whose rows were cut off is redone). A CT that cannot be used is recorded
+with its one-sentence reason and the run goes on. ``shard=(K, N)`` keeps every N-th row from the
+K-th, so a cluster's job array splits a cohort with nothing else.
+
+The manifest is a CSV with a header row and one row per CT: ``ct`` (a volume file or DICOM folder)
+and ``points`` (a points file, or coordinates ``x,y,z; x,y,z``), optionally ``id`` (the case's name
+in the results; default the ``ct`` cell), ``series`` (a SeriesInstanceUID) and ``coordinates``
+(``RAS``, the default, or ``LPS``: how the row's coordinates and a CSV points file's x,y,z columns
+are meant). Relative paths are relative to the manifest's folder; other columns are ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import multiprocessing
+import os
+import re
+import signal
+import tempfile
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .cases import classify_case, read_case
+from .errors import InputError, NotADiagnosisError
+from .points import parse_point, read_points
+from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, progress_bar, safe_name
+
+__all__ = ["CohortOptions", "CohortRow", "read_manifest", "shard_rows", "classify_cohort", "COHORT_CSV_COLUMNS"]
+
+#: Columns of the cohort CSV: the case, then the single-CT CSV's columns, then the reason of a failure.
+COHORT_CSV_COLUMNS = ("case", "ct", "series", "status", "points_in_case") + CSV_COLUMNS + ("error",)
+OUTPUT_SUFFIXES = (".csv", ".jsonl")
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+# The first line of a results file after the reminder: it names the options that change results.
+_OPTIONS_MARK = "notadiagnosis cohort"
+_FORMAT_VERSION = 1
+_MANIFEST_COLUMNS = ("id", "ct", "series", "points", "coordinates")
+_COORDINATES = re.compile(r"^[\s\d.,;eE+-]+$")
+
+
+class CohortStopped(NotADiagnosisError):
+    """The run cannot go on (a reading process died); nothing is recorded for the CTs not done."""
+
+
+@dataclass(frozen=True)
+class CohortOptions:
+    """What a cohort run does; ``workers`` 0 reads each CT in this process, when its turn comes."""
+
+    manifest: Path
+    out: Path
+    shard: Optional[Tuple[int, int]] = None
+    workers: int = 2
+    tta: bool = True
+    batch_size: int = 32
+    saliency: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class CohortRow:
+    """One manifest row, as written (paths resolved against the manifest's folder)."""
+
+    case: str
+    ct_cell: str
+    ct_path: Path
+    series: Optional[str]
+    points_cell: str
+    coordinates: str
+    line: int
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def read_manifest(path: Path) -> List[CohortRow]:
+    """The manifest's rows; a manifest that cannot be used at all (no file, no ct or points column,
+    no rows, two rows naming the same case) is refused with one sentence."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"The manifest {path} does not exist; give a CSV with a header row and one row per CT (columns ct, points).")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"Could not read the manifest {path} ({error}); save it as UTF-8 CSV.") from None
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise InputError(f"The manifest {path} is empty; give a header row (ct,points) and one row per CT.")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    parsed = list(csv.reader([line for _, line in numbered], delimiter=delimiter))
+    header = [name.strip().lower() for name in parsed[0]]
+    missing = [name for name in ("ct", "points") if name not in header]
+    if missing:
+        raise InputError(f"The manifest {path} has no {' or '.join(missing)} column; its header row must name ct and points "
+                         f"(and optionally {', '.join(c for c in _MANIFEST_COLUMNS if c not in ('ct', 'points'))}).")
+    rows: List[CohortRow] = []
+    seen: Dict[str, int] = {}
+    for (line_number, _), fields in zip(numbered[1:], parsed[1:]):
+        cells = {name: fields[i].strip() if i < len(fields) else "" for i, name in enumerate(header)}
+        ct_cell = cells.get("ct", "")
+        series = cells.get("series") or None
+        case = cells.get("id") or (f"{ct_cell}#{series}" if series else ct_cell) or f"row {line_number}"
+        if case in seen:
+            raise InputError(f"Lines {seen[case]} and {line_number} of the manifest {path} both name the case {case!r}; "
+                             "give each row its own value in an id column.")
+        seen[case] = line_number
+        rows.append(CohortRow(case=case, ct_cell=ct_cell, ct_path=_beside(path, ct_cell), series=series,
+                              points_cell=cells.get("points", ""), coordinates=(cells.get("coordinates") or "RAS").upper(),
+                              line=line_number))
+    if not rows:
+        raise InputError(f"The manifest {path} has a header but no rows; add one row per CT.")
+    return rows
+
+
+def _beside(manifest: Path, cell: str) -> Path:
+    path = Path(cell).expanduser()
+    return path if path.is_absolute() else manifest.parent / path
+
+
+def shard_rows(rows: Sequence[CohortRow], shard: Optional[Tuple[int, int]]) -> List[CohortRow]:
+    """Shard K of N (1-based): rows K, K+N, K+2N… of the manifest; the N shards partition it."""
+    if shard is None:
+        return list(rows)
+    k, n = shard
+    if not 1 <= k <= n:
+        raise InputError(f"Shard {k}/{n} does not exist; K must be between 1 and N.")
+    return list(rows[k - 1 :: n])
+
+
+def load_row(row: CohortRow, manifest: Path) -> Tuple[Any, list]:
+    """Read and check one row's points and CT (no model): (image, points). Runs in a worker process."""
+    where = f"Line {row.line} of {manifest.name}"
+    if row.coordinates not in ("RAS", "LPS"):
+        raise InputError(f"{where}: coordinates {row.coordinates!r} is neither RAS nor LPS.")
+    if not row.ct_cell:
+        raise InputError(f"{where} has no ct; give a volume file or DICOM folder.")
+    cell, lps = row.points_cell, row.coordinates == "LPS"
+    if not cell:
+        raise InputError(f"{where} has no points; give a points file or coordinates x,y,z; x,y,z.")
+    if _COORDINATES.match(cell):
+        points = [parse_point(text, lps=lps, label=f"P{i}")
+                  for i, text in enumerate((part for part in cell.split(";") if part.strip()), start=1)]
+    else:
+        points = read_points(_beside(manifest, cell), coordinate_system=row.coordinates if lps else None)
+    return read_case(row.ct_path, row.series, points), points
+
+
+# -------------------------------------------------------------------------------------------- output
+
+
+class CohortOutput:
+    """The results file: checked and cleaned when it exists (resume), then appended one CT at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).expanduser()
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in OUTPUT_SUFFIXES:
+            raise InputError(f"The results file {self.path} must end in .csv or .jsonl (its format).")
+        if not self.path.parent.is_dir() or not os.access(self.path.parent, os.W_OK):
+            raise InputError(f"Cannot write the results file {self.path}: its folder does not exist or is not writable.")
+        self.options: Optional[Dict[str, Any]] = None
+        self.done: Dict[str, str] = {}  # case -> status
+        self._kept = ""
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            self._read_existing()
+
+    def _read_existing(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"Cannot read the existing results file {self.path} ({error}); move it away to start again.") from None
+        if not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]  # the last line was cut off mid-write
+        lines = text.splitlines(keepends=True)
+        if self.suffix == ".csv":
+            self._read_csv(lines)
+        else:
+            self._read_jsonl(lines)
+
+    def _foreign(self) -> InputError:
+        return InputError(f"{self.path} exists but is not a results file of notadiagnosis's cohort mode; "
+                          "choose another --out (it is never overwritten).")
+
+    def _read_options(self, line: str, prefix: str) -> Dict[str, Any]:
+        if not line.startswith(prefix):
+            raise self._foreign()
+        try:
+            options = json.loads(line[len(prefix):])
+        except json.JSONDecodeError:
+            raise self._foreign() from None
+        if not isinstance(options, dict):
+            raise self._foreign()
+        return options
+
+    def _read_csv(self, lines: List[str]) -> None:
+        if len(lines) < 3 or lines[0] != f"# {REMINDER}\n":
+            raise self._foreign()
+        self.options = self._read_options(lines[1], f"# {_OPTIONS_MARK} ")
+        header = next(csv.reader([lines[2]]))
+        if tuple(header) != COHORT_CSV_COLUMNS:
+            raise InputError(f"{self.path} has other columns than this version of notadiagnosis writes; "
+                             "choose another --out to start again.")
+        kept, block, expected = lines[:3], [], 0
+        for line in lines[3:]:
+            fields = next(csv.reader([line]), [])
+            if len(fields) != len(COHORT_CSV_COLUMNS):
+                break  # damaged: keep what came before
+            row = dict(zip(COHORT_CSV_COLUMNS, fields))
+            if block and row["case"] != block[0][0]["case"]:
+                block, expected = [], 0  # the previous case was cut off: drop it
+            if not block:
+                expected = 1 if row["status"] == STATUS_FAILED else int(row["points_in_case"] or 0)
+            block.append((row, line))
+            if len(block) == expected:
+                kept.extend(line for _, line in block)
+                self.done[row["case"]] = row["status"]
+                block = []
+        self._kept = "".join(kept)
+
+    def _read_jsonl(self, lines: List[str]) -> None:
+        self.options = self._read_options(lines[0], "")
+        if _OPTIONS_MARK not in self.options:
+            raise self._foreign()
+        self.options = self.options[_OPTIONS_MARK]
+        kept = [lines[0]]
+        for line in lines[1:]:
+            try:
+                record = json.loads(line)
+                case, status = record["case"], record["status"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break
+            kept.append(line)
+            self.done[case] = status
+        self._kept = "".join(kept)
+
+    def start(self, options: Dict[str, Any]) -> None:
+        """Check that the file was written with ``options`` (or write its head), then keep only whole CTs."""
+        if self.options is not None:
+            differing = sorted(key for key in set(options) | set(self.options) if options.get(key) != self.options.get(key))
+            if differing:
+                raise InputError(
+                    f"{self.path} was written with other options ({', '.join(f'{k}: {self.options.get(k)!r} there, {options.get(k)!r} now' for k in differing)}); "
+                    "rerun with the same options to resume, or choose another --out."
+                )
+            current = self.path.read_text(encoding="utf-8")
+            if current != self._kept:  # a CT cut off mid-write: rewrite without it, atomically
+                _replace(self.path, self._kept)
+            return
+        if self.suffix == ".csv":
+            buffer = io.StringIO()
+            buffer.write(f"# {REMINDER}\n# {_OPTIONS_MARK} {json.dumps(options, sort_keys=True)}\n")
+            csv.writer(buffer, lineterminator="\n").writerow(COHORT_CSV_COLUMNS)
+            head = buffer.getvalue()
+        else:
+            head = json.dumps({_OPTIONS_MARK: options, "disclaimer": REMINDER}, sort_keys=True) + "\n"
+        _replace(self.path, head)
+
+    def write_done(self, row: CohortRow, rows: Sequence[Dict[str, Any]]) -> None:
+        if self.suffix == ".csv":
+            self._append_csv([[row.case, row.ct_cell, row.series or "", STATUS_OK, str(len(rows)), *csv_cells(r), ""]
+                              for r in rows])
+        else:
+            self._append_json({"case": row.case, "ct": row.ct_cell, "series": row.series, "status": STATUS_OK,
+                               "points": list(rows)})
+        self.done[row.case] = STATUS_OK
+
+    def write_failed(self, row: CohortRow, reason: str) -> None:
+        if self.suffix == ".csv":
+            self._append_csv([[row.case, row.ct_cell, row.series or "", STATUS_FAILED, "0"]
+                              + [""] * len(CSV_COLUMNS) + [reason]])
+        else:
+            self._append_json({"case": row.case, "ct": row.ct_cell, "series": row.series, "status": STATUS_FAILED,
+                               "error": reason})
+        self.done[row.case] = STATUS_FAILED
+
+    def _append_csv(self, cells: List[List[str]]) -> None:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(cells)
+        self._append(buffer.getvalue())
+
+    def _append_json(self, record: Dict[str, Any]) -> None:
+        self._append(json.dumps(record) + "\n")
+
+    def _append(self, text: str) -> None:
+        # One write per CT, flushed to disk: an interruption leaves whole CTs and at most one cut-off CT.
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _replace(path: Path, text: str) -> None:
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temporary:
+            temporary.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def classify_cohort(options: CohortOptions, load_classifier: Callable[[], Any]) -> str:
+    """Classify every CT of the manifest's shard not yet in ``options.out``; returns a one-line summary.
+
+    The manifest and the results file are checked before ``load_classifier()`` is called.
+    """
+    manifest_rows = read_manifest(options.manifest)
+    rows = shard_rows(manifest_rows, options.shard)
+    output = CohortOutput(options.out)
+    todo = [row for row in rows if row.case not in output.done]
+    classifier = load_classifier()
+    output.start(_result_options(classifier, options))
+    already = len(rows) - len(todo)
+    statuses: Counter = Counter()
+    bar = progress_bar(total=len(rows), initial=already, desc="CTs", unit="CT", leave=True)
+    try:
+        with contextlib.closing(_read_ahead(todo, options)) as reading:
+            for row, loaded in reading:
+                statuses[_classify_row(classifier, output, options, row, loaded)] += 1
+                bar.update(1)
+    finally:
+        bar.close()
+    failed_in_file = sum(1 for row in rows if output.done.get(row.case) == STATUS_FAILED)
+    shard = f" (shard {options.shard[0]}/{options.shard[1]} of {len(manifest_rows)})" if options.shard else ""
+    return (f"Cohort: {len(rows)} CTs{shard}: {statuses[STATUS_OK]} classified and {statuses[STATUS_FAILED]} failed in this run, "
+            f"{already} already done; {failed_in_file} failed in all (status {STATUS_FAILED}, with the reason). "
+            f"Results: {options.out}")
+
+
+def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row: CohortRow, loaded) -> str:
+    """Classify one row and append its results, or record why it failed; returns the row's status."""
+    try:
+        image, points = loaded()
+        rows = classify_case(classifier, image, points, tta=options.tta, batch_size=options.batch_size,
+                             saliency_dir=options.saliency / safe_name(row.case) if options.saliency else None)
+    except CohortStopped:
+        raise
+    except NotADiagnosisError as error:
+        output.write_failed(row, str(error))
+        return STATUS_FAILED
+    output.write_done(row, rows)
+    return STATUS_OK
+
+
+def _result_options(classifier, options: CohortOptions) -> Dict[str, Any]:
+    """What must not change between a run and its resumption: the model, TTA and the shard."""
+    return {"format": _FORMAT_VERSION, "model": model_summary(classifier), "tta": options.tta,
+            "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}"}
+
+
+def _read_ahead(rows: Sequence[CohortRow], options: CohortOptions) -> Iterator[Tuple[CohortRow, Callable[[], Tuple[Any, list]]]]:
+    """Yield (row, load) in manifest order; with workers, the next rows are already being read in other
+    processes while the caller classifies the current one (at most ``workers`` CTs ahead, for memory)."""
+    if options.workers == 0:
+        for row in rows:
+            yield row, (lambda row=row: load_row(row, options.manifest))
+        return
+    # spawn, not fork: the parent holds the inference runtime's threads, which a fork would copy broken.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_ignore_interrupts)
+    pending: deque = deque()
+    upcoming = iter(rows)
+    try:
+        for row in upcoming:
+            pending.append((row, pool.submit(load_row, row, options.manifest)))
+            if len(pending) >= options.workers:
+                break
+        while pending:
+            row, future = pending.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append((following, pool.submit(load_row, following, options.manifest)))
+            yield row, _result_of(future, row)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result_of(future: Future, row: CohortRow) -> Callable[[], Tuple[Any, list]]:
+    def result() -> Tuple[Any, list]:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise CohortStopped(f"The process reading {row.ct_cell} died (out of memory?), so the run stopped there; "
+                                "rerun the same command to resume (with fewer --workers if memory is short).") from None
+    return result
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches every process of the group: the parent stops the run, the readers just end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

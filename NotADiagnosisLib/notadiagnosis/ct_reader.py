@@ -1,0 +1,384 @@
+"""Reading a CT: a volume file (NRRD, NIfTI, MHA...) or a DICOM folder, as a checked 3D SimpleITK image.
+
+The image's physical space is LPS, as ITK's always is. Inputs are never modified; anything that
+cannot be used as a CT (a missing path, several DICOM series without a choice, uneven slices, a 4D or
+multi-channel image) is refused with one actionable sentence (:class:`InputError`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, NotADiagnosisWarning
+
+__all__ = [
+    "DicomSeries",
+    "read_ct",
+    "read_volume_file",
+    "list_dicom_series",
+    "read_dicom_series",
+    "format_series_table",
+    "check_ct_values",
+    "ITKMessageWarning",
+    "VOLUME_SUFFIXES",
+]
+
+#: File endings read as one volume by SimpleITK (anything else that is a file is still tried).
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+# DICOM tags read from each slice's header, once, when a folder is listed.
+_TAG_SERIES_UID = "0020|000e"
+_TAG_SERIES_DESCRIPTION = "0008|103e"
+_TAG_MODALITY = "0008|0060"
+_TAG_POSITION = "0020|0032"  # ImagePositionPatient
+_TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient
+_TAG_INSTANCE_NUMBER = "0020|0013"
+# Slice steps may differ from their median by this share (plus 0.01 mm) before the series counts as uneven.
+_SLICE_STEP_TOLERANCE = 0.1
+_INT16_RANGE = (np.iinfo(np.int16).min, np.iinfo(np.int16).max)
+
+
+class ITKMessageWarning(NotADiagnosisWarning):
+    """A message ITK printed while reading a CT that was read nonetheless (shown once, as one line)."""
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series found in a folder."""
+
+    uid: str
+    description: str
+    modality: str
+    files: Tuple[str, ...]  # in patient order: along the slice normal (else by instance number, then name)
+    #: Each file's position along the slice normal (mm), in the order of ``files``; None when a slice
+    #: has no position or orientation in its header (then nothing can be checked).
+    slice_positions_mm: Optional[Tuple[float, ...]] = None
+
+    @property
+    def number_of_slices(self) -> int:
+        return len(self.files)
+
+
+
+def read_ct(path: str | os.PathLike, series_uid: str | None = None, progress: bool = False) -> sitk.Image:
+    """Read a CT from a volume file (NRRD, NIfTI, MHA...) or a DICOM folder; the input is never modified.
+
+    ``series_uid`` picks one series when a DICOM folder holds several (the error raised otherwise
+    lists them). Raises :class:`InputError` with one actionable sentence when the path is missing,
+    unreadable or not a 3D scalar volume. Integer images whose values fit are returned as int16.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"The CT path {path} does not exist; give a volume file (.nrrd, .nii.gz, .mha) or a DICOM folder.")
+    if path.is_dir():
+        return read_dicom_series(path, series_uid=series_uid, progress=progress)
+    header = _slice_header(path) if path.suffix.lower() in (".dcm", ".dicom", ".ima", "") else None
+    if header is not None:
+        # One slice of a series was given: read the whole series it belongs to from its folder.
+        if series_uid is not None and series_uid.strip() != header.uid:
+            raise InputError(f"{path.name} belongs to series {header.uid}, not {series_uid}; pass the DICOM folder instead.")
+        return read_dicom_series(path.parent, series_uid=header.uid, progress=progress)
+    if series_uid is not None:
+        raise InputError(f"A series UID was given but {path} is a single volume file; pass the DICOM folder instead.")
+    return read_volume_file(path, progress=progress)
+
+
+def read_volume_file(path: str | os.PathLike, progress: bool = False) -> sitk.Image:
+    """Read one volume file with SimpleITK and check that it is a 3D scalar image."""
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    image = _execute(
+        reader,
+        f"Reading {path.name}" if progress else None,
+        lambda reason: f"SimpleITK could not read {path} as an image ({reason}); "
+        "give a .nrrd, .nii(.gz), .mha file or a DICOM folder.",
+    )
+    return _narrow_to_int16(_check_volume(image, str(path)))
+
+
+def _execute(reader, progress_description: str | None, error_message) -> sitk.Image:
+    """Run a SimpleITK reader, with a progress bar when described; a read failure becomes an InputError.
+
+    ITK's own messages are captured (never printed raw): on failure the last one explains the error,
+    on success each is re-issued once as an :class:`ITKMessageWarning`. The progress command is
+    removed afterwards, so that nothing keeps the reader (and through it the image's buffer) alive.
+    """
+    bar = None
+    if progress_description is not None:
+        bar = _progress_bar(progress_description)
+        reader.AddCommand(sitk.sitkProgressEvent, lambda: bar.update(round(reader.GetProgress() * 100) - bar.n))
+    try:
+        with itk_messages() as messages:
+            image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(error_message(_first_line(exc))) from None
+    finally:
+        reader.RemoveAllCommands()
+        if bar is not None:
+            bar.close()
+    for message in dict.fromkeys(_informative_line(m) for m in messages):
+        warnings.warn(message, ITKMessageWarning, stacklevel=3)
+    return image
+
+
+class _CollectingLogger(sitk.LoggerBase):
+    """An ITK output window that keeps every message instead of printing it on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: List[str] = []
+
+    def DisplayText(self, text: str) -> None:  # noqa: N802 - ITK's names
+        self.messages.append(text)
+
+    DisplayErrorText = DisplayWarningText = DisplayGenericOutputText = DisplayDebugText = DisplayText
+
+
+@contextlib.contextmanager
+def itk_messages() -> Iterator[List[str]]:
+    """Capture what ITK would print (``WARNING: In /…/itkSomething.hxx, line …``) into a list."""
+    logger = _CollectingLogger()
+    previous = logger.SetAsGlobalITKLogger()
+    try:
+        yield logger.messages
+    finally:
+        previous.SetAsGlobalITKLogger()
+
+
+@dataclass(frozen=True)
+class _SliceHeader:
+    path: str
+    uid: str
+    description: str
+    modality: str
+    position: Optional[Tuple[float, float, float]]
+    orientation: Optional[Tuple[float, ...]]
+    instance: Optional[int]
+
+
+def _slice_header(path: Path) -> _SliceHeader | None:
+    """The header fields of one DICOM file (read once, no pixels), or None when it is not a DICOM image."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(path))
+    try:
+        with itk_messages():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+
+    def tag(key: str) -> str:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+    uid = tag(_TAG_SERIES_UID)
+    if not uid:  # only DICOM images carry a SeriesInstanceUID (a DICOMDIR does not)
+        return None
+    instance = tag(_TAG_INSTANCE_NUMBER)
+    return _SliceHeader(
+        path=str(path),
+        uid=uid,
+        description=tag(_TAG_SERIES_DESCRIPTION),
+        modality=tag(_TAG_MODALITY),
+        position=_numbers(tag(_TAG_POSITION), 3),
+        orientation=_numbers(tag(_TAG_ORIENTATION), 6),
+        instance=int(instance) if instance.lstrip("-").isdigit() else None,
+    )
+
+
+def _numbers(text: str, count: int) -> Optional[Tuple[float, ...]]:
+    try:
+        values = tuple(float(v) for v in text.split("\\"))
+    except ValueError:
+        return None
+    return values if len(values) == count and all(np.isfinite(values)) else None
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """List the DICOM series in ``folder`` and its subfolders (TCIA downloads nest them), by UID.
+
+    Each file's header is read once, here; the listing carries what reading the series needs (the
+    files in patient order and their positions), so nothing is parsed twice.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; give the folder that holds the DICOM slices.")
+    headers_by_uid: dict = {}
+    for path in _walk_files(folder):
+        header = _slice_header(path)
+        if header is not None:
+            headers_by_uid.setdefault(header.uid, []).append(header)
+    series = [_series_of(uid, headers) for uid, headers in headers_by_uid.items()]
+    # Most slices first: the thin-slice CT is usually the one wanted.
+    series.sort(key=lambda s: (-s.number_of_slices, s.uid))
+    return series
+
+
+def _series_of(uid: str, headers: List[_SliceHeader]) -> DicomSeries:
+    """One series from its slices' headers: sorted along the slice normal when every slice has a
+    position and the first an orientation (as GDCM sorts), else by instance number, then file name."""
+    orientation = headers[0].orientation
+    positions = None
+    if orientation is not None and all(h.position is not None for h in headers):
+        normal = np.cross(orientation[:3], orientation[3:])
+        heights = [float(np.dot(h.position, normal)) for h in headers]
+        order = sorted(range(len(headers)), key=lambda i: (heights[i], headers[i].path))
+        positions = tuple(heights[i] for i in order)
+    else:
+        order = sorted(range(len(headers)), key=lambda i: (headers[i].instance is None, headers[i].instance or 0,
+                                                          headers[i].path))
+    first = headers[0]
+    return DicomSeries(uid=uid, description=first.description, modality=first.modality,
+                       files=tuple(headers[i].path for i in order), slice_positions_mm=positions)
+
+
+def read_dicom_series(
+    folder: str | os.PathLike, series_uid: str | None = None, progress: bool = False
+) -> sitk.Image:
+    """Read one DICOM series from a folder as a 3D image in HU (GDCM applies rescale slope/intercept).
+
+    With several series and no ``series_uid``, raises :class:`InputError` listing each series'
+    UID, description and number of slices, asking for ``--series UID``. Unevenly spaced slices are
+    refused before any pixel is read.
+    """
+    folder = Path(folder)
+    series = list_dicom_series(folder)
+    if not series:
+        raise InputError(f"No DICOM series found in {folder}; give a folder of .dcm slices or a volume file.")
+    if series_uid is None:
+        if len(series) > 1:
+            raise InputError(
+                f"The folder {folder} holds {len(series)} DICOM series; choose one with --series UID "
+                f"(series_uid= in Python):\n{format_series_table(series)}"
+            )
+        chosen = series[0]
+    else:
+        matches = [s for s in series if s.uid == series_uid.strip()]
+        if not matches:
+            raise InputError(
+                f"No series with UID {series_uid} in {folder}; the folder holds:\n{format_series_table(series)}"
+            )
+        chosen = matches[0]
+    if chosen.number_of_slices < 2:
+        raise InputError(
+            f"Series {chosen.uid} in {folder} has a single slice; a 3D CT needs the whole series of slices."
+        )
+    _check_slice_positions(chosen)
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames(list(chosen.files))
+    image = _execute(
+        reader,
+        f"Reading {chosen.number_of_slices} DICOM slices" if progress else None,
+        lambda reason: f"Could not read DICOM series {chosen.uid} in {folder} ({reason}).",
+    )
+    del reader
+    return _narrow_to_int16(_check_volume(image, f"DICOM series {chosen.uid}"))
+
+
+def _check_slice_positions(series: DicomSeries) -> None:
+    """Refuse a series whose slices are unevenly spaced (missing or duplicated slices).
+
+    ITK builds the volume with one slice spacing; a gap would silently misplace every slice after
+    it, so the patch would not be where the user pointed.
+    """
+    if series.slice_positions_mm is None:
+        return  # no ImagePositionPatient: nothing to check against
+    steps = np.diff(series.slice_positions_mm)
+    if len(steps) == 0:
+        return
+    typical = float(np.median(steps))
+    if typical <= 1e-3 or np.any(np.abs(steps - typical) > _SLICE_STEP_TOLERANCE * typical + 0.01):
+        raise InputError(
+            f"Series {series.uid} has uneven slice positions (steps {steps.min():.2f} to {steps.max():.2f} mm): "
+            "slices are missing or duplicated; export the complete series again."
+        )
+
+
+def format_series_table(series: Sequence[DicomSeries]) -> str:
+    """A plain-text table of series: UID, slices, modality, description (one line each)."""
+    lines = []
+    for s in series:
+        description = s.description or "(no description)"
+        lines.append(f"  {s.uid}  {s.number_of_slices:4d} slices  {s.modality or '?':3s}  {description}")
+    return "\n".join(lines)
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder``, in a stable order (hidden files and folders skipped)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def _check_volume(image: sitk.Image, source: str) -> sitk.Image:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{source} has {image.GetNumberOfComponentsPerPixel()} values per voxel; a CT has one (HU).")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        # Some writers store a 3D volume as 4D with one time point: take that one.
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(f"{source} is a {image.GetDimension()}D image; a CT volume must be 3D.")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{source} has size {image.GetSize()}; a CT volume needs several voxels along every axis.")
+    return image
+
+
+def _narrow_to_int16(image: sitk.Image) -> sitk.Image:
+    """The image as int16 when it is of a wider integer type and every value fits (GDCM gives int32 for
+    most CTs, whose rescaled HU fit in int16): half the memory, the same values."""
+    wider_integers = (sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64)
+    if image.GetPixelID() not in wider_integers:
+        return image
+    extremes = sitk.MinimumMaximumImageFilter()
+    extremes.Execute(image)
+    if extremes.GetMinimum() < _INT16_RANGE[0] or extremes.GetMaximum() > _INT16_RANGE[1]:
+        return image
+    return sitk.Cast(image, sitk.sitkInt16)
+
+
+def check_ct_values(image: sitk.Image, source: str = "The CT") -> None:
+    """Refuse an image without usable data: no finite voxel, or one value everywhere.
+
+    Such an image still gives the network an input, and so a probability that means nothing.
+    Raw unrescaled intensities or an MRI-like image are not refused here: their voxels vary, and
+    the classifier warns that they do not look like Hounsfield units.
+    """
+    voxels = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(voxels.dtype, np.floating):
+        finite = np.isfinite(voxels)
+        if not finite.any():
+            raise InputError(f"{source} has no finite voxel (every value is NaN or infinity); check the file or its export.")
+        low = float(voxels.min(where=finite, initial=np.inf))
+        high = float(voxels.max(where=finite, initial=-np.inf))
+    else:
+        low, high = float(voxels.min()), float(voxels.max())
+    if low == high:
+        raise InputError(f"{source} holds one value ({low:g}) in every voxel, so there is nothing to classify; "
+                         "check that the right image was exported.")
+
+
+def _progress_bar(description: str):
+    from tqdm.auto import tqdm
+
+    # delay: show the bar only when reading takes over a second (tqdm >= 4.62).
+    return tqdm(total=100, desc=description, unit="%", leave=False, delay=1.0)
+
+
+def _informative_line(text: str) -> str:
+    """The last informative line of an ITK message, shortened: ITK prefixes file and line noise."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:200]
+
+
+def _first_line(exc: BaseException) -> str:
+    return _informative_line(str(exc)) or type(exc).__name__
