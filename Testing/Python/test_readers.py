@@ -503,6 +503,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, imag
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", timeout=300)
     growth_mib, image_mib = (float(v) for v in result.stdout.split())
     assert growth_mib < 0.25 * image_mib, (growth_mib, image_mib, result.stderr)
