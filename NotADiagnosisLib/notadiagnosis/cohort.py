@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import tempfile
+import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .cases import classify_case, read_case
-from .errors import InputError, NotADiagnosisError
+from .errors import InputError, NotADiagnosisError, show_warning
 from .points import parse_point, read_points
 from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, progress_bar, safe_name
 
@@ -423,7 +424,7 @@ def _read_ahead(rows: Sequence[CohortRow], options: CohortOptions) -> Iterator[T
         return
     # spawn, not fork: the parent holds the inference runtime's threads, which a fork would copy broken.
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_ignore_interrupts)
+    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_start_reader)
     pending: deque = deque()
     upcoming = iter(rows)
     try:
@@ -451,6 +452,8 @@ def _result_of(future: Future, row: CohortRow) -> Callable[[], Tuple[Any, list]]
     return result
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches every process of the group: the parent stops the run, the readers just end.
+def _start_reader() -> None:
+    """Set up a reading process: warnings as one line each, as the command line shows them; Ctrl-C
+    (which reaches every process of the group) left to the parent, which stops the run."""
+    warnings.showwarning = show_warning
     signal.signal(signal.SIGINT, signal.SIG_IGN)
