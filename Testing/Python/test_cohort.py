@@ -263,3 +263,15 @@ def test_two_runs_never_write_one_results_file(capsys, cohort, model_path, tmp_p
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         code, _, err = run(capsys, "classify", "--manifest", cohort, "--out", out, "--model", model_path)
     assert code == 1 and "Another run is writing" in err and not out.exists()
+
+
+def test_saliency_maps_of_a_cohort_go_to_one_folder_per_case(capsys, cohort, model_path, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"id,ct,points\nfirst case,{cohort.parent / 'scans' / 'ct0.nrrd'},\"0,0,0; 1,1,1\"\n")
+    out = tmp_path / "results.jsonl"
+    code, _, _ = run(capsys, "classify", "--manifest", manifest, "--out", out, "--model", model_path,
+                     "--saliency", tmp_path / "maps", "--workers", "0")
+    assert code == 0
+    record = json.loads(out.read_text().splitlines()[1])
+    maps = sorted((tmp_path / "maps" / "first_case").glob("*.nrrd"))
+    assert len(maps) == 2 and [Path(p["saliency"]) for p in record["points"]] == maps
