@@ -95,3 +95,16 @@ def input_problem(volume_node, markups_node) -> Optional[str]:
         if transform_name is not None:
             return f"The {role} '{node.GetName()}' is under the non-linear transform '{transform_name}'; harden or remove it."
     return None
+
+
+def model_problem(use_bundled: bool, model_path: Optional[str]) -> Optional[str]:
+    """Why the chosen model cannot be used, in one sentence, or None (the bundled model, or an existing file)."""
+    if use_bundled:
+        return None
+    if not model_path or model_path.strip() in ("", "."):
+        return "Choose a model file (.safetensors with its .json card beside it) or tick 'Use the bundled model'."
+    import os
+
+    if not os.path.isfile(os.path.expanduser(model_path)):
+        return f"The model file '{model_path}' does not exist; choose another or tick 'Use the bundled model'."
+    return None
