@@ -17,10 +17,8 @@ from slicer_support import LIBRARY_DIR, MODULE_DIR, REPO_ROOT
 
 STUB_DIR = Path(__file__).resolve().parent / "slicer_cmake_stub"
 SCRIPTED_MODULES_DIR = Path("lib") / "Slicer-5.8" / "qt-scripted-modules"
-# Shipped with Slicer itself.
-PROVIDED_BY_SLICER = {"numpy", "simpleitk"}
-# Used by the command line only (progress bars); the module never calls those paths.
-CLI_ONLY = {"tqdm"}
+# Shipped with Slicer itself, or installed by the PyTorch extension (torch).
+PROVIDED_BY_SLICER = {"numpy", "simpleitk", "torch"}
 
 
 def _library_files(pattern: str):
@@ -115,9 +113,10 @@ def test_module_requirements_are_the_library_dependencies_slicer_lacks():
 
     library = tomllib.loads((REPO_ROOT / "NotADiagnosisLib" / "pyproject.toml").read_text(encoding="utf-8"))
     needed = {name: minimum for name, minimum in _requirement_names_and_minimums(library["project"]["dependencies"]).items()
-              if name not in PROVIDED_BY_SLICER | CLI_ONLY}
+              if name not in PROVIDED_BY_SLICER}
     module = _requirement_names_and_minimums(read_requirements(MODULE_DIR / "Resources" / "requirements.txt"))
     assert module == needed
+    assert "torch" in _requirement_names_and_minimums(library["project"]["dependencies"])
 
 
 def test_icon_is_a_128_pixel_png_drawn_by_the_script():
