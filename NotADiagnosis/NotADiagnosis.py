@@ -55,8 +55,8 @@ class NotADiagnosis(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Not a Diagnosis")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        # Markups: the nodule points (and their node class, used by the parameter node); SampleData: the sample.
-        self.parent.dependencies = ["Markups", "SampleData"]
+        # Markups: the nodule points and their node class, which the parameter node uses.
+        self.parent.dependencies = ["Markups"]
         self.parent.contributors = ["Not-a-Diagnosis contributors"]
         self.parent.helpText = _(
             "<p><b>Not a diagnosis.</b> Research software: a second opinion on lung nodules for research only. "
@@ -217,7 +217,8 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
-        self.initializeParameterNode()
+        if self.parent.isEntered:
+            self.initializeParameterNode()  # otherwise enter() does it
 
     def initializeParameterNode(self) -> None:
         from nadslicer.validation import default_input_volume

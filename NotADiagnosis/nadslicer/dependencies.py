@@ -38,6 +38,10 @@ REQUIREMENTS_FILE = Path("Resources") / "requirements.txt"
 #: What importing proves the runtime works: the library's classifier imports its inference runtime.
 RUNTIME_MODULE = "notadiagnosis.classifier"
 
+#: Distributions that provide the same importable package: onnxruntime-gpu is ONNX Runtime with CUDA.
+#: Installing onnxruntime next to it would break both, so either one satisfies a requirement on the other.
+EQUIVALENT_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}
+
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:>=\s*([0-9][0-9A-Za-z.]*))?\s*$")
 
 
@@ -71,12 +75,21 @@ def requirement_name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0]
 
 
+def installed_version(name: str) -> Optional[str]:
+    """The installed version of distribution ``name`` (or of an equivalent one), or None."""
+    for candidate in EQUIVALENT_DISTRIBUTIONS.get(name.lower(), (name,)):
+        try:
+            return importlib.metadata.version(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def is_satisfied(requirement: str) -> bool:
     """Whether ``name`` or ``name>=version`` is installed. Other specifiers count as satisfied if installed."""
     match = _REQUIREMENT.match(requirement)
-    try:
-        installed = importlib.metadata.version(requirement_name(requirement))
-    except importlib.metadata.PackageNotFoundError:
+    installed = installed_version(requirement_name(requirement))
+    if installed is None:
         return False
     minimum = match.group(2) if match else None
     return minimum is None or _version_tuple(installed) >= _version_tuple(minimum)
@@ -91,11 +104,8 @@ def describe_missing(requirements: Sequence[str]) -> str:
     """``onnxruntime>=1.17 (not installed), safetensors>=0.4 (0.3.1 installed)`` for messages."""
     described = []
     for requirement in requirements:
-        try:
-            installed = importlib.metadata.version(requirement_name(requirement))
-            described.append(f"{requirement} ({installed} installed)")
-        except importlib.metadata.PackageNotFoundError:
-            described.append(f"{requirement} (not installed)")
+        installed = installed_version(requirement_name(requirement))
+        described.append(f"{requirement} ({installed} installed)" if installed else f"{requirement} (not installed)")
     return ", ".join(described)
 
 

@@ -177,3 +177,22 @@ def test_the_module_requirements_are_read_from_one_file():
 
     assert dependencies.module_requirements(MODULE_DIR) == dependencies.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
     assert dependencies.module_requirements(MODULE_DIR)
+
+
+def test_onnxruntime_gpu_satisfies_onnxruntime(monkeypatch):
+    """Installing the CPU onnxruntime next to onnxruntime-gpu would break both: the GPU build counts."""
+    import importlib.metadata
+
+    versions = {"onnxruntime-gpu": "1.20.1"}
+
+    def version(name):
+        if name in versions:
+            return versions[name]
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(dependencies.importlib.metadata, "version", version)
+    assert dependencies.is_satisfied("onnxruntime>=1.14")
+    assert not dependencies.is_satisfied("onnxruntime>=1.21")
+    assert dependencies.describe_missing(["onnxruntime>=1.21"]) == "onnxruntime>=1.21 (1.20.1 installed)"
+    versions.clear()
+    assert dependencies.missing_requirements(["onnxruntime>=1.14"]) == ["onnxruntime>=1.14"]
