@@ -23,16 +23,10 @@ sys.path.insert(0, str(MODULE_DIR))
 
 
 def rendered_rgba(volume_node) -> np.ndarray:
-    """(k, j, i, 4) uint8: what the volume's display node produces for a slice view layer."""
-    from vtk.util.numpy_support import vtk_to_numpy
+    """(k, j, i, 4) uint8: the volume's slice view layer as Slicer's display pipeline renders it."""
+    from nadslicer.results import rendered_layer
 
-    display = volume_node.GetDisplayNode()
-    display.SetInputImageDataConnection(volume_node.GetImageDataConnection())
-    producer = display.GetOutputImageDataConnection().GetProducer()
-    producer.Update()
-    output = producer.GetOutputDataObject(0)
-    columns, rows, slices = output.GetDimensions()
-    rgba = vtk_to_numpy(output.GetPointData().GetScalars()).reshape(slices, rows, columns, -1)
+    rgba = rendered_layer(volume_node)
     if rgba.shape[-1] == 2:  # grey + alpha (a grey colour map)
         rgba = np.concatenate([np.repeat(rgba[..., :1], 3, axis=-1), rgba[..., 1:]], axis=-1)
     return rgba

@@ -228,6 +228,23 @@ def saliency_color(t: float) -> tuple:
     return red, green, blue
 
 
+def rendered_layer(volume_node) -> np.ndarray:
+    """(k, j, i, components) uint8: what the volume's display node makes of it for a slice view layer.
+
+    Slicer's own display pipeline (window/level, threshold, colour table) run without a view: the
+    check that an overlay renders as intended (RGBA for a colour table, grey + alpha for grey).
+    """
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    display = volume_node.GetDisplayNode()
+    display.SetInputImageDataConnection(volume_node.GetImageDataConnection())
+    producer = display.GetOutputImageDataConnection().GetProducer()
+    producer.Update()
+    output = producer.GetOutputDataObject(0)
+    columns, rows, slices = output.GetDimensions()
+    return vtk_to_numpy(output.GetPointData().GetScalars()).reshape(slices, rows, columns, -1)
+
+
 def show_overlay(scene, background_node, foreground_node, opacity: float = SALIENCY_LAYER_OPACITY) -> int:
     """Show ``foreground_node`` over ``background_node`` in every slice view; returns how many views.
 

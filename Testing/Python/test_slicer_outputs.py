@@ -23,6 +23,7 @@ from nadslicer.results import (  # noqa: E402
     SUBJECT_HIERARCHY_FOLDER,
     OutputNodes,
     read_results_table,
+    rendered_layer,
 )
 from nadslicer.validation import output_volume_ids  # noqa: E402
 from nadslicer.volumes import add_volume_from_image  # noqa: E402
@@ -120,26 +121,13 @@ def test_output_volumes_are_listed_for_the_input_selector_to_hide(scene, classif
     assert output_volume_ids(scene) == [result.saliency_node.GetID()]
 
 
-def _rendered_layer(volume_node):
-    """RGBA (k, j, i, 4) uint8 that Slicer's scalar volume display pipeline produces for ``volume_node``."""
-    from vtk.util.numpy_support import vtk_to_numpy
-
-    display = volume_node.GetDisplayNode()
-    display.SetInputImageDataConnection(volume_node.GetImageDataConnection())
-    producer = display.GetOutputImageDataConnection().GetProducer()
-    producer.Update()
-    output = producer.GetOutputDataObject(0)
-    columns, rows, slices = output.GetDimensions()
-    return vtk_to_numpy(output.GetPointData().GetScalars()).reshape(slices, rows, columns, -1)
-
-
 def test_saliency_is_rendered_by_slicer_as_its_colour_table_says(scene, classifier):
     """Slicer's display pipeline turns a colour table's alpha into opaque/transparent; the overlay's
     colour table must therefore promise no graded transparency: what is rendered is the table."""
     volume, points = _inputs(scene)
     result = logic.classify(volume, points, _options(saliency=True), classifier=classifier)
     saliency = slicer.util.arrayFromVolume(result.saliency_node)
-    rendered = _rendered_layer(result.saliency_node)
+    rendered = rendered_layer(result.saliency_node)
     colors = result.saliency_node.GetDisplayNode().GetColorNode()
     visible = saliency >= SALIENCY_DISPLAY_THRESHOLD + 0.01
     hidden = saliency < SALIENCY_DISPLAY_THRESHOLD - 0.01
