@@ -5,11 +5,15 @@ computation lives in the Qt-free package ``nadslicer`` (tested in CI on real MRM
 and in the library ``notadiagnosis``; both are imported inside functions so that loading this module
 at Slicer start-up costs nothing (no numpy, SimpleITK or torch at file scope).
 
-Target: Slicer 5.8 and later. Python packages are installed at first use: torch through the PyTorch
-extension, the others with ``slicer.packaging.pip_ensure`` on Slicer 5.12+ or, before 5.12, with
-``slicer.util.pip_install`` behind a confirmation dialog.
+Target: Slicer 5.8 and later. Python packages (one list, ``Resources/requirements.txt``) are installed
+at first use with ``slicer.packaging.pip_ensure`` on Slicer 5.12+ or, before 5.12, with
+``slicer.util.pip_install`` behind a confirmation dialog; never in testing mode. The slow work runs
+on a worker thread while the window stays live (see ``nadslicer.background``).
 """
+import contextlib
 import logging
+import os
+import pathlib
 from typing import Annotated, Optional
 
 import vtk
@@ -27,10 +31,12 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-# Markups node classes reach the `slicer` namespace only after the Markups module has loaded, which is
-# too late for the parameter node's annotations at import time; Slicer's parameterNodeWrapper
-# documentation recommends importing them from their own package.
+# Markups node classes are added to the `slicer` namespace when the Markups module loads, possibly
+# after this file is executed; the parameter node's annotations need the class now, so it is imported
+# from the Python package that wraps Markups' MRML classes (it is what `slicer` re-exports).
 from vtkSlicerMarkupsModuleMRMLPython import vtkMRMLMarkupsFiducialNode
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 DISCLAIMER = (
     "Not a diagnosis: research use only. The probability estimates how LIDC-IDRI radiologists would rate "
@@ -49,7 +55,8 @@ class NotADiagnosis(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Not a Diagnosis")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        self.parent.dependencies = []
+        # Markups: the nodule points and their node class, which the parameter node uses.
+        self.parent.dependencies = ["Markups"]
         self.parent.contributors = ["Not-a-Diagnosis contributors"]
         self.parent.helpText = _(
             "<p><b>Not a diagnosis.</b> Research software: a second opinion on lung nodules for research only. "
@@ -59,8 +66,10 @@ class NotADiagnosis(ScriptedLoadableModule):
             "probability that LIDC-IDRI radiologists would rate the nodule malignant (median rating 4-5 versus 1-2), "
             "with an uncertainty from flip test-time augmentation and warnings when the result may be unreliable. "
             "The saliency overlay shows which voxels drove the model's output; it is not a segmentation.</p>"
-            "<p>Results go into a new table; clicking a row centres the slice views on that point. "
-            "The input volume and point list are never modified.</p>"
+            "<p>Results go into a table (clicking a row centres the slice views on that point) and a results point "
+            "list whose labels carry the probabilities, in a folder beside the CT; a new run replaces them unless "
+            "you untick that option. The input volume and point list are never modified. No CT at hand? "
+            "<b>Load sample</b> adds a synthetic chest CT with points on its nodules (also in Sample Data).</p>"
             "<p>If you use this module, cite the LIDC-IDRI data set it was trained on: "
             "Armato SG III, McLennan G, Bidaut L, et al. The Lung Image Database Consortium (LIDC) and Image Database "
             "Resource Initiative (IDRI): a completed reference database of lung nodules on CT scans. "
@@ -73,6 +82,39 @@ class NotADiagnosis(ScriptedLoadableModule):
             "Institute and the Foundation for the National Institutes of Health, and their critical role in the "
             "creation of the free publicly available LIDC/IDRI Database used to train the model."
         )
+        # The library bundled beside this file wins over any other copy in Slicer's Python.
+        from nadslicer.library import prefer_bundled_library
+
+        prefer_bundled_library(MODULE_DIR)
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            # Sample Data lists the module's sample once Slicer has started (SampleData is loaded by then).
+            app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the synthetic chest CT with its nodule points in Slicer's Sample Data module (generated here, no download)."""
+    import SampleData
+
+    from nadslicer.sample_data import CATEGORY, SAMPLE_NAME
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=CATEGORY,
+        sampleName=SAMPLE_NAME,
+        uris=[], fileNames=[], nodeNames=[],  # nothing to download: customDownloader builds the scene
+        thumbnailFileName=os.path.join(MODULE_DIR, "Resources", "Icons", "NotADiagnosis.png"),
+        customDownloader=loadSyntheticSample,
+    )
+
+
+def loadSyntheticSample(source=None):
+    """Add the synthetic chest CT and its nodule points to the scene and show them; returns [volume, points]."""
+    from nadslicer.sample_data import load_sample
+
+    with slicer.util.WaitCursor():
+        volumeNode, pointList, _nodules = load_sample(slicer.mrmlScene)
+    slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+    return [volumeNode, pointList]
 
 
 #
@@ -86,10 +128,14 @@ class NotADiagnosisParameterNode:
 
     inputVolume - the chest CT.
     pointList - one control point per nodule.
-    device - where the model runs: Auto (CUDA, then Apple MPS, then CPU), CPU or GPU.
+    device - where the model runs: Auto (an NVIDIA GPU if a runtime provides one, else CPU), CPU or GPU.
     testTimeAugmentation - average over flips and report their spread as uncertainty.
     computeSaliency - also compute the saliency overlay.
-    resultsTable, saliencyVolume - the latest run's outputs (new nodes each run).
+    useBundledModel - the model shipped with the extension; otherwise modelPath (a .safetensors file
+      with its .json card).
+    modelSha256 - optional pinned sha256 of the model file; loading refuses any other file.
+    replacePreviousResults - a new run removes the previous run's outputs (so they do not pile up).
+    resultsTable, saliencyVolume, resultPoints - the latest run's outputs.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -97,8 +143,13 @@ class NotADiagnosisParameterNode:
     device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
     testTimeAugmentation: bool = True
     computeSaliency: bool = True
+    useBundledModel: bool = True
+    modelPath: pathlib.Path
+    modelSha256: str = ""
+    replacePreviousResults: bool = True
     resultsTable: vtkMRMLTableNode
     saliencyVolume: vtkMRMLScalarVolumeNode
+    resultPoints: vtkMRMLMarkupsFiducialNode
 
 
 #
@@ -107,7 +158,7 @@ class NotADiagnosisParameterNode:
 
 
 class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: inputs, options, Classify, results. It holds no computation."""
+    """The module panel: inputs, model, options, Classify, results. It holds no computation."""
 
     # Point list events after which Classify may become enabled or disabled.
     _POINT_EVENTS = (
@@ -125,6 +176,7 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedPointList = None
         self._running = False
+        self._modelInfoKey = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -137,67 +189,100 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.disclaimerLabel.text = DISCLAIMER
         self.ui.placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        from nadslicer.library import library_in_use
         from nadslicer.model_info import bundled_model_summary
 
         self.ui.statusLabel.text = bundled_model_summary()
+        self.ui.statusLabel.toolTip = library_in_use(MODULE_DIR)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for event in (slicer.mrmlScene.NodeAddedEvent, slicer.mrmlScene.EndImportEvent):
+            self.addObserver(slicer.mrmlScene, event, self._hideOutputsFromInputSelector)
 
         self.ui.classifyButton.connect("clicked(bool)", self.onClassifyButton)
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSampleButton)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultRowClicked)
 
+        # Connected once here and kept while the panel is hidden: Slicer 5.8's connectGui returns no tag,
+        # so connecting on every module entry would pile up connections that disconnectGui cannot undo.
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self.setParameterNode(None)
 
     def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
-        self._observePointList(None)
+        self.initializeParameterNode()  # reconnects nothing when the parameter node is the same
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
-            self.initializeParameterNode()
+            self.initializeParameterNode()  # otherwise enter() does it
 
     def initializeParameterNode(self) -> None:
         from nadslicer.validation import default_input_volume
 
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            # Not GetFirstNodeByClass: it also returns label maps and the module's own saliency overlays.
+            # Not GetFirstNodeByClass: it also returns label maps and the module's own outputs.
             firstVolumeNode = default_input_volume(slicer.mrmlScene)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: Optional[NotADiagnosisParameterNode]) -> None:
+        """Bind the GUI to ``inputParameterNode``; nothing happens when it wraps the node already bound."""
+        current = self._parameterNode.parameterNode if self._parameterNode else None
+        incoming = inputParameterNode.parameterNode if inputParameterNode else None
+        if current is not None and incoming is current:
+            self._onParameterNodeModified()
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._parameterNodeGuiTag = None
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets with the dynamic property "SlicerParameterName" in the .ui are bound to parameters.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._connectGui(self._parameterNode)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._onParameterNodeModified()
 
+    def _connectGui(self, parameterNode):
+        tag = parameterNode.connectGui(self.ui)
+        if tag is None:
+            # Slicer before 5.12 returns no tag; the wrapper numbers its GUI connections, and this one is
+            # the last. With it disconnectGui can undo this connection when the scene closes.
+            tag = getattr(parameterNode, "_nextParameterGUIsTag", 1) - 1
+        return tag
+
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
-        pointList = self._parameterNode.pointList if self._parameterNode else None
+        parameterNode = self._parameterNode
+        pointList = parameterNode.pointList if parameterNode else None
         self._observePointList(pointList)
         self.ui.placeWidget.setCurrentNode(pointList)
-        resultsTable = self._parameterNode.resultsTable if self._parameterNode else None
+        resultsTable = parameterNode.resultsTable if parameterNode else None
         if self.ui.resultsTableView.mrmlTableNode() is not resultsTable:
             self.ui.resultsTableView.setMRMLTableNode(resultsTable)
+        if parameterNode:
+            self.ui.modelPathLineEdit.enabled = not parameterNode.useBundledModel
+            self._updateModelInfo()
         self._updateClassifyButton()
+
+    def _updateModelInfo(self) -> None:
+        """Name, version and sha256 of the chosen model, recomputed only when the choice changes."""
+        from nadslicer.model_info import model_summary
+        from nadslicer.validation import model_problem
+
+        parameterNode = self._parameterNode
+        modelPath = None if parameterNode.useBundledModel else str(parameterNode.modelPath)
+        if modelPath == self._modelInfoKey and self._modelInfoKey is not None:
+            return
+        self._modelInfoKey = modelPath
+        problem = model_problem(parameterNode.useBundledModel, modelPath)
+        self.ui.modelInfoLabel.text = problem or model_summary(modelPath)
 
     def _observePointList(self, pointList) -> None:
         """Watch the selected point list so that Classify follows points being placed or deleted."""
@@ -211,15 +296,65 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for eventName in self._POINT_EVENTS:
                 self.addObserver(pointList, getattr(slicer.vtkMRMLMarkupsNode, eventName), self._updateClassifyButton)
 
+    def _hideOutputsFromInputSelector(self, caller=None, event=None) -> None:
+        """The module's outputs (saliency overlays) are volumes too; the Chest CT selector must not offer them."""
+        from nadslicer.validation import output_volume_ids
+
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = output_volume_ids(slicer.mrmlScene)
+
     def _updateClassifyButton(self, caller=None, event=None) -> None:
-        from nadslicer.validation import input_problem
+        from nadslicer.validation import input_problem, model_problem
 
         parameterNode = self._parameterNode
-        problem = _("Set up the module first.") if parameterNode is None else input_problem(parameterNode.inputVolume, parameterNode.pointList)
+        if parameterNode is None:
+            problem = _("Set up the module first.")
+        else:
+            problem = input_problem(parameterNode.inputVolume, parameterNode.pointList) or model_problem(
+                parameterNode.useBundledModel, None if parameterNode.useBundledModel else str(parameterNode.modelPath))
         if self._running:
             problem = _("A classification is running.")
         self.ui.classifyButton.enabled = problem is None
         self.ui.classifyButton.toolTip = problem or _("Classify every placed point (research use only, not a diagnosis).")
+
+    @contextlib.contextmanager
+    def _reportingErrors(self):
+        """Show what went wrong, once, where the user looks; yields a holder whose ``action`` names the step.
+
+        Cancel: the status line says nothing was kept. A failure Slicer already showed in its own
+        dialog (a pip error on 5.12+): the status line only. An error the user can fix: its sentence.
+        Anything else: a message with the traceback as details, never a silent console traceback.
+        """
+        import traceback
+        import types
+
+        from nadslicer.errors import CancelledError, DependencyError, NotADiagnosisError
+
+        step = types.SimpleNamespace(action=_("Classification"))
+        try:
+            yield step
+        except CancelledError:
+            self.ui.statusLabel.text = _("Cancelled: no results were kept.")
+        except DependencyError as error:
+            if error.already_shown:
+                self.ui.statusLabel.text = str(error)
+            else:
+                slicer.util.errorDisplay(str(error), windowTitle=_("Not a Diagnosis"))
+        except NotADiagnosisError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Not a Diagnosis"))
+        except Exception as error:  # a failure nobody foresaw: say so, never a silent traceback
+            logging.exception("Not a Diagnosis: %s failed", step.action)
+            slicer.util.errorDisplay(
+                _("{action} failed: {error}").format(action=step.action, error=error),
+                windowTitle=_("Not a Diagnosis"), detailedText=traceback.format_exc(),
+            )
+
+    def onLoadSampleButton(self) -> None:
+        """Load the synthetic chest CT with its nodule points and select them."""
+        with self._reportingErrors() as step:
+            step.action = _("Loading the sample")
+            volumeNode, pointList = loadSyntheticSample()
+            self._parameterNode.inputVolume = volumeNode
+            self._parameterNode.pointList = pointList
 
     def onClassifyButton(self) -> None:
         """Install what is missing (first use), classify with progress and cancel, show the results."""
@@ -228,78 +363,70 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = True
         self._updateClassifyButton()
         try:
-            self._classify()
+            with self._reportingErrors() as step:
+                self._classify(step)
         finally:
             self._running = False
             self._updateClassifyButton()
 
-    def _classify(self) -> None:
-        import traceback
-
-        from nadslicer.errors import NotADiagnosisError
-
-        parameterNode = self._parameterNode
-        try:
-            with slicer.util.WaitCursor():
-                self.logic.ensureDependencies(self.resourcePath("requirements.txt"))
-        except NotADiagnosisError as error:
-            slicer.util.errorDisplay(str(error), windowTitle=_("Not a Diagnosis"))
-            return
-        except Exception as error:  # an installer failing in a way nobody foresaw: say so, never a silent traceback
-            logging.exception("Not a Diagnosis: installing the Python packages failed")
-            slicer.util.errorDisplay(
-                _("Installing the Python packages failed: {error}").format(error=error),
-                windowTitle=_("Not a Diagnosis"), detailedText=traceback.format_exc(),
-            )
-            return
+    def _classify(self, step) -> None:
         import qt
 
-        from notadiagnosis.classifier import CancelledError
+        from nadslicer.background import run_in_background
+        from nadslicer.logic import ClassificationOptions, Job, compute, prepare, write
+        from nadslicer.results import OutputNodes
 
-        # Window-modal: while events are processed between batches, the inputs cannot be changed under
-        # the running classification, but Cancel stays clickable.
+        parameterNode = self._parameterNode
+        step.action = _("Installing the Python packages")
+        # No wait cursor here: the installer's confirmation dialog must look clickable.
+        self.logic.ensureDependencies()
+        step.action = _("Classification")
+        options = ClassificationOptions(
+            device=parameterNode.device,
+            tta=parameterNode.testTimeAugmentation,
+            saliency=parameterNode.computeSaliency,
+            model_path=None if parameterNode.useBundledModel else str(parameterNode.modelPath),
+            expected_sha256=parameterNode.modelSha256.strip(),
+        )
+        prepared = prepare(parameterNode.inputVolume, parameterNode.pointList)
+        job = Job()
+        # Window-modal: the inputs cannot be changed under the running classification, Cancel stays clickable.
         progressDialog = slicer.util.createProgressDialog(
             labelText=_("Loading the model..."), maximum=0, windowTitle=_("Not a Diagnosis"),
             windowModality=qt.Qt.WindowModal,
         )
-        slicer.app.processEvents()
-
-        def onProgress(done: int, total: int, message: str) -> bool:
-            progressDialog.maximum = total
-            progressDialog.value = done
-            progressDialog.labelText = message
-            slicer.app.processEvents()  # keeps the Cancel button responsive between batches
-            return not progressDialog.wasCanceled
-
+        # Never reset on the last step: a reset would forget a Cancel pressed just before it.
+        progressDialog.autoReset = False
+        progressDialog.autoClose = False
         try:
-            result = self.logic.classify(
-                parameterNode.inputVolume,
-                parameterNode.pointList,
-                device=parameterNode.device,
-                tta=parameterNode.testTimeAugmentation,
-                saliency=parameterNode.computeSaliency,
-                progress=onProgress,
-            )
-        except CancelledError:
-            self.ui.statusLabel.text = _("Cancelled: no results were kept.")
-            return
-        except NotADiagnosisError as error:
-            slicer.util.errorDisplay(str(error), windowTitle=_("Not a Diagnosis"))
-            return
-        except Exception as error:
-            logging.exception("Not a Diagnosis: classification failed")
-            slicer.util.errorDisplay(
-                _("Classification failed: {error}").format(error=error),
-                windowTitle=_("Not a Diagnosis"), detailedText=traceback.format_exc(),
-            )
-            return
+            computed = run_in_background(lambda: compute(prepared, options, job),
+                                         wait=lambda: self._showProgress(progressDialog, job))
+            self._showProgress(progressDialog, job)
+            job.check()  # a Cancel pressed during the last point still counts
         finally:
             progressDialog.close()
 
+        previous = None
+        if parameterNode.replacePreviousResults:
+            previous = OutputNodes(parameterNode.resultsTable, parameterNode.saliencyVolume, parameterNode.resultPoints)
+        result = write(prepared, computed, options, previous)
         parameterNode.resultsTable = result.table_node
         parameterNode.saliencyVolume = result.saliency_node
+        parameterNode.resultPoints = result.points_node
         self.ui.resultsTableView.setMRMLTableNode(result.table_node)
+        self._hideOutputsFromInputSelector()
         self.ui.statusLabel.text = result.status
+
+    def _showProgress(self, progressDialog, job) -> None:
+        """Main thread, while the worker computes: show the job's progress, pass a Cancel on, keep the window live."""
+        done, total, message = job.snapshot()
+        if total > 0:
+            progressDialog.maximum = total
+            progressDialog.value = done
+        progressDialog.labelText = message or progressDialog.labelText
+        slicer.app.processEvents()
+        if progressDialog.wasCanceled:
+            job.cancel()
 
     def onResultRowClicked(self, index) -> None:
         """Centre the slice views on the clicked result's point."""
@@ -313,6 +440,15 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         position = row_position_ras(tableNode, row)
         if position is not None:
             center_slice_views(slicer.mrmlScene, position)
+
+    def onReload(self) -> None:
+        """Reload also the module's packages (nadslicer, notadiagnosis), not only this file."""
+        import sys
+
+        from nadslicer.library import forget_packages
+
+        forget_packages(sys.modules)
+        ScriptedLoadableModuleWidget.onReload(self)
 
 
 #
@@ -337,14 +473,14 @@ class NotADiagnosisLogic(ScriptedLoadableModuleLogic):
         return NotADiagnosisParameterNode(super().getParameterNode())
 
     def ensureDependencies(self, requirementsPath: Optional[str] = None) -> None:
-        """Make torch and the other needed packages importable, asking before installing."""
-        import os
+        """Install the missing packages of ``Resources/requirements.txt`` (asking first), then import the runtime.
 
-        from nadslicer.dependencies import ensure_dependencies
+        Raises ``nadslicer.errors.DependencyError`` (``DependenciesMissingInTesting`` in testing mode,
+        where nothing is installed).
+        """
+        from nadslicer.dependencies import REQUIREMENTS_FILE, ensure_dependencies
 
-        if requirementsPath is None:
-            requirementsPath = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
-        ensure_dependencies(requirementsPath)
+        ensure_dependencies(requirementsPath or os.path.join(MODULE_DIR, REQUIREMENTS_FILE))
 
     def classify(
         self,
@@ -356,12 +492,18 @@ class NotADiagnosisLogic(ScriptedLoadableModuleLogic):
         modelPath: Optional[str] = None,
         progress=None,
         classifier=None,
+        modelSha256: str = "",
+        previous=None,
     ):
-        """Classify every placed point; returns ``nadslicer.logic.ClassificationResult`` (new table and saliency nodes)."""
+        """Classify every placed point (synchronously); returns ``nadslicer.logic.ClassificationResult``.
+
+        ``previous``: an earlier result's ``outputs``, removed once the new ones are written.
+        """
         from nadslicer.logic import ClassificationOptions, classify
 
-        options = ClassificationOptions(device=device, tta=tta, saliency=saliency, model_path=modelPath)
-        return classify(volumeNode, pointListNode, options, progress=progress, classifier=classifier)
+        options = ClassificationOptions(device=device, tta=tta, saliency=saliency, model_path=modelPath,
+                                        expected_sha256=modelSha256)
+        return classify(volumeNode, pointListNode, options, progress=progress, classifier=classifier, previous=previous)
 
 
 #
@@ -370,7 +512,12 @@ class NotADiagnosisLogic(ScriptedLoadableModuleLogic):
 
 
 class NotADiagnosisTest(ScriptedLoadableModuleTest):
-    """Self-test: the library's synthetic chest CT, points on its nodules, the default model."""
+    """Self-test: the module's sample (the library's synthetic chest CT, points on its nodules), the default model.
+
+    Run by Slicer's test harness in testing mode, where nothing is installed: when the Python packages
+    the classifier needs are missing, the tests that need them are skipped with the list (install them
+    first to run those); the others run anyway.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -385,19 +532,19 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
 
     # Helpers (their names hold no "t-e-s-t", which ScriptedLoadableModuleTest would run as tests).
 
+    def _requireRuntime(self):
+        """The classifier's packages, installed when allowed; in testing mode, a skip if they are missing."""
+        from nadslicer.errors import DependenciesMissingInTesting
+
+        try:
+            NotADiagnosisLogic().ensureDependencies()
+        except DependenciesMissingInTesting as error:
+            self.skipTest(str(error))
+
     def _syntheticScene(self):
-        import numpy as np
+        from nadslicer.sample_data import load_sample
 
-        from nadslicer.volumes import add_volume_from_image
-        from notadiagnosis.geometry import lps_to_ras
-        from notadiagnosis.synthetic import make_synthetic_chest_ct
-
-        image, nodules = make_synthetic_chest_ct(seed=0)
-        volumeNode = add_volume_from_image(slicer.mrmlScene, image, "Synthetic chest CT")
-        pointList = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
-        for nodule in nodules:
-            pointList.AddControlPoint(*lps_to_ras(np.asarray(nodule["center_lps"])), nodule["name"])
-        return volumeNode, pointList, nodules
+        return load_sample(slicer.mrmlScene)
 
     @staticmethod
     def _snapshot(volumeNode, pointList):
@@ -432,10 +579,10 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
         from nadslicer.results import read_results_table
 
         self.delayDisplay("Building the synthetic chest CT")
+        self._requireRuntime()
         volumeNode, pointList, nodules = self._syntheticScene()
         before = self._snapshot(volumeNode, pointList)
         logic = NotADiagnosisLogic()
-        logic.ensureDependencies()
 
         self.delayDisplay("Classifying")
         result = logic.classify(volumeNode, pointList, device="Auto", tta=True, saliency=True)
@@ -455,6 +602,8 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
         self.assertLessEqual(float(saliency.max()), 1.0)
         self.assertGreater(float(saliency.max()), 0.0)
         self.assertIn("Model", result.status)
+        labels = [result.points_node.GetNthControlPointLabel(index) for index in range(len(nodules))]
+        self.assertEqual(labels[0].split(":")[0], nodules[0]["name"])
         self._assertUnchanged(before, self._snapshot(volumeNode, pointList))
         self.delayDisplay("Classification test passed")
 
@@ -464,9 +613,9 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
 
         from nadslicer.errors import NoPointsError, NonLinearTransformError, PointOutsideVolumeError
 
+        self._requireRuntime()
         volumeNode, pointList, _nodules = self._syntheticScene()
         logic = NotADiagnosisLogic()
-        logic.ensureDependencies()
         tablesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode")
 
         emptyList = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Empty")
@@ -496,14 +645,22 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Bad-input test passed")
 
     def test_NotADiagnosis_widget_enables_classify(self):
-        volumeNode, pointList, _nodules = self._syntheticScene()
         slicer.util.selectModule("NotADiagnosis")
         widget = slicer.util.getModuleWidget("NotADiagnosis")
         widget.initializeParameterNode()
+        widget.onLoadSampleButton()  # the sample, as a new user gets it
         parameterNode = widget._parameterNode
-        parameterNode.inputVolume = volumeNode
+        volumeNode, pointList = parameterNode.inputVolume, parameterNode.pointList
+        self.assertIsNotNone(volumeNode)
+        self.assertGreater(pointList.GetNumberOfControlPoints(), 0)
+        self.assertTrue(widget.ui.classifyButton.enabled)
         parameterNode.pointList = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "No points yet")
         self.assertFalse(widget.ui.classifyButton.enabled)
         parameterNode.pointList = pointList
+        self.assertTrue(widget.ui.classifyButton.enabled)
+        parameterNode.useBundledModel = False
+        parameterNode.modelPath = pathlib.Path(MODULE_DIR) / "no-such-model.safetensors"
+        self.assertFalse(widget.ui.classifyButton.enabled)
+        parameterNode.useBundledModel = True
         self.assertTrue(widget.ui.classifyButton.enabled)
         self.delayDisplay("Widget test passed")

@@ -6,8 +6,12 @@ with their world geometry, control points to LPS, classification through the ``n
 library, results written into new table and volume nodes. The Qt widget in ``NotADiagnosis.py``
 only collects choices and calls :func:`nadslicer.logic.classify`.
 
-Submodules import numpy, SimpleITK and MRML only; torch is imported when a classifier is loaded.
+Submodules import numpy, SimpleITK and MRML only; the inference runtime is imported when a
+classifier is loaded (on the worker thread, inside the panel's error handling).
 """
 from __future__ import annotations
 
-__all__ = ["dependencies", "errors", "logic", "points", "results", "volumes"]
+__all__ = [
+    "background", "dependencies", "devices", "errors", "library", "logic", "model_info", "points", "results",
+    "sample_data", "validation", "volumes",
+]

@@ -24,10 +24,26 @@ class VolumeError(InputError):
 
 
 class DependencyError(NotADiagnosisError):
-    """A Python package the classifier needs (torch, safetensors, ...) is missing."""
+    """A Python package the classifier needs is missing, too old, declined, or fails to import.
+
+    ``already_shown`` is True when Slicer itself has already shown the failure in a dialog (pip's log
+    in ``slicer.packaging``'s progress dialog), so the panel says it in its status line only.
+    """
+
+    def __init__(self, message: str, already_shown: bool = False) -> None:
+        super().__init__(message)
+        self.already_shown = already_shown
+
+
+class DependenciesMissingInTesting(DependencyError):
+    """Packages are missing while Slicer runs in testing mode, where nothing may be installed."""
+
+
+class CancelledError(NotADiagnosisError):
+    """The user pressed Cancel; nothing was kept."""
 
 
 __all__ = [
-    "DependencyError", "InputError", "NoPointsError", "NonLinearTransformError", "NotADiagnosisError",
+    "CancelledError", "DependenciesMissingInTesting", "DependencyError", "InputError", "NoPointsError", "NonLinearTransformError", "NotADiagnosisError",
     "PointOutsideVolumeError", "VolumeError",
 ]

@@ -1,45 +1,135 @@
 """Classify the placed points of a point list on a CT volume node: the module's whole computation.
 
-One call, :func:`classify`, reads the inputs (never modifying them), checks them, runs the library's
-classifier on all points in batches, and only when everything succeeded writes new nodes: a results
-table and, when asked, a saliency overlay. A cancelled or failed run leaves the scene as it was.
+Three steps, so that the slow part can run off Slicer's main thread while the window stays live:
+
+1. :func:`prepare` (main thread): reads the inputs from MRML into a SimpleITK image and world
+   points, checks them; nothing is modified.
+2. :func:`compute` (any thread, no MRML): loads the model (first use), classifies point by point and
+   computes the saliency maps, reporting to a :class:`Job` and stopping within one point's work when
+   the job is cancelled.
+3. :func:`write` (main thread): only when everything succeeded, writes the new nodes (results table,
+   a results point list whose labels carry the probabilities, the saliency overlay), places them next
+   to the CT in the subject hierarchy and removes the previous run's outputs when asked. A cancelled
+   or failed run leaves the scene as it was.
+
+:func:`classify` runs the three in a row (scripts, tests, the self-test).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 
 from notadiagnosis.geometry import is_inside, ras_to_lps
 
-from .errors import InputError, PointOutsideVolumeError
-from .points import require_points
-from .results import add_saliency_volume, show_overlay, write_results_table
+from .devices import DEVICE_CHOICES, device_name
+from .errors import CancelledError, PointOutsideVolumeError
+from .points import ControlPoints, require_points
+from .results import (
+    OutputNodes,
+    add_result_points,
+    add_saliency_volume,
+    place_next_to,
+    remove_outputs,
+    show_overlay,
+    write_results_table,
+)
 from .volumes import volume_to_image
+
+__all__ = [
+    "DEVICE_CHOICES", "ClassificationOptions", "ClassificationResult", "Job", "PreparedInputs", "Computed",
+    "classify", "compute", "device_name", "get_classifier", "prepare", "write",
+]
 
 #: ``progress(done, total, message)``; returning ``False`` cancels the run.
 ProgressCallback = Callable[[int, int, str], Optional[bool]]
 
-DEVICE_CHOICES = ("Auto", "CPU", "GPU")
-_DEVICE_NAMES = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}
-
-# Loaded classifiers, one per (model path, device): loading verifies a sha256 and builds the network,
-# which is worth doing once per session rather than per click.
-_CLASSIFIERS: Dict[Tuple[str, str], Any] = {}
+# Loaded classifiers, one per (model path, device, pinned sha256): loading verifies a sha256 and
+# builds the network, which is worth doing once per session rather than per click.
+_CLASSIFIERS: Dict[Tuple[str, str, str], Any] = {}
+_CLASSIFIERS_LOCK = threading.Lock()
 
 
 @dataclass
 class ClassificationOptions:
-    """What the user chose. ``model_path`` None means the model bundled with the library."""
+    """What the user chose. ``model_path`` None means the model bundled with the library;
+    ``expected_sha256`` pins the model file's digest (empty: not pinned)."""
 
     device: str = "Auto"
     tta: bool = True
     saliency: bool = True
     model_path: Optional[str] = None
-    batch_size: int = 32
+    expected_sha256: str = ""
     show_overlay: bool = True
+
+
+@dataclass
+class PreparedInputs:
+    """The inputs read from the scene (copies; the nodes are only referenced for writing results)."""
+
+    volume_node: Any
+    markups_node: Any
+    image: sitk.Image
+    points: ControlPoints
+    points_lps: np.ndarray
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.points)
+
+
+class Job:
+    """Progress and cancellation shared between the thread computing and the one showing the window.
+
+    The computing side calls :meth:`update` and :meth:`check`; the window reads :meth:`snapshot` and
+    calls :meth:`cancel`. A cancel is kept once made (a progress dialog that resets on its last step
+    cannot lose it). ``listener(done, total, message)``, when given, is called on every update in the
+    computing thread; returning ``False`` cancels (the synchronous :func:`classify` uses it).
+    """
+
+    def __init__(self, listener: Optional[ProgressCallback] = None) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+        self._state = (0, 0, "")
+        self._listener = listener
+
+    def update(self, done: int, total: int, message: str) -> None:
+        with self._lock:
+            self._state = (int(done), int(total), str(message))
+        if self._listener is not None and self._listener(done, total, message) is False:
+            self.cancel()
+        self.check()
+
+    def snapshot(self) -> Tuple[int, int, str]:
+        """(done, total, message) as last reported."""
+        with self._lock:
+            return self._state
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`CancelledError` once the job was cancelled."""
+        if self._cancelled.is_set():
+            raise CancelledError("Classification cancelled; no results were kept.")
+
+
+@dataclass
+class Computed:
+    """What :func:`compute` produced, before anything touches the scene."""
+
+    predictions: List[Any]
+    maps: List[sitk.Image]
+    card: Dict[str, Any]
+    device_description: str
 
 
 @dataclass
@@ -55,6 +145,11 @@ class ClassificationResult:
     model_version: str
     device_description: str
     warnings: List[str] = field(default_factory=list)
+    points_node: Optional[Any] = None
+
+    @property
+    def outputs(self) -> "OutputNodes":
+        return OutputNodes(self.table_node, self.saliency_node, self.points_node)
 
     @property
     def status(self) -> str:
@@ -75,45 +170,26 @@ class ClassificationResult:
                 f"(see the Warning column):\n{listed}")
 
 
-def device_name(choice: str) -> str:
-    """The library's device name for a UI choice ("Auto", "CPU", "GPU")."""
-    key = (choice or "auto").strip().lower()
-    if key not in _DEVICE_NAMES:
-        raise InputError(f"Unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
-    return _DEVICE_NAMES[key]
+def get_classifier(model_path: Optional[str] = None, device: str = "Auto", expected_sha256: str = ""):
+    """The classifier for (model, device, pinned digest), loaded on first use and reused afterwards.
 
-
-def get_classifier(model_path: Optional[str] = None, device: str = "Auto"):
-    """The classifier for (model, device), loaded on first use and reused afterwards.
-
-    Imports torch (through the library) here, not at module import.
+    Imports the library's runtime here, not at module import. Safe to call from a worker thread.
     """
     from notadiagnosis.classifier import Classifier
 
     path_key = "<default>" if model_path is None else str(Path(model_path).expanduser().resolve())
-    key = (path_key, device_name(device))
-    if key not in _CLASSIFIERS:
-        check_device(key[1])
-        _CLASSIFIERS[key] = Classifier.load(None if model_path is None else path_key, device=key[1])
-    return _CLASSIFIERS[key]
-
-
-def check_device(name: str) -> None:
-    """Raise :class:`InputError` in the panel's words when the chosen device is not available here."""
-    from notadiagnosis.device import select_device
-
-    try:
-        select_device(name)
-    except InputError:
-        raise InputError(
-            "No GPU is available to this Slicer (neither CUDA nor Apple MPS); choose Device: Auto or CPU. "
-            "For an NVIDIA GPU, install the CUDA build of PyTorch with the PyTorch Utils module."
-        ) from None
+    key = (path_key, device_name(device), (expected_sha256 or "").strip().lower())
+    with _CLASSIFIERS_LOCK:
+        if key not in _CLASSIFIERS:
+            _CLASSIFIERS[key] = Classifier.load(None if model_path is None else path_key, device=key[1],
+                                                expected_sha256=key[2] or None)
+        return _CLASSIFIERS[key]
 
 
 def clear_classifier_cache() -> None:
     """Forget loaded classifiers (after the user picks another model file, or to free GPU memory)."""
-    _CLASSIFIERS.clear()
+    with _CLASSIFIERS_LOCK:
+        _CLASSIFIERS.clear()
 
 
 def check_points_inside(image, labels, points_lps, volume_name: str) -> None:
@@ -127,81 +203,115 @@ def check_points_inside(image, labels, points_lps, volume_name: str) -> None:
             )
 
 
+def prepare(volume_node, markups_node) -> PreparedInputs:
+    """Read and check the inputs (main thread). Raises a ``NotADiagnosisError`` subclass for anything the user can fix."""
+    image = volume_to_image(volume_node)
+    points = require_points(markups_node)
+    points_lps = ras_to_lps(points.positions_ras)
+    check_points_inside(image, points.labels, points_lps, volume_node.GetName())
+    return PreparedInputs(volume_node, markups_node, image, points, points_lps)
+
+
+def compute(prepared: PreparedInputs, options: ClassificationOptions, job: Job, classifier=None) -> Computed:
+    """Load the model if needed, classify and compute saliency point by point (no MRML: any thread).
+
+    ``job`` is told the progress after every point and stops the run with :class:`CancelledError`
+    within one point's work once cancelled.
+    """
+    points = prepared.points
+    total = len(points) * (2 if options.saliency else 1)
+    job.update(0, total, "Loading the model (first use: verifying its sha256)" if classifier is None else "Classifying")
+    if classifier is None:
+        classifier = get_classifier(options.model_path, options.device, options.expected_sha256)
+    job.update(0, total, f"Classifying {len(points)} point(s)")
+
+    def after_point(done: int, _total: int) -> bool:
+        job.update(done, total, f"Classified {done} of {len(points)}")
+        return True
+
+    # One point per batch: Cancel (raised by job.update) is honoured after each point, not after many.
+    predictions = classifier.predict(prepared.image, prepared.points_lps, batch_size=1, tta=options.tta,
+                                     callback=after_point)
+    maps = []
+    if options.saliency:
+        for index, point_lps in enumerate(prepared.points_lps):
+            job.update(len(points) + index, total, f"Saliency for {points.labels[index]}")
+            maps.append(classifier.saliency(prepared.image, point_lps))
+        job.update(total, total, "Writing results")
+    return Computed(list(predictions), maps, dict(classifier.card), classifier.device_description)
+
+
+def write(
+    prepared: PreparedInputs,
+    computed: Computed,
+    options: ClassificationOptions,
+    previous: Optional[OutputNodes] = None,
+) -> ClassificationResult:
+    """Write the results as new nodes (main thread); remove ``previous`` outputs once the new ones exist."""
+    volume_node, markups_node, points = prepared.volume_node, prepared.markups_node, prepared.points
+    scene = volume_node.GetScene()
+    card = computed.card
+    metadata = {
+        "Model": str(card.get("name", "model")),
+        "ModelVersion": str(card.get("version", "")),
+        "Device": computed.device_description,
+        "TestTimeAugmentation": str(bool(options.tta)),
+        "InputVolume": volume_node.GetID(),
+        "PointList": markups_node.GetID(),
+        "Disclaimer": str(card.get("disclaimer", "Not a diagnosis: research use only.")),
+    }
+    created = []
+    try:
+        table_node = write_results_table(scene, points.labels, points.positions_ras, computed.predictions, metadata)
+        created.append(table_node)
+        points_node = add_result_points(scene, points.labels, points.positions_ras, computed.predictions)
+        created.append(points_node)
+        table_node.SetNodeReferenceID("points", points_node.GetID())
+        saliency_node = None
+        if computed.maps:
+            saliency_node = add_saliency_volume(scene, volume_node, computed.maps, prepared.image)
+            created.append(saliency_node)
+            table_node.SetNodeReferenceID("saliency", saliency_node.GetID())
+    except Exception:
+        for node in created:  # never a table that looks complete next to a missing overlay
+            scene.RemoveNode(node)
+        raise
+    place_next_to(scene, volume_node, created)
+    if saliency_node is not None and options.show_overlay:
+        show_overlay(scene, volume_node, saliency_node)
+    if previous is not None:
+        remove_outputs(scene, previous, keep=created)
+    return ClassificationResult(
+        table_node=table_node,
+        saliency_node=saliency_node,
+        labels=list(points.labels),
+        points_ras=points.positions_ras.copy(),
+        predictions=list(computed.predictions),
+        model_name=metadata["Model"],
+        model_version=metadata["ModelVersion"],
+        device_description=computed.device_description,
+        warnings=sorted({warning for prediction in computed.predictions for warning in prediction.warnings}),
+        points_node=points_node,
+    )
+
+
 def classify(
     volume_node,
     markups_node,
     options: Optional[ClassificationOptions] = None,
     progress: Optional[ProgressCallback] = None,
     classifier=None,
+    previous: Optional[OutputNodes] = None,
 ) -> ClassificationResult:
     """Classify every placed point of ``markups_node`` on ``volume_node``; write the results as new nodes.
 
     ``classifier`` overrides the cached one (tests pass a :meth:`Classifier.from_model`). Raises a
     :class:`notadiagnosis.errors.NotADiagnosisError` subclass for anything the user can fix, and
-    ``notadiagnosis.classifier.CancelledError`` when ``progress`` returns ``False``.
+    :class:`nadslicer.errors.CancelledError` when ``progress`` returns ``False``. ``previous``: the
+    outputs of an earlier run, removed once this run's are written.
     """
     options = options or ClassificationOptions()
-    image = volume_to_image(volume_node)
-    points = require_points(markups_node)
-    points_lps = ras_to_lps(points.positions_ras)
-    check_points_inside(image, points.labels, points_lps, volume_node.GetName())
-
-    if classifier is None:
-        classifier = get_classifier(options.model_path, options.device)
-    from notadiagnosis.classifier import CancelledError
-
-    total_steps = len(points) * (2 if options.saliency else 1)
-
-    def report(done: int, message: str) -> None:
-        if progress is not None and progress(done, total_steps, message) is False:
-            raise CancelledError("Classification cancelled; no results were kept.")
-
-    report(0, "Classifying")
-    predictions = classifier.predict(
-        image,
-        points_lps,
-        batch_size=options.batch_size,
-        tta=options.tta,
-        callback=None if progress is None else (lambda done, total: progress(done, total_steps, "Classifying")),
-    )
-    maps = []
-    if options.saliency:
-        for index, point_lps in enumerate(points_lps):
-            report(len(points) + index, f"Saliency for {points.labels[index]}")
-            maps.append(classifier.saliency(image, point_lps))
-        report(total_steps, "Writing results")
-
-    # Everything was computed: only now does the scene change.
-    scene = volume_node.GetScene()
-    card = classifier.card
-    metadata = {
-        "Model": str(card.get("name", "model")),
-        "ModelVersion": str(card.get("version", "")),
-        "Device": classifier.device_description,
-        "TestTimeAugmentation": str(bool(options.tta)),
-        "InputVolume": volume_node.GetID(),
-        "PointList": markups_node.GetID(),
-        "Disclaimer": str(card.get("disclaimer", "Not a diagnosis: research use only.")),
-    }
-    table_node = write_results_table(scene, points.labels, points.positions_ras, predictions, metadata)
-    saliency_node = None
-    if maps:
-        try:
-            saliency_node = add_saliency_volume(scene, volume_node, maps, image)
-        except Exception:
-            scene.RemoveNode(table_node)  # never a table that looks complete next to a missing overlay
-            raise
-        table_node.SetNodeReferenceID("saliency", saliency_node.GetID())
-        if options.show_overlay:
-            show_overlay(scene, volume_node, saliency_node)
-    return ClassificationResult(
-        table_node=table_node,
-        saliency_node=saliency_node,
-        labels=list(points.labels),
-        points_ras=points.positions_ras.copy(),
-        predictions=list(predictions),
-        model_name=metadata["Model"],
-        model_version=metadata["ModelVersion"],
-        device_description=classifier.device_description,
-        warnings=sorted({warning for prediction in predictions for warning in prediction.warnings}),
-    )
+    prepared = prepare(volume_node, markups_node)
+    job = Job(progress)
+    computed = compute(prepared, options, job, classifier)
+    return write(prepared, computed, options, previous)

@@ -35,3 +35,25 @@ def bundled_model_summary(package_dir: Optional[Path] = None) -> str:
     name = str(card.get("name", "model"))
     version = str(card.get("version", ""))
     return f"Model {name} {version} (loaded and verified at the first Classify). Not a diagnosis.".replace("  ", " ")
+
+
+def model_summary(model_path: Optional[str] = None) -> str:
+    """Name, version and sha256 of the model the panel would use: the bundled one (None) or a file.
+
+    The sha256 is the tensors file's, the digest a pinned sha256 is compared with (it also covers
+    the card, whose digest is inside the file). Reads the card and hashes the file (about 1 MB); the
+    full verification happens when the model loads.
+    """
+    from notadiagnosis.errors import NotADiagnosisError
+    from notadiagnosis.weights import bundled_models_dir, model_files, read_card, sha256_of
+    from notadiagnosis.weights import DEFAULT_MODEL_NAME
+
+    path = Path(model_path).expanduser() if model_path else bundled_models_dir() / f"{DEFAULT_MODEL_NAME}.json"
+    tensors_path, card_path = model_files(path)
+    origin = "bundled" if not model_path else str(card_path)
+    try:
+        card = read_card(card_path)
+        digest = sha256_of(tensors_path)
+    except (NotADiagnosisError, OSError) as error:
+        return f"The model {origin} cannot be read: {error}"
+    return f"Model {card.get('name', 'model')} {card.get('version', '')} ({origin}); sha256 {digest}"

@@ -1,18 +1,21 @@
-"""Results as new MRML nodes: a table of predictions and a saliency overlay volume.
+"""Results as new MRML nodes: a table of predictions, a point list whose labels carry them, and a
+saliency overlay volume, placed next to the CT in the subject hierarchy.
 
-Every run writes new nodes; nothing that existed before is changed except the slice views'
-foreground layer when the overlay is shown.
+Every run writes new nodes, each marked as an output of the module (never offered as an input);
+nothing that existed before is changed except the slice views' foreground layer when the overlay is
+shown, and the previous run's outputs when the user asked to replace them.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import vtk
 
-from .validation import SALIENCY_ATTRIBUTE
+from .validation import OUTPUT_ATTRIBUTE, is_output
 from .volumes import ijk_to_ras, set_volume_from_image
 
 #: Columns of the results table, in order. R, A, S are world coordinates in mm.
@@ -29,6 +32,28 @@ COLUMN_DESCRIPTIONS = {
 ATTRIBUTE_PREFIX = "NotADiagnosis."
 SALIENCY_COLOR_TABLE_TAG = "NotADiagnosisSaliency"
 SALIENCY_DISPLAY_THRESHOLD = 0.2  # below this the overlay is transparent, so the CT stays readable
+# Slicer's scalar volume display ignores a colour table's alpha (a voxel is opaque or, below the
+# threshold, transparent), so saliency is graded by colour only and blended with one layer opacity.
+SALIENCY_LAYER_OPACITY = 0.5
+RESULT_POINTS_COLOR = (1.0, 0.85, 0.0)  # yellow: distinct from the default red of the user's points
+SUBJECT_HIERARCHY_FOLDER = "Not a Diagnosis results"
+
+
+@dataclass
+class OutputNodes:
+    """The nodes one run created (any may be None)."""
+
+    table_node: Optional[object] = None
+    saliency_node: Optional[object] = None
+    points_node: Optional[object] = None
+
+    def nodes(self) -> list:
+        return [node for node in (self.table_node, self.saliency_node, self.points_node) if node is not None]
+
+
+def mark_output(node, role: str) -> None:
+    """Mark ``node`` as created by the module (``role``: table, points, saliency...)."""
+    node.SetAttribute(OUTPUT_ATTRIBUTE, role)
 
 
 def write_results_table(
@@ -71,6 +96,7 @@ def write_results_table(
         table_node.SetColumnUnitLabel(axis, "mm")
     # Results are a record of what the model said: not to be edited in the table view.
     table_node.SetLocked(True)
+    mark_output(table_node, "table")
     for key, value in metadata.items():
         table_node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
     table_node.EndModify(was_modifying)
@@ -156,7 +182,7 @@ def add_saliency_volume(scene, volume_node, maps: Sequence[sitk.Image], world_im
     saliency_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     set_volume_from_image(saliency_node, saliency_image, local_ijk_to_ras)
     saliency_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
-    saliency_node.SetAttribute(SALIENCY_ATTRIBUTE, "true")  # so it is never offered as the input CT
+    mark_output(saliency_node, "saliency")  # so it is never offered as the input CT
     saliency_node.CreateDefaultDisplayNodes()
     display = saliency_node.GetDisplayNode()
     if display is not None:
@@ -184,16 +210,42 @@ def saliency_color_table(scene):
     color_table.SetNumberOfColors(count)
     for index in range(count):
         t = index / (count - 1)
-        # Red rises first, then green: black-red -> orange -> yellow; opacity grows with saliency.
-        red = min(1.0, 0.35 + 1.3 * t)
-        green = min(1.0, max(0.0, 1.6 * t - 0.4))
-        blue = max(0.0, 2.0 * t - 1.6)
-        color_table.SetColor(index, f"{t:.2f}", red, green, blue, 0.25 + 0.75 * t)
+        red, green, blue = saliency_color(t)
+        color_table.SetColor(index, f"{t:.2f}", red, green, blue, 1.0)
     scene.AddNode(color_table)
     return color_table
 
 
-def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) -> int:
+def saliency_color(t: float) -> tuple:
+    """RGB of saliency ``t`` in [0, 1]: dark red -> red -> orange -> yellow -> pale yellow.
+
+    The grading is in the colour alone (see :data:`SALIENCY_LAYER_OPACITY`); brightness rises with
+    saliency so that the order reads without a legend, also in grey scale.
+    """
+    red = min(1.0, 0.35 + 1.3 * t)
+    green = min(1.0, max(0.0, 1.6 * t - 0.4))
+    blue = max(0.0, 2.0 * t - 1.6)
+    return red, green, blue
+
+
+def rendered_layer(volume_node) -> np.ndarray:
+    """(k, j, i, components) uint8: what the volume's display node makes of it for a slice view layer.
+
+    Slicer's own display pipeline (window/level, threshold, colour table) run without a view: the
+    check that an overlay renders as intended (RGBA for a colour table, grey + alpha for grey).
+    """
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    display = volume_node.GetDisplayNode()
+    display.SetInputImageDataConnection(volume_node.GetImageDataConnection())
+    producer = display.GetOutputImageDataConnection().GetProducer()
+    producer.Update()
+    output = producer.GetOutputDataObject(0)
+    columns, rows, slices = output.GetDimensions()
+    return vtk_to_numpy(output.GetPointData().GetScalars()).reshape(slices, rows, columns, -1)
+
+
+def show_overlay(scene, background_node, foreground_node, opacity: float = SALIENCY_LAYER_OPACITY) -> int:
     """Show ``foreground_node`` over ``background_node`` in every slice view; returns how many views.
 
     Works on the scene's slice composite nodes, so it needs no GUI (headless scenes have none).
@@ -206,6 +258,76 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
         composite.SetForegroundOpacity(opacity)
         count += 1
     return count
+
+
+def result_point_label(label: str, prediction) -> str:
+    """What the views show next to a result point, e.g. ``N1: 0.82 ±0.03``."""
+    text = f"{label}: {float(prediction.probability):.2f}"
+    uncertainty = float(prediction.uncertainty)
+    if math.isfinite(uncertainty):
+        text += f" \u00b1{uncertainty:.2f}"
+    return text + (" (!)" if prediction.warnings else "")
+
+
+def add_result_points(scene, labels: Sequence[str], points_ras: np.ndarray, predictions: Sequence,
+                      name: str = "NotADiagnosis results points"):
+    """A new, locked point list at the classified points (world RAS) whose labels carry the probabilities.
+
+    The user's own point list is never changed; this one shows the results in the slice and 3D views.
+    """
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(name))
+    was_modifying = node.StartModify()
+    for label, ras, prediction in zip(labels, np.asarray(points_ras, dtype=np.float64), predictions):
+        index = node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), result_point_label(label, prediction))
+        node.SetNthControlPointDescription(index, f"Probability {float(prediction.probability):.4f}. Not a diagnosis.")
+    node.SetLocked(True)
+    mark_output(node, "points")
+    node.EndModify(was_modifying)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:  # headless MRML has no markups display nodes
+        display.SetSelectedColor(*RESULT_POINTS_COLOR)
+        display.SetColor(*RESULT_POINTS_COLOR)
+    return node
+
+
+def place_next_to(scene, reference_node, nodes: Sequence) -> bool:
+    """Put ``nodes`` in a folder beside ``reference_node`` in the subject hierarchy (under its study).
+
+    Returns False, leaving the nodes where they are, when the reference is not in the hierarchy.
+    """
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return False
+    reference_item = hierarchy.GetItemByDataNode(reference_node)
+    if not reference_item:
+        return False
+    parent = hierarchy.GetItemParent(reference_item)
+    folder = hierarchy.GetItemChildWithName(parent, SUBJECT_HIERARCHY_FOLDER)
+    if not folder:
+        folder = hierarchy.CreateFolderItem(parent, SUBJECT_HIERARCHY_FOLDER)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, folder)
+        else:
+            hierarchy.CreateItem(folder, node)
+    return True
+
+
+def remove_outputs(scene, outputs: OutputNodes, keep: Sequence = ()) -> int:
+    """Remove the module's output nodes in ``outputs`` (never a node the module did not create, nor one
+    in ``keep``); returns how many were removed."""
+    kept = {node.GetID() for node in keep}
+    removed = 0
+    for node in outputs.nodes():
+        if node.GetID() in kept or node.GetScene() is not scene or not is_output(node):
+            continue
+        scene.RemoveNode(node)
+        removed += 1
+    return removed
 
 
 def center_slice_views(scene, position_ras: Sequence[float]) -> None:

@@ -11,8 +11,26 @@ from typing import Optional
 _POSITION_DEFINED = 2
 # The library's CT readers refuse volumes thinner than this along any axis; the module does the same.
 MIN_VOXELS_PER_AXIS = 2
-# Attribute the module sets on its saliency overlays (nadslicer.results writes it).
+# Attribute the module sets on every node it creates (nadslicer.results writes it; the value names the
+# role): outputs are never offered as inputs. Scenes saved by earlier versions marked saliency
+# overlays with the second one.
+OUTPUT_ATTRIBUTE = "NotADiagnosis.Output"
 SALIENCY_ATTRIBUTE = "NotADiagnosis.Saliency"
+
+
+def is_output(node) -> bool:
+    """Whether ``node`` was created by this module (a result, not an input)."""
+    return node.GetAttribute(OUTPUT_ATTRIBUTE) is not None or node.GetAttribute(SALIENCY_ATTRIBUTE) is not None
+
+
+def output_volume_ids(scene) -> list:
+    """IDs of the scene's volumes created by this module, which the input selector must hide."""
+    ids = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLVolumeNode")
+        if is_output(node):
+            ids.append(node.GetID())
+    return ids
 
 
 def volume_problem(volume_node) -> Optional[str]:
@@ -33,7 +51,7 @@ def default_input_volume(scene):
     (label maps, vector volumes and overlays are not chest CTs), or None."""
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and node.GetAttribute(SALIENCY_ATTRIBUTE) is None:
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not is_output(node):
             return node
     return None
 
@@ -76,4 +94,17 @@ def input_problem(volume_node, markups_node) -> Optional[str]:
         transform_name = _nonlinear_transform_name(node)
         if transform_name is not None:
             return f"The {role} '{node.GetName()}' is under the non-linear transform '{transform_name}'; harden or remove it."
+    return None
+
+
+def model_problem(use_bundled: bool, model_path: Optional[str]) -> Optional[str]:
+    """Why the chosen model cannot be used, in one sentence, or None (the bundled model, or an existing file)."""
+    if use_bundled:
+        return None
+    if not model_path or model_path.strip() in ("", "."):
+        return "Choose a model file (.safetensors with its .json card beside it) or tick 'Use the bundled model'."
+    import os
+
+    if not os.path.isfile(os.path.expanduser(model_path)):
+        return f"The model file '{model_path}' does not exist; choose another or tick 'Use the bundled model'."
     return None

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import InputError, NoDefaultModelError, NotADiagnosisError, NotADiagnosisWarning
+from .errors import InputError, NoDefaultModelError, NotADiagnosisError, show_warning
 from .results import (
     REMINDER,
     prepare_folder,
@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_argument_combinations(parser, args)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             return int(args.run(args) or EXIT_OK)
     except NotADiagnosisError as error:
         print(f"notadiagnosis: error: {error}", file=sys.stderr)
@@ -57,17 +57,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-
-
-_default_showwarning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Our warnings as one line each (``notadiagnosis: warning: …``); others as Python shows them."""
-    if issubclass(category, NotADiagnosisWarning):
-        print(f"notadiagnosis: warning: {message}", file=sys.stderr if file is None else file)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 _NUMERIC_TRIPLE = re.compile(r"^\s*-[\d.][^,]*(,[^,]*){2}$")

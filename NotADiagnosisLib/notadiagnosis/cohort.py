@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import tempfile
+import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .cases import classify_case, read_case
-from .errors import InputError, NotADiagnosisError
+from .errors import InputError, NotADiagnosisError, show_warning
 from .points import parse_point, read_points
 from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, progress_bar, safe_name
 
@@ -162,17 +163,23 @@ class CohortOutput:
     """The results file: checked and cleaned when it exists (resume), then appended one CT at a time."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path).expanduser()
+        self.path = self.check_path(path)
         self.suffix = self.path.suffix.lower()
-        if self.suffix not in OUTPUT_SUFFIXES:
-            raise InputError(f"The results file {self.path} must end in .csv or .jsonl (its format).")
-        if not self.path.parent.is_dir() or not os.access(self.path.parent, os.W_OK):
-            raise InputError(f"Cannot write the results file {self.path}: its folder does not exist or is not writable.")
         self.options: Optional[Dict[str, Any]] = None
         self.done: Dict[str, str] = {}  # case -> status
         self._kept = ""
         if self.path.is_file() and self.path.stat().st_size > 0:
             self._read_existing()
+
+    @staticmethod
+    def check_path(path: Path) -> Path:
+        """The results file's path, refused unless it ends in .csv or .jsonl in a writable folder."""
+        path = Path(path).expanduser()
+        if path.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise InputError(f"The results file {path} must end in .csv or .jsonl (its format).")
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            raise InputError(f"Cannot write the results file {path}: its folder does not exist or is not writable.")
+        return path
 
     def _read_existing(self) -> None:
         try:
@@ -202,6 +209,13 @@ class CohortOutput:
             raise self._foreign()
         return options
 
+    def _damaged(self, number: int, count: int) -> None:
+        """A line that cannot be read: the last one was cut off by an interruption (it is dropped and
+        its CT redone); one before others was changed by hand, and nothing is guessed."""
+        if number < count:
+            raise InputError(f"Line {number} of {self.path} is damaged; repair or remove it (its CT is then redone), "
+                             "or choose another --out.")
+
     def _read_csv(self, lines: List[str]) -> None:
         if len(lines) < 3 or lines[0] != f"# {REMINDER}\n":
             raise self._foreign()
@@ -211,10 +225,11 @@ class CohortOutput:
             raise InputError(f"{self.path} has other columns than this version of notadiagnosis writes; "
                              "choose another --out to start again.")
         kept, block, expected = lines[:3], [], 0
-        for line in lines[3:]:
+        for number, line in enumerate(lines[3:], start=4):
             fields = next(csv.reader([line]), [])
             if len(fields) != len(COHORT_CSV_COLUMNS):
-                break  # damaged: keep what came before
+                self._damaged(number, len(lines))
+                break
             row = dict(zip(COHORT_CSV_COLUMNS, fields))
             if block and row["case"] != block[0][0]["case"]:
                 block, expected = [], 0  # the previous case was cut off: drop it
@@ -233,11 +248,12 @@ class CohortOutput:
             raise self._foreign()
         self.options = self.options[_OPTIONS_MARK]
         kept = [lines[0]]
-        for line in lines[1:]:
+        for number, line in enumerate(lines[1:], start=2):
             try:
                 record = json.loads(line)
                 case, status = record["case"], record["status"]
             except (json.JSONDecodeError, KeyError, TypeError):
+                self._damaged(number, len(lines))
                 break
             kept.append(line)
             self.done[case] = status
@@ -275,6 +291,7 @@ class CohortOutput:
         self.done[row.case] = STATUS_OK
 
     def write_failed(self, row: CohortRow, reason: str) -> None:
+        reason = _one_line(reason)  # e.g. the list of a folder's DICOM series, on one line
         if self.suffix == ".csv":
             self._append_csv([[row.case, row.ct_cell, row.series or "", STATUS_FAILED, "0"]
                               + [""] * len(CSV_COLUMNS) + [reason]])
@@ -285,7 +302,8 @@ class CohortOutput:
 
     def _append_csv(self, cells: List[List[str]]) -> None:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(cells)
+        # One line per row, always: the file is read back line by line when a run resumes.
+        csv.writer(buffer, lineterminator="\n").writerows([_one_line(cell) for cell in row] for row in cells)
         self._append(buffer.getvalue())
 
     def _append_json(self, record: Dict[str, Any]) -> None:
@@ -297,6 +315,31 @@ class CohortOutput:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) if "\n" in str(text) or "\r" in str(text) else str(text)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold a lock beside ``out`` for the whole run, so that two runs never append to one file
+    (two jobs of an array given the same --out, say)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; runs are the user's to keep apart
+        yield
+        return
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"Another run is writing {out} right now; wait for it, or give this one another --out.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _replace(path: Path, text: str) -> None:
@@ -323,7 +366,14 @@ def classify_cohort(options: CohortOptions, load_classifier: Callable[[], Any]) 
     """
     manifest_rows = read_manifest(options.manifest)
     rows = shard_rows(manifest_rows, options.shard)
-    output = CohortOutput(options.out)
+    CohortOutput.check_path(options.out)
+    with _exclusive(Path(options.out).expanduser()):
+        return _classify_rows(options, manifest_rows, rows, CohortOutput(options.out), load_classifier)
+
+
+def _classify_rows(options: CohortOptions, manifest_rows: List[CohortRow], rows: List[CohortRow],
+                   output: "CohortOutput", load_classifier: Callable[[], Any]) -> str:
+    """The run itself, once the results file is locked and read: the rows not done, in manifest order."""
     todo = [row for row in rows if row.case not in output.done]
     classifier = load_classifier()
     output.start(_result_options(classifier, options))
@@ -374,7 +424,7 @@ def _read_ahead(rows: Sequence[CohortRow], options: CohortOptions) -> Iterator[T
         return
     # spawn, not fork: the parent holds the inference runtime's threads, which a fork would copy broken.
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_ignore_interrupts)
+    pool = ProcessPoolExecutor(max_workers=options.workers, mp_context=context, initializer=_start_reader)
     pending: deque = deque()
     upcoming = iter(rows)
     try:
@@ -402,6 +452,8 @@ def _result_of(future: Future, row: CohortRow) -> Callable[[], Tuple[Any, list]]
     return result
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches every process of the group: the parent stops the run, the readers just end.
+def _start_reader() -> None:
+    """Set up a reading process: warnings as one line each, as the command line shows them; Ctrl-C
+    (which reaches every process of the group) left to the parent, which stops the run."""
+    warnings.showwarning = show_warning
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -120,7 +120,7 @@ def main() -> int:
         "load_average_at_start": [round(v, 2) for v in load],
     }
     print(f"{'':<34}{'total s':>10}{'s per CT':>10}")
-    print(f"{'20 separate classify calls':<34}{separate_s:>10.1f}{separate_s / args.cts:>10.2f}".replace("20", str(args.cts), 1))
+    print(f"{f'{args.cts} separate classify calls':<34}{separate_s:>10.1f}{separate_s / args.cts:>10.2f}")
     print(f"{'one cohort run (--manifest)':<34}{cohort_s:>10.1f}{cohort_s / args.cts:>10.2f}")
     print(f"\nratio (separate / cohort): {figures['ratio']:.2f}x")
     print(f"largest probability difference between the two: {difference:.2e}")

@@ -224,3 +224,54 @@ def test_manifest_paths_are_relative_to_the_manifest(cohort):
     row = read_manifest(cohort)[0]
     assert isinstance(row, CohortRow) and row.ct_path == cohort.parent / "scans" / "ct0.nrrd"
     assert row.ct_cell == "scans/ct0.nrrd"
+
+
+def test_a_reason_on_several_lines_is_recorded_on_one_and_the_file_still_resumes(capsys, cohort, model_path, tmp_path):
+    from test_readers import THICK_UID, THIN_UID, gradient_ct, write_dicom_series
+
+    dicom = tmp_path / "two-series"
+    write_dicom_series(dicom / "a", gradient_ct((20, 20, 6), (1.5, 1.5, 2.0), (-15.0, -15.0, -6.0)), THIN_UID, "thin", "a")
+    write_dicom_series(dicom / "b", gradient_ct((20, 20, 3), (1.5, 1.5, 4.0), (-15.0, -15.0, -6.0)), THICK_UID, "thick", "b")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"id,ct,points\ntwo,{dicom},\"0,0,0\"\ngood,{cohort.parent / 'scans' / 'ct0.nrrd'},\"0,0,0\"\n")
+    out = tmp_path / "results.csv"
+    args = ["classify", "--manifest", manifest, "--out", out, "--model", model_path, "--workers", "0"]
+    assert run(capsys, *args)[0] == 0
+    written = out.read_text()
+    rows = data_rows(out)
+    assert [row["status"] for row in rows] == ["failed", "ok"]
+    assert "\n" not in rows[0]["error"] and THIN_UID in rows[0]["error"] and THICK_UID in rows[0]["error"]
+    code, stdout, _ = run(capsys, *args)
+    assert code == 0 and "2 already done" in stdout and out.read_text() == written
+
+
+def test_a_damaged_line_before_others_is_refused_not_dropped(capsys, cohort, model_path, uninterrupted, tmp_path):
+    out = tmp_path / "results.csv"
+    lines = uninterrupted[".csv"].read_text().splitlines(keepends=True)
+    lines[4] = "edited by hand\n"
+    out.write_text("".join(lines))
+    code, _, err = run(capsys, "classify", "--manifest", cohort, "--out", out, "--model", model_path)
+    assert code == 1 and "Line 5" in err and "damaged" in err
+    assert out.read_text() == "".join(lines)
+
+
+def test_two_runs_never_write_one_results_file(capsys, cohort, model_path, tmp_path):
+    import fcntl
+
+    out = tmp_path / "results.csv"
+    with open(tmp_path / ".results.csv.lock", "a") as lock:  # as a run in progress holds it
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run(capsys, "classify", "--manifest", cohort, "--out", out, "--model", model_path)
+    assert code == 1 and "Another run is writing" in err and not out.exists()
+
+
+def test_saliency_maps_of_a_cohort_go_to_one_folder_per_case(capsys, cohort, model_path, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"id,ct,points\nfirst case,{cohort.parent / 'scans' / 'ct0.nrrd'},\"0,0,0; 1,1,1\"\n")
+    out = tmp_path / "results.jsonl"
+    code, _, _ = run(capsys, "classify", "--manifest", manifest, "--out", out, "--model", model_path,
+                     "--saliency", tmp_path / "maps", "--workers", "0")
+    assert code == 0
+    record = json.loads(out.read_text().splitlines()[1])
+    maps = sorted((tmp_path / "maps" / "first_case").glob("*.nrrd"))
+    assert len(maps) == 2 and [Path(p["saliency"]) for p in record["points"]] == maps

@@ -86,7 +86,8 @@ def test_catalog_entry_agrees_with_the_extension_cmake():
     variables = _cmake_extension_variables()
     assert entry["category"] == variables["EXTENSION_CATEGORY"]
     assert entry["scm_url"] == variables["EXTENSION_HOMEPAGE"] + ".git"
-    assert entry["build_dependencies"] == variables["EXTENSION_DEPENDS"].split(";")
+    depends = [] if variables["EXTENSION_DEPENDS"] == "NA" else variables["EXTENSION_DEPENDS"].split(";")
+    assert entry.get("build_dependencies", []) == depends
     assert entry.get("scm_type", "git") == "git"
     assert entry.get("build_subdirectory", ".") == "."
 
@@ -94,12 +95,16 @@ def test_catalog_entry_agrees_with_the_extension_cmake():
 def test_top_level_cmake_describes_the_extension():
     variables = _cmake_extension_variables()
     for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                 "EXTENSION_ICONURL", "EXTENSION_DEPENDS"):
+                 "EXTENSION_ICONURL", "EXTENSION_DEPENDS", "EXTENSION_README_FILE", "EXTENSION_LICENSE_FILE"):
         assert variables.get(name), f"{name} is empty"
     assert "Not a diagnosis" in variables["EXTENSION_DESCRIPTION"]
     assert variables["EXTENSION_ICONURL"].endswith("NotADiagnosis/Resources/Icons/NotADiagnosis.png")
-    assert variables["EXTENSION_DEPENDS"] == "PyTorch"
+    # No PyTorch extension (nor any other): the module installs its small wheels itself.
+    assert variables["EXTENSION_DEPENDS"] == "NA"
+    for name, file_name in (("EXTENSION_README_FILE", "README.md"), ("EXTENSION_LICENSE_FILE", "LICENSE")):
+        assert variables[name] == "${CMAKE_CURRENT_SOURCE_DIR}/" + file_name and (REPO_ROOT / file_name).is_file()
     text = TOP_CMAKE.read_text(encoding="utf-8")
+    assert text.index("EXTENSION_LICENSE_FILE") < text.index("include(${Slicer_USE_FILE})")
     for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(NotADiagnosis)",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert line in text, f"{line} missing from CMakeLists.txt"

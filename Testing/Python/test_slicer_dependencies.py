@@ -1,6 +1,8 @@
-"""Dependencies at first use: torch through the PyTorch extension or a message saying how to get it;
-other packages through slicer.packaging.pip_ensure (Slicer 5.12+) or, before 5.12, a confirmation and
-slicer.util.pip_install. The Slicer calls are replaced by recorders here (no network, no install)."""
+"""Dependencies at first use, from the one list in Resources/requirements.txt: slicer.packaging.pip_ensure
+(Slicer 5.12+) or, before 5.12, a confirmation and slicer.util.pip_install with the busy cursor only while
+pip runs; in testing mode never an install but an error the self-test turns into a skip; minimum versions
+checked when a package is already there; the runtime must import. The Slicer calls are replaced by
+recorders here (no network, no install)."""
 from __future__ import annotations
 
 import subprocess
@@ -37,8 +39,11 @@ def recorder(monkeypatch):
     """Replaces slicer.util's install/confirm calls and hides slicer.packaging (as on Slicer < 5.12)."""
     import slicer.util
 
+    import contextlib
+
     calls = {"pip_install": [], "confirm": []}
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls["pip_install"].append(requirements), raising=False)
+    monkeypatch.setattr(slicer.util, "WaitCursor", contextlib.nullcontext, raising=False)
     monkeypatch.setitem(sys.modules, "slicer.packaging", None)  # `import slicer.packaging` raises ImportError
     return calls
 
@@ -82,38 +87,6 @@ def test_on_slicer_5_12_declining_pip_ensure_is_a_clear_error(monkeypatch):
         dependencies.ensure_packages(["not-installed-pkg-abc>=1"])
 
 
-def test_torch_present_needs_nothing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # would raise if consulted
-    dependencies.ensure_torch()
-
-
-def test_missing_torch_without_the_pytorch_extension_says_how_to_get_it(monkeypatch):
-    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
-    with pytest.raises(DependencyError, match="'PyTorch' extension from the Extensions Manager"):
-        dependencies.ensure_torch()
-
-
-@pytest.mark.parametrize("installed", [True, False])
-def test_missing_torch_is_installed_through_pytorch_utils(monkeypatch, installed):
-    calls = []
-
-    class FakeLogic:
-        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
-                         torchvisionVersionRequirement=None):
-            calls.append((askConfirmation, torchVersionRequirement))
-            return object() if installed else None
-
-    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeLogic))
-    if installed:
-        dependencies.ensure_torch()
-    else:
-        with pytest.raises(DependencyError, match="PyTorch Utils"):
-            dependencies.ensure_torch()
-    assert calls == [(True, dependencies.TORCH_REQUIREMENT)]
-
-
 def test_the_module_requirements_are_satisfied_in_this_environment():
     from slicer_support import MODULE_DIR
 
@@ -146,14 +119,80 @@ def test_before_slicer_5_12_a_failed_pip_install_is_a_clear_error(recorder, monk
         dependencies.ensure_packages(["not-installed-pkg-abc>=1.2"], confirm=lambda message: True)
 
 
-@pytest.mark.parametrize("error", [subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "light_the_torch"]),
-                                   ModuleNotFoundError("No module named 'torch'")])
-def test_a_failed_torch_install_is_a_clear_error(monkeypatch, error):
-    class FailingLogic:
-        def installTorch(self, **kwargs):
-            raise error
+def test_in_testing_mode_nothing_is_installed_and_the_missing_packages_are_named(monkeypatch, recorder):
+    import slicer as slicer_package
 
-    monkeypatch.setattr(dependencies, "torch_installed", lambda: False)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FailingLogic))
-    with pytest.raises(DependencyError, match="Installing torch failed"):
-        dependencies.ensure_torch()
+    from nadslicer.errors import DependenciesMissingInTesting
+
+    monkeypatch.setattr(slicer_package, "app", types.SimpleNamespace(testingEnabled=lambda: True), raising=False)
+    packaging = types.ModuleType("slicer.packaging")
+    packaging.pip_ensure = lambda *args, **kwargs: pytest.fail("pip_ensure must not run in testing mode")
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    with pytest.raises(DependenciesMissingInTesting, match=r"testing mode: not-installed-pkg-abc>=1 \(not installed\)"):
+        dependencies.ensure_packages(["numpy", "not-installed-pkg-abc>=1"], confirm=lambda message: pytest.fail("asked"))
+    assert recorder["pip_install"] == []
+    dependencies.ensure_packages(["numpy>=1.0"])  # present: nothing to say, also in testing mode
+
+
+def test_the_busy_cursor_is_shown_while_pip_runs_never_under_the_confirmation(recorder, monkeypatch):
+    import contextlib
+
+    import slicer.util
+
+    state = {"busy": False}
+    seen = []
+
+    @contextlib.contextmanager
+    def busy():
+        state["busy"] = True
+        try:
+            yield
+        finally:
+            state["busy"] = False
+
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: seen.append(("pip", state["busy"])), raising=False)
+    with pytest.raises(DependencyError, match="did not succeed"):
+        dependencies.ensure_packages(["not-installed-pkg-abc>=1"], confirm=lambda message: seen.append(("ask", state["busy"])) or True,
+                                     busy=busy)
+    assert seen == [("ask", False), ("pip", True)]
+
+
+def test_an_installed_package_older_than_the_minimum_is_named_with_its_version(recorder):
+    import numpy
+
+    asked = []
+    with pytest.raises(DependencyError):
+        dependencies.ensure_packages(["numpy>=999.0"], confirm=lambda message: asked.append(message) or False)
+    assert f"numpy>=999.0 ({numpy.__version__} installed)" in asked[0]
+
+
+def test_a_runtime_that_does_not_import_is_a_dependency_error():
+    with pytest.raises(DependencyError, match="cannot be loaded .*ModuleNotFoundError"):
+        dependencies.import_runtime("surely_not_an_importable_runtime_xyz")
+    assert dependencies.import_runtime("json").__name__ == "json"
+
+
+def test_the_module_requirements_are_read_from_one_file():
+    from slicer_support import MODULE_DIR
+
+    assert dependencies.module_requirements(MODULE_DIR) == dependencies.read_requirements(MODULE_DIR / "Resources" / "requirements.txt")
+    assert dependencies.module_requirements(MODULE_DIR)
+
+
+def test_onnxruntime_gpu_satisfies_onnxruntime(monkeypatch):
+    """Installing the CPU onnxruntime next to onnxruntime-gpu would break both: the GPU build counts."""
+    import importlib.metadata
+
+    versions = {"onnxruntime-gpu": "1.20.1"}
+
+    def version(name):
+        if name in versions:
+            return versions[name]
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(dependencies.importlib.metadata, "version", version)
+    assert dependencies.is_satisfied("onnxruntime>=1.14")
+    assert not dependencies.is_satisfied("onnxruntime>=1.21")
+    assert dependencies.describe_missing(["onnxruntime>=1.21"]) == "onnxruntime>=1.21 (1.20.1 installed)"
+    versions.clear()
+    assert dependencies.missing_requirements(["onnxruntime>=1.14"]) == ["onnxruntime>=1.14"]

@@ -22,8 +22,11 @@ WIDGET_API = {
     "QPushButton": _QWIDGET | {"text", "setText", "checkable", "checked", "clicked(bool)", "clicked()"},
     "QCheckBox": _QWIDGET | {"checked", "setChecked", "toggled(bool)", "stateChanged(int)"},
     "QComboBox": _QWIDGET | {"currentIndex", "currentText", "addItem", "clear", "currentIndexChanged(int)"},
+    "QLineEdit": _QWIDGET | {"text", "setText", "placeholderText", "textChanged(QString)", "editingFinished()"},
+    "ctkPathLineEdit": _QWIDGET | {"currentPath", "setCurrentPath", "nameFilters", "filters", "currentPathChanged(QString)"},
     "ctkCollapsibleButton": _QWIDGET | {"collapsed", "text"},
-    "qMRMLNodeComboBox": _QWIDGET | {"currentNode", "setCurrentNode", "setMRMLScene", "nodeTypes", "currentNodeChanged(vtkMRMLNode*)"},
+    "qMRMLNodeComboBox": _QWIDGET | {"currentNode", "setCurrentNode", "setMRMLScene", "nodeTypes", "sortFilterProxyModel",
+                                     "currentNodeChanged(vtkMRMLNode*)"},
     "qMRMLTableView": _QWIDGET | {
         "setMRMLTableNode", "mrmlTableNode", "setMRMLScene", "sortFilterProxyModel", "tableModel", "model",
         "currentIndex", "selectionModel", "clicked(QModelIndex)", "doubleClicked(QModelIndex)", "selectionChanged()",
@@ -36,18 +39,19 @@ WIDGET_API = {
 }
 CUSTOM_WIDGET_BASES = {
     "ctkCollapsibleButton": "QWidget",
+    "ctkPathLineEdit": "QWidget",
     "qMRMLNodeComboBox": "QWidget",
     "qMRMLTableView": "QTableView",
     "qMRMLWidget": "QWidget",
     "qSlicerWidget": "QWidget",
     "qSlicerMarkupsPlaceWidget": "qSlicerWidget",
 }
-QT_CLASSES = {"QLabel", "QPushButton", "QCheckBox", "QComboBox", "QWidget"}
+QT_CLASSES = {"QLabel", "QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "QWidget"}
 MRML_SCENE_AWARE = {"qMRMLNodeComboBox", "qMRMLTableView", "qSlicerMarkupsPlaceWidget", "qMRMLWidget"}
 
 # Modules that may be imported when Slicer loads the module file (all already loaded by Slicer itself).
 ALLOWED_FILE_SCOPE_IMPORTS = {
-    "logging", "typing", "vtk", "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
+    "contextlib", "logging", "os", "pathlib", "typing", "vtk", "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
     "slicer.ScriptedLoadableModule", "slicer.util", "vtkSlicerMarkupsModuleMRMLPython",
 }
 
@@ -98,7 +102,8 @@ def _ui_uses(tree: ast.Module) -> dict:
 
 def test_every_widget_the_code_uses_exists_in_the_ui_with_that_api(module_tree, ui_widgets):
     uses = _ui_uses(module_tree)
-    assert {"classifyButton", "resultsTableView", "placeWidget", "statusLabel", "disclaimerLabel"} <= uses.keys()
+    assert {"classifyButton", "resultsTableView", "placeWidget", "statusLabel", "disclaimerLabel", "loadSampleButton",
+            "modelInfoLabel", "modelPathLineEdit", "inputVolumeSelector"} <= uses.keys()
     for name, attributes in uses.items():
         assert name in ui_widgets, f"self.ui.{name} is used but the .ui has no widget named {name}"
         widget_class = ui_widgets[name]
@@ -159,7 +164,8 @@ def test_bound_widgets_can_show_their_parameter_type(module_tree):
     parameters = _parameters(module_tree)
     bound = _bound_widgets()
     assert set(bound) <= set(parameters), f"unknown parameters in the .ui: {set(bound) - set(parameters)}"
-    assert {"inputVolume", "pointList", "device", "testTimeAugmentation", "computeSaliency"} <= set(bound)
+    assert {"inputVolume", "pointList", "device", "testTimeAugmentation", "computeSaliency", "useBundledModel",
+            "modelPath", "modelSha256", "replacePreviousResults"} <= set(bound)
     for name, (widget_class, node_types) in bound.items():
         annotation = parameters[name]
         if annotation.startswith("vtkMRML"):
@@ -169,12 +175,18 @@ def test_bound_widgets_can_show_their_parameter_type(module_tree):
             assert widget_class == "QCheckBox", name
         elif annotation.startswith("Annotated[str, Choice("):
             assert widget_class == "QComboBox", name
+        elif annotation == "pathlib.Path":
+            # Slicer's ctkPathLineEditToPathConnector: exactly ctkPathLineEdit, for pathlib types.
+            assert widget_class == "ctkPathLineEdit", name
+        elif annotation == "str":
+            # QLineEditToStrConnector requires type(widget) == qt.QLineEdit.
+            assert widget_class == "QLineEdit", name
         else:
             raise AssertionError(f"no widget rule for {name}: {annotation}")
 
 
 def test_device_choices_are_the_logics(module_tree):
-    from nadslicer.logic import DEVICE_CHOICES
+    from nadslicer.devices import DEVICE_CHOICES
 
     annotation = _parameters(module_tree)["device"]
     choices = ast.literal_eval(annotation.split("Choice(", 1)[1].rsplit(")", 2)[0])
@@ -201,9 +213,12 @@ def _file_scope_imports(tree: ast.Module) -> set:
 def test_module_file_imports_nothing_heavy_at_file_scope(module_tree):
     imports = _file_scope_imports(module_tree)
     assert imports <= ALLOWED_FILE_SCOPE_IMPORTS, f"heavy or unexpected file-scope imports: {imports - ALLOWED_FILE_SCOPE_IMPORTS}"
-    # The library and the logic package are imported inside functions, where they are needed.
+    # The logic package is imported inside functions, where it is needed; the library (and with it the
+    # inference runtime) only through nadslicer, whose runtime import is inside the panel's error handling.
     inner = {node.module for node in ast.walk(module_tree) if isinstance(node, ast.ImportFrom)}
-    assert any(name.startswith("nadslicer") for name in inner) and any(name.startswith("notadiagnosis") for name in inner)
+    inner |= {alias.name for node in ast.walk(module_tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert any(name.startswith("nadslicer") for name in inner)
+    assert not any(name.startswith("notadiagnosis") for name in inner), "the module file imports the library directly"
 
 
 def test_logic_package_imports_neither_torch_nor_qt():
@@ -211,10 +226,11 @@ def test_logic_package_imports_neither_torch_nor_qt():
     loads not even those. torch arrives with the first classifier."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import nadslicer.validation, nadslicer.model_info;"
+        "import nadslicer.validation, nadslicer.model_info, nadslicer.library;"
         "heavy = {'numpy', 'SimpleITK', 'torch', 'notadiagnosis'} & set(sys.modules);"
         "assert not heavy, heavy;"
-        "import nadslicer.logic, nadslicer.results, nadslicer.volumes, nadslicer.points, nadslicer.dependencies, nadslicer.errors;"
+        "import nadslicer.logic, nadslicer.results, nadslicer.volumes, nadslicer.points, nadslicer.dependencies, nadslicer.errors,"
+        " nadslicer.devices, nadslicer.background, nadslicer.library, nadslicer.sample_data;"
         "bad = {'torch', 'qt', 'ctk', 'PythonQt', 'slicer.ScriptedLoadableModule'} & set(sys.modules);"
         "assert not bad, bad"
     )

@@ -1,0 +1,56 @@
+"""Where the model runs in Slicer: the panel's Device choice turned into the library's device name.
+
+- **Auto**: an NVIDIA GPU when one is usable (through ``onnxruntime-gpu``'s CUDA execution provider,
+  or through torch's CUDA if torch is installed), otherwise the CPU. Never Apple MPS: the operators
+  3D networks need are incomplete there (TotalSegmentator disables it for the same reason), and it
+  cannot be tested here, so it is not picked behind the user's back.
+- **GPU**: the same GPU, or a message saying how to get one.
+- **CPU**: the CPU.
+
+:func:`gpu_description` says which GPU and through which runtime, for the tooltip and the status.
+Probing imports the runtimes only when asked (at Classify), never when the panel opens.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+from .errors import InputError
+
+DEVICE_CHOICES = ("Auto", "CPU", "GPU")
+
+_NO_GPU_MESSAGE = (
+    "No NVIDIA GPU is usable by this Slicer; choose Device: Auto or CPU. To use one, install "
+    "onnxruntime-gpu matching your CUDA driver (slicer.util.pip_install(\"onnxruntime-gpu\")) and restart Slicer."
+)
+
+
+def _optional_import(name: str):
+    try:
+        return importlib.import_module(name)
+    except Exception:  # not installed, or a broken build: then it provides no GPU
+        return None
+
+
+def gpu_description() -> Optional[str]:
+    """Which GPU the model would run on, e.g. ``CUDA via ONNX Runtime``, or None when there is none."""
+    onnxruntime = _optional_import("onnxruntime")
+    if onnxruntime is not None and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return "CUDA via ONNX Runtime (onnxruntime-gpu)"
+    torch = _optional_import("torch")
+    if torch is not None and torch.cuda.is_available():
+        return f"CUDA via torch ({torch.cuda.get_device_name(0)})"
+    return None
+
+
+def device_name(choice: str) -> str:
+    """The library's device name ("cuda" or "cpu") for a panel choice ("Auto", "CPU", "GPU")."""
+    key = (choice or "Auto").strip().lower()
+    if key not in {option.lower() for option in DEVICE_CHOICES}:
+        raise InputError(f"Unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+    if key == "cpu":
+        return "cpu"
+    has_gpu = gpu_description() is not None
+    if key == "gpu" and not has_gpu:
+        raise InputError(_NO_GPU_MESSAGE)
+    return "cuda" if has_gpu else "cpu"
