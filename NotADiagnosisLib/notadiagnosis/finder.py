@@ -52,9 +52,15 @@ SMOOTHING_SIGMA_MM = 0.6
 LUNG_AIR_HU = -400.0
 LUNG_CLOSING_MM = 15.0
 LUNG_SPACING_MM = 2.0
-FIND_TISSUE_HU = -600.0
+FIND_TISSUE_HU = -680.0
 TISSUE_HU_RANGE = (-720.0, -380.0)
 SOLID_HU = -300.0
+SOLID_OPENING_MM = 1.0
+# Type from the share of the nodule's inner voxels in the solid component (the renderer's part-solid
+# cores, 35-60 % of the radius, are 5-30 % of the inner voxels; a solid nodule's are nearly all).
+TYPE_RIM_MM = 1.0
+SOLID_SHARE = 0.6
+PART_SOLID_SHARE = 0.03
 OPENING_FRACTION = 0.6
 MIN_OPENING_MM = 0.8
 MAX_OPENING_MM = 4.0
@@ -65,6 +71,9 @@ REFINE_MIN_SPACING_MM = 0.5
 REFINE_MAX_VOXELS = 64
 # Outside the CT: a value no CT holds, so the truncation check can see where the CT ends.
 _OUTSIDE_HU = -5000.0
+NOT_CT_WARNING = "no air at -1000 HU: this does not look like a CT in Hounsfield units"
+# Any chest CT holds air: its minimum (strided look) is below this.
+NOT_CT_MIN_HU = -900.0
 NO_NODULE_WARNING = ("no nodule found within {radius:g} mm of the point (air, a vessel, the chest wall or the "
                      "heart?): nothing was measured; place the point on the nodule")
 
@@ -76,7 +85,8 @@ class NoduleSegmentation:
     ``mask`` is a uint8 image on a crop of the CT's own voxel grid (same spacing, direction and
     lattice; origin moved to the crop): ``LABEL_NON_SOLID`` (1) ground glass, ``LABEL_SOLID`` (2)
     solid component, 0 elsewhere. ``fine_mask``/``fine_hu`` hold the same nodule on the LPS-aligned
-    isotropic grid the measurements are taken on (``fine_hu`` unsmoothed). ``truncated`` is true
+    isotropic grid the measurements are taken on (``fine_hu`` unsmoothed). ``type`` is ``solid``,
+    ``part-solid`` or ``ground-glass`` (see :func:`nodule_type`); ``fine_smooth`` the smoothed HU. ``truncated`` is true
     when the nodule reaches the 64 mm cube's faces or the CT's edge.
     """
 
@@ -85,6 +95,8 @@ class NoduleSegmentation:
     mask: sitk.Image
     fine_mask: sitk.Image
     fine_hu: sitk.Image
+    fine_smooth: np.ndarray
+    type: str
     truncated: bool
     juxtapleural: bool
     warnings: List[str] = field(default_factory=list)
@@ -129,6 +141,16 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
             break
     truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
     return _refine(image, point, stage, nodule, lung, opening_mm, truncated), []
+
+
+def looks_like_ct(image: sitk.Image) -> bool:
+    """True when the image holds air below ``NOT_CT_MIN_HU`` (a strided look at its voxels), as any chest CT in HU does."""
+    check_image(image)
+    voxels = sitk.GetArrayViewFromImage(image)
+    sample = voxels[::2, ::4, ::4]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]
+    return not (sample.size and float(np.min(sample)) > NOT_CT_MIN_HU)
 
 
 # -- stage 1: find -----------------------------------------------------------------------------------
@@ -263,10 +285,11 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
         mask = found_fine & (stage.smooth > FIND_TISSUE_HU)
     else:
         mask = _restore_surface(mask, candidates, opening_mm, stage.reference)
-    solid = mask & (stage.smooth >= SOLID_HU)
-
-    labels = np.where(mask, LABEL_NON_SOLID, 0).astype(np.uint8)
-    labels[solid] = LABEL_SOLID
+    solid = _solid_component(mask, stage)
+    kind = nodule_type(solid, mask, stage.reference)
+    labels = np.where(mask, LABEL_SOLID if kind == "solid" else LABEL_NON_SOLID, 0).astype(np.uint8)
+    if kind == "part-solid":
+        labels[solid] = LABEL_SOLID
     fine_mask = _as_image(labels, stage.reference)
     fine_hu = _as_image(stage.hu.astype(np.float32), stage.reference)
     centre = _index_to_lps(stage.reference, np.argwhere(mask).mean(axis=0))
@@ -277,8 +300,36 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
     if truncated:
         warnings.append("the nodule reaches the 64 mm cube's faces or the CT's edge: its measurements are truncated")
     return NoduleSegmentation(point_lps=point, centre_lps=centre, mask=_on_ct_grid(fine_mask, image),
-                              fine_mask=fine_mask, fine_hu=fine_hu, truncated=truncated, juxtapleural=juxtapleural,
-                              warnings=warnings)
+                              fine_mask=fine_mask, fine_hu=fine_hu, fine_smooth=stage.smooth, type=kind, truncated=truncated,
+                              juxtapleural=juxtapleural, warnings=warnings)
+
+
+def _solid_component(mask: np.ndarray, stage: _Stage) -> np.ndarray:
+    """The nodule's voxels above ``SOLID_HU`` (smoothed), opened by a ball of ``SOLID_OPENING_MM`` so that
+    vessels crossing ground glass are not a solid component."""
+    solid = mask & (stage.smooth >= SOLID_HU)
+    if not solid.any():
+        return solid
+    return _open(solid, _distance_inside(solid, stage.reference), SOLID_OPENING_MM, stage.reference)
+
+
+def nodule_type(solid: np.ndarray, mask: np.ndarray, reference: sitk.Image) -> str:
+    """``solid``, ``part-solid`` or ``ground-glass`` from the share of the nodule's inner voxels (deeper
+    than ``TYPE_RIM_MM``: the partial-volume rim is neither) in the solid component: at least
+    ``SOLID_SHARE`` solid, at least ``PART_SOLID_SHARE`` part-solid, else ground glass."""
+    inner = _distance_inside(mask, reference) > TYPE_RIM_MM
+    if inner.sum() < 8:
+        inner = mask
+    share = float(np.count_nonzero(solid & inner)) / max(1, int(np.count_nonzero(inner)))
+    if share >= SOLID_SHARE:
+        return "solid"
+    if share >= PART_SOLID_SHARE:
+        return "part-solid"
+    return "ground-glass"
+
+
+def _equivalent_diameter_mm(mask: np.ndarray, spacing_mm: float) -> float:
+    return float((6.0 * mask.sum() * spacing_mm ** 3 / np.pi) ** (1.0 / 3.0))
 
 
 def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
