@@ -86,7 +86,7 @@ class NoduleSegmentation:
     lattice; origin moved to the crop): ``LABEL_NON_SOLID`` (1) ground glass, ``LABEL_SOLID`` (2)
     solid component, 0 elsewhere. ``fine_mask``/``fine_hu`` hold the same nodule on the LPS-aligned
     isotropic grid the measurements are taken on (``fine_hu`` unsmoothed). ``type`` is ``solid``,
-    ``part-solid`` or ``ground-glass`` (see :func:`nodule_type`); ``fine_smooth`` the smoothed HU. ``truncated`` is true
+    ``part-solid`` or ``ground-glass`` (see :func:`_solid_component`); ``fine_smooth`` the smoothed HU. ``truncated`` is true
     when the nodule reaches the 64 mm cube's faces or the CT's edge.
     """
 
@@ -186,7 +186,7 @@ def _find_stage(stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, 
     if seed is None:
         return None
     opening_mm = float(np.clip(OPENING_FRACTION * _climb(depth, seed), MIN_OPENING_MM, MAX_OPENING_MM))
-    opened = _open(candidates, depth, opening_mm, stage.reference)
+    opened, _reach = _open(candidates, depth, opening_mm, stage.reference)
     nodule = _pick_component(opened, click, stage.reference)
     if nodule is None:
         return None
@@ -222,13 +222,15 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return filled.reshape(height, depth, width + 1)[:, :, :width].transpose(1, 0, 2).astype(bool)
 
 
-def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk.Image) -> np.ndarray:
-    """Morphological opening by a ball of ``radius_mm`` (``depth``: the mask's inside distance map)."""
+def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
+    """Morphological opening by a ball of ``radius_mm`` (``depth``: the mask's inside distance map).
+
+    Returns (opened mask, distance in mm of every voxel to the eroded core, for :func:`_restore_surface`)."""
     core = depth >= radius_mm - 1e-3
     if not core.any():
-        return core
+        return core, np.full(mask.shape, np.inf, dtype=np.float32)
     reach = -_signed_distance(core, reference)
-    return (reach <= radius_mm + 1e-3) & mask
+    return (reach <= radius_mm + 1e-3) & mask, reach
 
 
 def _pick_component(mask: np.ndarray, click: np.ndarray, reference: sitk.Image) -> Optional[np.ndarray]:
@@ -279,14 +281,13 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
     threshold = _adaptive_threshold(stage, found_fine)
     candidates = (stage.smooth > threshold) & lung_fine
     depth = _distance_inside(candidates, stage.reference)
-    opened = _open(candidates, depth, opening_mm, stage.reference)
+    opened, reach = _open(candidates, depth, opening_mm, stage.reference)
     mask = _overlapping_component(opened, found_fine, stage.reference)
     if mask is None:  # the finer threshold lost the nodule: keep the found one
         mask = found_fine & (stage.smooth > FIND_TISSUE_HU)
     else:
-        mask = _restore_surface(mask, candidates, opening_mm, stage.reference)
-    solid = _solid_component(mask, stage)
-    kind = nodule_type(solid, mask, stage.reference)
+        mask = _restore_surface(mask, candidates, reach, opening_mm, stage.reference)
+    kind, solid = _solid_component(mask, depth, stage)
     labels = np.where(mask, LABEL_SOLID if kind == "solid" else LABEL_NON_SOLID, 0).astype(np.uint8)
     if kind == "part-solid":
         labels[solid] = LABEL_SOLID
@@ -304,32 +305,27 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
                               juxtapleural=juxtapleural, warnings=warnings)
 
 
-def _solid_component(mask: np.ndarray, stage: _Stage) -> np.ndarray:
-    """The nodule's voxels above ``SOLID_HU`` (smoothed), opened by a ball of ``SOLID_OPENING_MM`` so that
-    vessels crossing ground glass are not a solid component."""
-    solid = mask & (stage.smooth >= SOLID_HU)
-    if not solid.any():
-        return solid
-    return _open(solid, _distance_inside(solid, stage.reference), SOLID_OPENING_MM, stage.reference)
+def _solid_component(mask: np.ndarray, depth: np.ndarray, stage: _Stage) -> Tuple[str, np.ndarray]:
+    """The nodule's type and solid component.
 
-
-def nodule_type(solid: np.ndarray, mask: np.ndarray, reference: sitk.Image) -> str:
-    """``solid``, ``part-solid`` or ``ground-glass`` from the share of the nodule's inner voxels (deeper
-    than ``TYPE_RIM_MM``: the partial-volume rim is neither) in the solid component: at least
-    ``SOLID_SHARE`` solid, at least ``PART_SOLID_SHARE`` part-solid, else ground glass."""
-    inner = _distance_inside(mask, reference) > TYPE_RIM_MM
+    The solid component is the nodule's voxels above ``SOLID_HU`` (smoothed), opened by a ball of
+    ``SOLID_OPENING_MM`` so that vessels crossing ground glass are not one. The type comes from the
+    share of the nodule's inner voxels (deeper than ``TYPE_RIM_MM`` in ``depth``, the candidates'
+    depth map: the partial-volume rim is neither) in it: at least ``SOLID_SHARE`` solid, at least
+    ``PART_SOLID_SHARE`` part-solid, else ground glass."""
+    inner = mask & (depth > TYPE_RIM_MM)
     if inner.sum() < 8:
         inner = mask
-    share = float(np.count_nonzero(solid & inner)) / max(1, int(np.count_nonzero(inner)))
-    if share >= SOLID_SHARE:
-        return "solid"
-    if share >= PART_SOLID_SHARE:
-        return "part-solid"
-    return "ground-glass"
-
-
-def _equivalent_diameter_mm(mask: np.ndarray, spacing_mm: float) -> float:
-    return float((6.0 * mask.sum() * spacing_mm ** 3 / np.pi) ** (1.0 / 3.0))
+    dense = mask & (stage.smooth >= SOLID_HU)
+    share = lambda part: float(np.count_nonzero(part & inner)) / max(1, int(np.count_nonzero(inner)))  # noqa: E731
+    if share(dense) >= SOLID_SHARE:  # the opening cannot make it more solid: no need for it
+        return "solid", dense
+    if not dense.any():
+        return "ground-glass", dense
+    solid, _reach = _open(dense, _distance_inside(dense, stage.reference), SOLID_OPENING_MM, stage.reference)
+    if share(solid) >= SOLID_SHARE:
+        return "solid", solid
+    return ("part-solid" if share(solid) >= PART_SOLID_SHARE else "ground-glass"), solid
 
 
 def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
@@ -344,12 +340,13 @@ def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
     return float(np.clip((outer_hu + lung_hu) / 2.0, *TISSUE_HU_RANGE))
 
 
-def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, radius_mm: float, reference: sitk.Image) -> np.ndarray:
+def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarray, radius_mm: float,
+                     reference: sitk.Image) -> np.ndarray:
     """Give back the surface detail the opening took (lobulation, spiculae, a ground-glass fringe): the
-    candidate tissue within ``radius_mm`` of the opened nodule, connected to it. Vessels come back
-    only as stubs of that length."""
-    near = -_signed_distance(nodule, reference) <= radius_mm + 1e-3
-    grown = near & candidates | nodule
+    candidate tissue within ``radius_mm`` of the opened nodule (``reach``: distance to the opening's
+    core, so within twice the radius of it), connected to it. Vessels come back only as stubs of
+    that length."""
+    grown = (reach <= 2.0 * radius_mm + 1e-3) & candidates | nodule
     return _overlapping_component(grown, nodule, reference)
 
 

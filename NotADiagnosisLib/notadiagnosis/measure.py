@@ -80,6 +80,21 @@ class NoduleMeasurement:
             "lung_rads": self.lung_rads,
         }
 
+    def details(self) -> Dict[str, Any]:
+        """Everything else measured (the CLI's ``measurement_details``): equivalent diameter, HU, flags, axes' ends."""
+        return {
+            "equivalent_diameter_mm": round(self.equivalent_diameter_mm, 2),
+            "hu_mean": round(self.hu_mean, 1),
+            "hu_percentiles": {str(p): round(v, 1) for p, v in self.hu_percentiles.items()},
+            "solid_volume_mm3": round(self.solid_volume_mm3, 1),
+            "calcified": self.calcified,
+            "juxtapleural": self.juxtapleural,
+            "truncated": self.truncated,
+            "long_axis_lps": [[round(v, 3) for v in end] for end in self.long_axis_lps],
+            "short_axis_lps": [[round(v, 3) for v in end] for end in self.short_axis_lps],
+            "axial_z_lps": round(self.axial_z_lps, 3),
+        }
+
 
 @dataclass
 class NoduleResult:
