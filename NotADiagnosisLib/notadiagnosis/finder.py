@@ -61,10 +61,12 @@ SOLID_OPENING_MM = 1.0
 TYPE_RIM_MM = 1.0
 SOLID_SHARE = 0.6
 PART_SOLID_SHARE = 0.03
-OPENING_FRACTION = 0.6
+OPENING_FRACTION = 0.4
 MIN_OPENING_MM = 0.8
-MAX_OPENING_MM = 4.0
+MAX_OPENING_MM = 3.0
 MAX_ELONGATION = 3.0
+MIN_AIR_CONTACT = 0.3
+RESTORE_MM = 1.0
 MIN_DIAMETER_MM = 3.0
 REFINE_MARGIN_MM = 4.0
 REFINE_MIN_SPACING_MM = 0.5
@@ -187,7 +189,7 @@ def _find_stage(stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, 
         return None
     opening_mm = float(np.clip(OPENING_FRACTION * _climb(depth, seed), MIN_OPENING_MM, MAX_OPENING_MM))
     opened, _reach = _open(candidates, depth, opening_mm, stage.reference)
-    nodule = _pick_component(opened, click, stage.reference)
+    nodule = _pick_component(opened, click, stage.reference, stage.smooth < LUNG_AIR_HU)
     if nodule is None:
         return None
     return nodule, lung, opening_mm
@@ -202,13 +204,16 @@ def _lung(stage: _Stage) -> np.ndarray:
                         sitk.sitkFloat32)
     coarse.SetSpacing([LUNG_SPACING_MM] * 3)
     coarse.SetOrigin(fine.GetOrigin())
-    smooth = sitk.Resample(_as_image(stage.smooth, fine), coarse, sitk.Transform(), sitk.sitkLinear, -1000.0)
+    # Beyond the CT's edge is unknown, not air: a slab of chest wall cut by the edge must not look like
+    # tissue between two airs.
+    known = np.where(stage.inside_ct, stage.smooth, 0.0).astype(np.float32)
+    smooth = sitk.Resample(_as_image(known, fine), coarse, sitk.Transform(), sitk.sitkLinear, 0.0)
     air = sitk.GetArrayFromImage(smooth) < LUNG_AIR_HU
     outside_distance = -_signed_distance(air, coarse)  # > 0 outside the air
     dilated = outside_distance <= LUNG_CLOSING_MM
     closed = (_signed_distance(dilated, coarse) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
     closed = _fill_holes_per_slice(closed)
-    return _resample_mask(closed, coarse, fine) | (stage.smooth < LUNG_AIR_HU)
+    return _resample_mask(closed, coarse, fine) | (known < LUNG_AIR_HU)
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -226,15 +231,17 @@ def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk
     """Morphological opening by a ball of ``radius_mm`` (``depth``: the mask's inside distance map).
 
     Returns (opened mask, distance in mm of every voxel to the eroded core, for :func:`_restore_surface`)."""
-    core = depth >= radius_mm - 1e-3
+    core = depth > radius_mm + 1e-3  # the erosion: no voxel outside the mask within the ball
     if not core.any():
         return core, np.full(mask.shape, np.inf, dtype=np.float32)
     reach = -_signed_distance(core, reference)
     return (reach <= radius_mm + 1e-3) & mask, reach
 
 
-def _pick_component(mask: np.ndarray, click: np.ndarray, reference: sitk.Image) -> Optional[np.ndarray]:
-    """The compact component nearest to the click within the search radius, or None."""
+def _pick_component(mask: np.ndarray, click: np.ndarray, reference: sitk.Image, air: np.ndarray) -> Optional[np.ndarray]:
+    """The compact component nearest to the click within the search radius that borders the lung's air
+    (at least ``MIN_AIR_CONTACT`` of its surface: a nodule stands in the lung, a corner of chest wall
+    that the lung closing took in does not), or None."""
     if not mask.any():
         return None
     labels_image = sitk.ConnectedComponent(_as_image(mask, reference), True)
@@ -255,7 +262,11 @@ def _pick_component(mask: np.ndarray, click: np.ndarray, reference: sitk.Image) 
         moments = np.asarray(stats.GetPrincipalMoments(label), dtype=np.float64)
         if moments.min() <= 0 or np.sqrt(moments.max() / moments.min()) > MAX_ELONGATION:
             continue
-        voxels = np.argwhere(labels == label)
+        component = labels == label
+        shell = _shell(component)
+        if np.count_nonzero(shell & air) < MIN_AIR_CONTACT * np.count_nonzero(shell):
+            continue
+        voxels = np.argwhere(component)
         distance = float(np.min(np.linalg.norm((voxels - click) * spacing, axis=1)))
         if distance < best_distance - 1e-6:
             best, best_distance = label, distance
@@ -342,12 +353,19 @@ def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
 
 def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarray, radius_mm: float,
                      reference: sitk.Image) -> np.ndarray:
-    """Give back the surface detail the opening took (lobulation, spiculae, a ground-glass fringe): the
-    candidate tissue within ``radius_mm`` of the opened nodule (``reach``: distance to the opening's
-    core, so within twice the radius of it), connected to it. Vessels come back only as stubs of
-    that length."""
-    grown = (reach <= 2.0 * radius_mm + 1e-3) & candidates | nodule
-    return _overlapping_component(grown, nodule, reference)
+    """Give back the surface detail the opening took (a rough margin, a ground-glass fringe): the
+    candidate tissue within ``RESTORE_MM`` of the opened nodule (``reach``: the distance to the
+    opening's core, ``radius_mm`` from the opened surface), connected to it, except the pieces that
+    carry on beyond that band (vessels leaving the nodule: no stubs)."""
+    band = (reach <= radius_mm + RESTORE_MM + 1e-3) & candidates
+    residue = band & ~nodule
+    if not residue.any():
+        return nodule
+    beyond = candidates & ~band & ~nodule
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(residue, reference), True))
+    leaving = np.unique(labels[_shell(beyond) & residue])
+    residue &= ~np.isin(labels, leaving[leaving > 0])
+    return _overlapping_component(nodule | residue, nodule, reference)
 
 
 def _overlapping_component(mask: np.ndarray, reference_mask: np.ndarray, reference: sitk.Image) -> Optional[np.ndarray]:
@@ -406,9 +424,10 @@ def _signed_distance(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
 
 
 def _distance_inside(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
-    """Depth (mm) of each mask voxel: its distance to the mask's boundary plus half a voxel; 0 outside."""
+    """Depth (mm) of each mask voxel: the distance from its centre to the nearest voxel centre outside the
+    mask (ITK's signed distance is 0 on the mask's edge voxels: one voxel more); 0 outside."""
     spacing = reference.GetSpacing()[0]
-    return np.where(mask, np.maximum(_signed_distance(mask, reference), 0.0) + spacing / 2.0, 0.0).astype(np.float32)
+    return np.where(mask, np.maximum(_signed_distance(mask, reference), 0.0) + spacing, 0.0).astype(np.float32)
 
 
 def _climb(depth: np.ndarray, start: np.ndarray) -> float:
