@@ -61,11 +61,13 @@ SOLID_OPENING_MM = 1.0
 TYPE_RIM_MM = 1.0
 SOLID_SHARE = 0.6
 PART_SOLID_SHARE = 0.03
-OPENING_FRACTION = 0.4
+OPENING_FRACTIONS = (0.4, 0.6, 0.8)
 MIN_OPENING_MM = 0.8
 MAX_OPENING_MM = 3.0
 MAX_ELONGATION = 3.0
 MIN_AIR_CONTACT = 0.3
+MAX_EXTENT_RATIO = 3.0
+EXTENT_MARGIN_MM = 2.0
 RESTORE_MM = 1.0
 MIN_DIAMETER_MM = 3.0
 REFINE_MARGIN_MM = 4.0
@@ -135,7 +137,7 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
     found = None
     for half_mm in FIND_HALF_SIZES_MM:
         stage = _sample(image, point, half_mm, FIND_SPACING_MM)
-        found = _find_stage(stage, point)
+        found = _find_stage(image, stage, point)
         if found is None:
             return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
         nodule, lung, opening_mm = found
@@ -177,43 +179,47 @@ def _sample(image: sitk.Image, centre_lps: np.ndarray, half_mm: np.ndarray | flo
     return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
 
 
-def _find_stage(stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+def _find_stage(image: sitk.Image, stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
     """(nodule mask, lung mask, opening radius mm) on the find grid, or None."""
     spacing = stage.reference.GetSpacing()[0]
-    lung = _lung(stage)
+    lung = _lung(image, stage)
     candidates = (stage.smooth > FIND_TISSUE_HU) & lung
     click = _index_of(stage.reference, point)
     depth = _distance_inside(candidates, stage.reference)
     seed = _nearest_true(candidates, click, SEARCH_RADIUS_MM / spacing)
     if seed is None:
         return None
-    opening_mm = float(np.clip(OPENING_FRACTION * _climb(depth, seed), MIN_OPENING_MM, MAX_OPENING_MM))
-    opened, _reach = _open(candidates, depth, opening_mm, stage.reference)
-    nodule = _pick_component(opened, click, stage.reference, stage.smooth < LUNG_AIR_HU)
-    if nodule is None:
-        return None
-    return nodule, lung, opening_mm
+    blob_depth = _climb(depth, seed)
+    air = stage.smooth < LUNG_AIR_HU
+    # The gentlest opening that frees a compact nodule: vessels as thick as the nodule's own depth need
+    # the larger ones, a lone nodule keeps its shape with the smallest.
+    for fraction in OPENING_FRACTIONS:
+        opening_mm = float(np.clip(fraction * blob_depth, MIN_OPENING_MM, MAX_OPENING_MM))
+        opened, _reach = _open(candidates, depth, opening_mm, stage.reference)
+        nodule = _pick_component(opened, depth, click, stage.reference, air)
+        if nodule is not None:
+            return nodule, lung, opening_mm
+    return None
 
 
-def _lung(stage: _Stage) -> np.ndarray:
-    """The lung with everything inside it: air closed by a ball of ``LUNG_CLOSING_MM`` and hole-filled
-    slice by slice, computed on a ``LUNG_SPACING_MM`` grid (the lung is a large structure) and joined
-    with the stage's own air voxels."""
+def _lung(image: sitk.Image, stage: _Stage) -> np.ndarray:
+    """The lung with everything inside it, on the stage's grid: air closed by a ball of
+    ``LUNG_CLOSING_MM`` and hole-filled slice by slice, computed on a ``LUNG_SPACING_MM`` grid (the lung
+    is a large structure) that reaches ``LUNG_CLOSING_MM`` beyond the stage's cube (so chest wall near
+    the cube's faces is seen as thick as it is), joined with the stage's own air voxels."""
     fine = stage.reference
-    coarse = sitk.Image([max(2, int(np.ceil(n * fine.GetSpacing()[0] / LUNG_SPACING_MM))) for n in fine.GetSize()],
-                        sitk.sitkFloat32)
-    coarse.SetSpacing([LUNG_SPACING_MM] * 3)
-    coarse.SetOrigin(fine.GetOrigin())
+    spacing = np.asarray(fine.GetSpacing())
+    half = (np.asarray(fine.GetSize()) - 1) * spacing / 2.0
+    centre = np.asarray(fine.GetOrigin()) + half
+    coarse = _sample(image, centre, half + LUNG_CLOSING_MM + LUNG_SPACING_MM, LUNG_SPACING_MM)
     # Beyond the CT's edge is unknown, not air: a slab of chest wall cut by the edge must not look like
     # tissue between two airs.
-    known = np.where(stage.inside_ct, stage.smooth, 0.0).astype(np.float32)
-    smooth = sitk.Resample(_as_image(known, fine), coarse, sitk.Transform(), sitk.sitkLinear, 0.0)
-    air = sitk.GetArrayFromImage(smooth) < LUNG_AIR_HU
-    outside_distance = -_signed_distance(air, coarse)  # > 0 outside the air
+    air = (coarse.smooth < LUNG_AIR_HU) & coarse.inside_ct
+    outside_distance = -_signed_distance(air, coarse.reference)  # > 0 outside the air
     dilated = outside_distance <= LUNG_CLOSING_MM
-    closed = (_signed_distance(dilated, coarse) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
+    closed = (_signed_distance(dilated, coarse.reference) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
     closed = _fill_holes_per_slice(closed)
-    return _resample_mask(closed, coarse, fine) | (known < LUNG_AIR_HU)
+    return _resample_mask(closed, coarse.reference, fine) | ((stage.smooth < LUNG_AIR_HU) & stage.inside_ct)
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -238,39 +244,49 @@ def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk
     return (reach <= radius_mm + 1e-3) & mask, reach
 
 
-def _pick_component(mask: np.ndarray, click: np.ndarray, reference: sitk.Image, air: np.ndarray) -> Optional[np.ndarray]:
-    """The compact component nearest to the click within the search radius that borders the lung's air
-    (at least ``MIN_AIR_CONTACT`` of its surface: a nodule stands in the lung, a corner of chest wall
-    that the lung closing took in does not), or None."""
+def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, reference: sitk.Image,
+                    air: np.ndarray) -> Optional[np.ndarray]:
+    """The nodule-like component of ``mask`` nearest to the click within the search radius, or None.
+
+    Nodule-like: an equivalent diameter of at least ``MIN_DIAMETER_MM``; compact (principal-axis ratio
+    at most ``MAX_ELONGATION``, and no voxel farther from its deepest voxel than ``MAX_EXTENT_RATIO``
+    times that depth plus ``EXTENT_MARGIN_MM``: not a vessel, nor a nodule still joined to a vessel
+    tree); standing in the lung (at least ``MIN_AIR_CONTACT`` of its surface borders the lung's air:
+    not a corner of chest wall)."""
     if not mask.any():
         return None
-    labels_image = sitk.ConnectedComponent(_as_image(mask, reference), True)
-    labels = sitk.GetArrayFromImage(labels_image)
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(mask, reference), True))
     spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
     near = _ball(mask.shape, click, SEARCH_RADIUS_MM, spacing)
-    candidates = np.unique(labels[near & mask])
-    if candidates.size == 0:
-        return None
+    best, best_distance = None, np.inf
+    for label in np.unique(labels[near & mask]):
+        component = labels == label
+        if not _nodule_like(component, depth, air, reference):
+            continue
+        distance = float(np.min(np.linalg.norm((np.argwhere(component) - click) * spacing, axis=1)))
+        if distance < best_distance - 1e-6:
+            best, best_distance = component, distance
+    return best
+
+
+def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, reference: sitk.Image) -> bool:
+    """The tests of :func:`_pick_component`."""
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.ComputeFeretDiameterOff()
-    stats.Execute(labels_image)
-    best, best_distance = None, np.inf
-    for label in candidates:
-        label = int(label)
-        if stats.GetEquivalentSphericalRadius(label) * 2.0 < MIN_DIAMETER_MM:
-            continue
-        moments = np.asarray(stats.GetPrincipalMoments(label), dtype=np.float64)
-        if moments.min() <= 0 or np.sqrt(moments.max() / moments.min()) > MAX_ELONGATION:
-            continue
-        component = labels == label
-        shell = _shell(component)
-        if np.count_nonzero(shell & air) < MIN_AIR_CONTACT * np.count_nonzero(shell):
-            continue
-        voxels = np.argwhere(component)
-        distance = float(np.min(np.linalg.norm((voxels - click) * spacing, axis=1)))
-        if distance < best_distance - 1e-6:
-            best, best_distance = label, distance
-    return None if best is None else labels == best
+    stats.Execute(_as_image(component, reference))
+    if stats.GetEquivalentSphericalRadius(1) * 2.0 < MIN_DIAMETER_MM:
+        return False
+    moments = np.asarray(stats.GetPrincipalMoments(1), dtype=np.float64)
+    if moments.min() <= 0 or np.sqrt(moments.max() / moments.min()) > MAX_ELONGATION:
+        return False
+    spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
+    voxels = np.argwhere(component)
+    depths = depth[component]
+    deepest = voxels[int(np.argmax(depths))]
+    if np.max(np.linalg.norm((voxels - deepest) * spacing, axis=1)) > MAX_EXTENT_RATIO * float(depths.max()) + EXTENT_MARGIN_MM:
+        return False
+    shell = _shell(component)
+    return bool(np.count_nonzero(shell & air) >= MIN_AIR_CONTACT * np.count_nonzero(shell))
 
 
 # -- stage 2: segment --------------------------------------------------------------------------------
