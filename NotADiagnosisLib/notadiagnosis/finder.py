@@ -68,7 +68,8 @@ MAX_ELONGATION = 3.0
 MIN_AIR_CONTACT = 0.3
 MAX_EXTENT_RATIO = 3.0
 EXTENT_MARGIN_MM = 3.0
-RESTORE_MM = 1.0
+RESTORE_MM = 2.0
+STUB_MAX_MM3 = 200.0
 MIN_DIAMETER_MM = 3.0
 REFINE_MARGIN_MM = 4.0
 REFINE_MIN_SPACING_MM = 0.5
@@ -148,10 +149,10 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
 
 
 def looks_like_ct(image: sitk.Image) -> bool:
-    """True when the image holds air below ``NOT_CT_MIN_HU`` (a strided look at its voxels), as any chest CT in HU does."""
+    """True when the image holds air below ``NOT_CT_MIN_HU``, as any chest CT in HU does (a strided look
+    at its voxels is enough; NaN and infinity left out)."""
     check_image(image)
-    voxels = sitk.GetArrayViewFromImage(image)
-    sample = voxels[::2, ::4, ::4]
+    sample = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4]
     if np.issubdtype(sample.dtype, np.floating):
         sample = sample[np.isfinite(sample)]
     return not (sample.size and float(np.min(sample)) > NOT_CT_MIN_HU)
@@ -271,19 +272,17 @@ def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, refe
 
 def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, reference: sitk.Image) -> bool:
     """The tests of :func:`_pick_component`."""
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.ComputeFeretDiameterOff()
-    stats.Execute(_as_image(component, reference))
-    if stats.GetEquivalentSphericalRadius(1) * 2.0 < MIN_DIAMETER_MM:
-        return False
-    moments = np.asarray(stats.GetPrincipalMoments(1), dtype=np.float64)
-    if moments.min() <= 0 or np.sqrt(moments.max() / moments.min()) > MAX_ELONGATION:
-        return False
     spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
     voxels = np.argwhere(component)
+    if 2.0 * (3.0 * len(voxels) * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0) < MIN_DIAMETER_MM:
+        return False
+    positions = voxels * spacing
+    moments = np.linalg.eigvalsh(np.cov(positions.T))  # principal moments (variances along the axes)
+    if moments.min() <= 0 or np.sqrt(moments.max() / moments.min()) > MAX_ELONGATION:
+        return False
     depths = depth[component]
-    deepest = voxels[int(np.argmax(depths))]
-    if np.max(np.linalg.norm((voxels - deepest) * spacing, axis=1)) > MAX_EXTENT_RATIO * float(depths.max()) + EXTENT_MARGIN_MM:
+    deepest = positions[int(np.argmax(depths))]
+    if np.max(np.linalg.norm(positions - deepest, axis=1)) > MAX_EXTENT_RATIO * float(depths.max()) + EXTENT_MARGIN_MM:
         return False
     shell = _shell(component)
     return bool(np.count_nonzero(shell & air) >= MIN_AIR_CONTACT * np.count_nonzero(shell))
@@ -371,8 +370,8 @@ def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarr
                      reference: sitk.Image) -> np.ndarray:
     """Give back the surface detail the opening took (a rough margin, a ground-glass fringe): the
     candidate tissue within ``RESTORE_MM`` of the opened nodule (``reach``: the distance to the
-    opening's core, ``radius_mm`` from the opened surface), connected to it, except the pieces that
-    carry on beyond that band (vessels leaving the nodule: no stubs)."""
+    opening's core, ``radius_mm`` from the opened surface), connected to it, except the small pieces
+    (at most ``STUB_MAX_MM3``) that carry on beyond that band: vessels leaving the nodule, no stubs."""
     band = (reach <= radius_mm + RESTORE_MM + 1e-3) & candidates
     residue = band & ~nodule
     if not residue.any():
@@ -380,7 +379,12 @@ def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarr
     beyond = candidates & ~band & ~nodule
     labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(residue, reference), True))
     leaving = np.unique(labels[_shell(beyond) & residue])
-    residue &= ~np.isin(labels, leaving[leaving > 0])
+    leaving = leaving[leaving > 0]
+    # A vessel's stub is small; a fringe of ground glass that vessels leave from is not.
+    voxel_mm3 = float(np.prod(reference.GetSpacing()))
+    sizes = np.bincount(labels.ravel())
+    stubs = leaving[sizes[leaving] * voxel_mm3 <= STUB_MAX_MM3]
+    residue &= ~np.isin(labels, stubs)
     return _overlapping_component(nodule | residue, nodule, reference)
 
 
