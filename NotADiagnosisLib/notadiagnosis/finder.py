@@ -513,11 +513,13 @@ def _shell(mask: np.ndarray) -> np.ndarray:
 
 
 JUXTAPLEURAL_MIN_CONTACT = 0.05
+JUXTAPLEURAL_RING_MM = 2.0
 
 
 def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image) -> bool:
-    """True when at least ``JUXTAPLEURAL_MIN_CONTACT`` of the nodule's surface borders the wall."""
-    shell = _shell(mask)
-    if not shell.any():
+    """True when at least ``JUXTAPLEURAL_MIN_CONTACT`` of the ring of ``JUXTAPLEURAL_RING_MM`` around the
+    nodule is wall (chest wall, mediastinum, diaphragm: tissue outside the lung)."""
+    ring = (-_signed_distance(mask, reference) <= JUXTAPLEURAL_RING_MM) & ~mask
+    if not ring.any():
         return False
-    return bool((shell & wall).sum() >= JUXTAPLEURAL_MIN_CONTACT * shell.sum())
+    return bool(np.count_nonzero(ring & wall) >= JUXTAPLEURAL_MIN_CONTACT * np.count_nonzero(ring))
