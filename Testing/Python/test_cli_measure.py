@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from helpers import save_random_model
-from notadiagnosis.cli import MEASUREMENT_CSV_COLUMNS, main
+from notadiagnosis.cli import main
+from notadiagnosis.results import MEASUREMENT_CSV_COLUMNS
 from notadiagnosis.finder import NO_NODULE_WARNING
 from notadiagnosis.measure import SUMMARY_KEYS
 from notadiagnosis.synthetic import make_synthetic_chest_ct
