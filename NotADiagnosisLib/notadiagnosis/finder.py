@@ -9,26 +9,33 @@ the grid spacing in LPS mm), so the same nodule gives the same grid whatever the
 1. **Find** (1 mm grid, the cube of ``FIND_HALF_SIZES_MM`` around the click, grown once when the
    nodule reaches its faces):
    a. the CT is resampled (linear) and smoothed (Gaussian, ``SMOOTHING_SIGMA_MM``);
-   b. *lung*: voxels below ``LUNG_AIR_HU``, closed with a ball of ``LUNG_CLOSING_MM`` (computed with
-      distance maps) and hole-filled slice by slice, so nodules, vessels and nodules bulging in from
-      the chest wall, mediastinum or diaphragm become lung while the wall itself stays out;
+   b. *lung*: on a ``LUNG_SPACING_MM`` grid reaching ``LUNG_CLOSING_MM`` beyond the cube, voxels below
+      ``LUNG_AIR_HU`` closed with a ball of ``LUNG_CLOSING_MM`` (distance maps) and hole-filled slice
+      by slice, so nodules, vessels and nodules bulging in from the chest wall, mediastinum or
+      diaphragm become lung while the wall itself stays out (beyond the CT's edge counts as wall);
    c. *candidate tissue*: smoothed HU above ``FIND_TISSUE_HU`` inside the lung;
-   d. *vessels off*: an opening by a ball of radius ``OPENING_FRACTION`` × the depth of the blob the
-      click lies in (the distance-map maximum reached by climbing from the click, at most
-      ``MAX_OPENING_MM``) removes vessels thinner than the nodule and keeps the nodule's shape;
-   e. the nodule is the compact (principal-axis ratio below ``MAX_ELONGATION``) component of at
-      least ``MIN_DIAMETER_MM`` nearest to the click within ``SEARCH_RADIUS_MM``; none: no nodule.
+   d. *vessels off*: openings by a ball of ``OPENING_FRACTIONS`` × the depth of the blob the click lies
+      in (the distance-map maximum reached by climbing from the click; ``MIN_OPENING_MM`` to
+      ``MAX_OPENING_MM``), the gentlest first, until one frees a nodule-like component;
+   e. the nodule is the nodule-like component nearest to the click within ``SEARCH_RADIUS_MM``
+      (at least ``MIN_DIAMETER_MM``; compact: principal-axis ratio at most ``MAX_ELONGATION`` and no
+      voxel beyond ``MAX_EXTENT_RATIO`` × its depth + ``EXTENT_MARGIN_MM`` from its deepest voxel;
+      at least ``MIN_AIR_CONTACT`` of its surface on the lung's air); none: no nodule.
 2. **Segment** (a grid as fine as the CT's in-plane voxels, at most ``REFINE_MAX_VOXELS`` a side,
    over the nodule's box plus ``REFINE_MARGIN_MM``): the threshold moves to halfway between the
    nodule's outer tissue (25th percentile of its smoothed HU, the ground glass of a part-solid
    nodule) and the lung around it, clamped to ``TISSUE_HU_RANGE``: the partial-volume edge of a solid
    nodule and the faint edge of ground glass alike. The find stage's lung and opening radius are
-   reused; the component overlapping the found nodule is the nodule.
+   reused; the component overlapping the found nodule is the nodule, and the surface detail the
+   opening took is given back within ``RESTORE_MM`` (a rough margin, a ground-glass fringe), except
+   small pieces (up to ``STUB_MAX_MM3``) that carry on beyond: vessel stubs.
 
-The solid component is the nodule's voxels above ``SOLID_HU`` (smoothed). The mask on the CT's own
-grid (a crop of it) is a label map: :data:`LABEL_NON_SOLID` for ground-glass tissue and
-:data:`LABEL_SOLID` for the solid component (a solid nodule is all solid, a ground-glass one all
-non-solid).
+The solid component is the nodule's voxels above ``SOLID_HU`` (smoothed), opened by
+``SOLID_OPENING_MM`` (vessels crossing ground glass are not one). The mask on the CT's own grid (a
+crop of it) is a label map: :data:`LABEL_NON_SOLID` for ground-glass tissue and :data:`LABEL_SOLID`
+for the solid component (a solid nodule is all solid, a ground-glass one all non-solid).
+Developed on the synthetic tests, the real LIDC-IDRI-0001 and training-split insertion renders
+(``nadtrain measure-bench --split train``); scored on the test split (Training/results/nodule-measurement).
 """
 from __future__ import annotations
 
