@@ -16,7 +16,7 @@ from .ct_reader import check_ct_values, read_ct
 from .errors import InputError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
 from .points import LabelledPoint, parse_point, read_points
-from .results import result_rows, write_saliency_maps
+from .results import progress_bar, result_rows, write_saliency_maps, write_segmentations
 
 
 def collect_points(point_args: Sequence[str], point_files: Sequence[str | os.PathLike], lps: bool) -> list:
@@ -40,8 +40,10 @@ def read_case(ct: str | os.PathLike, series_uid: Optional[str], points: Sequence
 
 def classify_case(classifier, image: sitk.Image, points: Sequence[LabelledPoint], tta: bool = True,
                   batch_size: int = 32, saliency_dir: Optional[str | os.PathLike] = None,
-                  progress: bool = False) -> list:
-    """Classify every point of a read case (and write its saliency maps); returns its result rows.
+                  progress: bool = False, measure: bool = True,
+                  segmentation_dir: Optional[str | os.PathLike] = None) -> list:
+    """Classify (and, unless ``measure`` is False, find, segment and measure the nodule at) every point
+    of a read case, writing its saliency maps and label maps when asked; returns its result rows.
 
     The single-CT command and the cohort mode both call this, so whatever a result row holds is
     computed the same way for both.
@@ -49,7 +51,21 @@ def classify_case(classifier, image: sitk.Image, points: Sequence[LabelledPoint]
     predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=batch_size, tta=tta,
                                      progress=progress)
     saliency = write_saliency_maps(classifier, image, points, saliency_dir, progress=progress) if saliency_dir else {}
-    return result_rows(points, predictions, saliency)
+    if not measure:
+        return result_rows(points, predictions, saliency)
+    nodules = measure_points(image, points, classifier.card, progress=progress)
+    segmentations = write_segmentations(nodules, points, segmentation_dir) if segmentation_dir else {}
+    return result_rows(points, predictions, saliency, nodules, segmentations)
+
+
+def measure_points(image: sitk.Image, points: Sequence[LabelledPoint], card: Optional[dict], progress: bool = False) -> list:
+    """``measure.measure_nodule`` at every point, with the size-only model of ``card``; one result per point."""
+    from .measure import measure_nodule
+    from .references import SizeOnlyModel
+
+    size_only = SizeOnlyModel.from_card(card)
+    return [measure_nodule(image, point.point_lps, model_card=card, size_only=size_only)
+            for point in progress_bar(points, desc="Measuring nodules", unit="point", disable=not progress)]
 
 
 def check_points_inside(image: sitk.Image, points: Sequence[LabelledPoint]) -> None:

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .ct_reader import check_ct_values
 from .errors import InputError, NotADiagnosisError
+from .finder import NOT_CT_WARNING, looks_like_ct
 from .geometry import check_image, extract_patch
 from .preprocessing import normalize_hu
 from .runtime import choose_runtime
@@ -235,16 +236,13 @@ def image_warnings_for(image: sitk.Image) -> List[str]:
     if thickest > MAX_SLICE_THICKNESS_MM:
         warnings.append(f"voxels are {thickest:.1f} mm thick (> {MAX_SLICE_THICKNESS_MM:g} mm): small nodules are blurred")
     voxels = sitk.GetArrayViewFromImage(image)
-    # A strided look is enough to see whether the image holds air at -1000 HU, as any chest CT does.
-    sample = voxels[::2, ::4, ::4]
     if np.issubdtype(voxels.dtype, np.floating):
         # Only float images can hold NaN or infinity; extraction reads such voxels as air, as training does.
         invalid = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
         if invalid:
             warnings.append(f"{invalid:,} voxels of the CT are not finite numbers (NaN or infinity) and are read as air")
-        sample = sample[np.isfinite(sample)]
-    if sample.size and float(np.min(sample)) > -900.0:
-        warnings.append("no air at -1000 HU: this does not look like a CT in Hounsfield units")
+    if not looks_like_ct(image):
+        warnings.append(NOT_CT_WARNING)
     return warnings
 
 

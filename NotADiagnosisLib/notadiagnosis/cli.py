@@ -23,6 +23,7 @@ from . import __version__
 from .errors import InputError, NoDefaultModelError, NotADiagnosisError, show_warning
 from .results import (
     REMINDER,
+    measurement_note,
     prepare_folder,
     progress_bar,
     results_csv,
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print results as JSON")
     output.add_argument("--csv", action="store_true", help="print results as CSV (label,r,a,s,...)")
     classify.add_argument("--saliency", metavar="DIR", help="write one saliency map (NRRD, CT space) per point into DIR")
+    classify.add_argument("--segmentation", metavar="DIR",
+                          help="write one nodule label map (NRRD on the CT's grid; 1 ground glass, 2 solid) per point into DIR")
+    classify.add_argument("--no-measure", action="store_true",
+                          help="do not find, segment and measure the nodule at each point (measured by default)")
     _add_model_arguments(classify)
     classify.add_argument("--no-tta", action="store_true", help="switch off flip test-time augmentation (no uncertainty)")
     classify.add_argument("--batch-size", type=_whole_number(1), default=32, metavar="N", help="points per batch (default 32)")
@@ -213,12 +218,16 @@ def run_classify(args: argparse.Namespace) -> int:
     # Every input is checked before the model is loaded: a mistake costs no model load.
     points = collect_points(args.point, args.points, lps=args.lps)
     check_model_path(args.model)
+    check_measure_options(args)
     if args.saliency:
         prepare_folder(args.saliency, "saliency")
+    if args.segmentation:
+        prepare_folder(args.segmentation, "segmentation")
     image = read_case(args.ct, args.series, points, progress=True)
     classifier = load_classifier(args)
     rows = classify_case(classifier, image, points, tta=not args.no_tta, batch_size=args.batch_size,
-                         saliency_dir=args.saliency, progress=True)
+                         saliency_dir=args.saliency, progress=True, measure=not args.no_measure,
+                         segmentation_dir=args.segmentation)
     if args.json:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
     elif args.csv:
@@ -231,8 +240,18 @@ def run_classify(args: argparse.Namespace) -> int:
         print(results_table(rows))
         if args.saliency:
             print(f"\nSaliency maps (NRRD, CT space): {Path(args.saliency).resolve()}")
+        if args.segmentation:
+            print(f"Nodule label maps (NRRD, CT grid; 1 ground glass, 2 solid): {Path(args.segmentation).resolve()}")
+        if not args.no_measure:
+            print(f"\n{measurement_note(classifier.card)}")
         print(f"\n{REMINDER}")
     return EXIT_OK
+
+
+def check_measure_options(args: argparse.Namespace) -> None:
+    """Label maps come from the measurement: refuse --segmentation with --no-measure."""
+    if args.no_measure and args.segmentation:
+        raise InputError("--segmentation needs the measurements; leave out --no-measure.")
 
 
 def run_cohort(args: argparse.Namespace) -> int:
@@ -241,7 +260,9 @@ def run_cohort(args: argparse.Namespace) -> int:
 
     options = CohortOptions(manifest=Path(args.manifest), out=Path(args.out), shard=args.shard, workers=args.workers,
                             tta=not args.no_tta, batch_size=args.batch_size,
-                            saliency=Path(args.saliency) if args.saliency else None)
+                            saliency=Path(args.saliency) if args.saliency else None, measure=not args.no_measure,
+                            segmentation=Path(args.segmentation) if args.segmentation else None)
+    check_measure_options(args)
     check_model_path(args.model)
     args.interrupted_note = f"the CTs finished so far are in {args.out}; rerun the same command to resume."
     summary = classify_cohort(options, lambda: load_classifier(args))
@@ -354,7 +375,8 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         print(f"\n{REMINDER}")
         return EXIT_OK
-    rows = classify_case(classifier, image, points, tta=True, saliency_dir=out / "saliency", progress=True)
+    rows = classify_case(classifier, image, points, tta=True, saliency_dir=out / "saliency", progress=True,
+                         segmentation_dir=out / "segmentation")
     for row, nodule in zip(rows, nodules):
         row["kind"], row["diameter_mm"] = nodule["kind"], nodule["diameter_mm"]
     results_path = out / "results.json"
@@ -363,7 +385,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"Model: {classifier.name} on {classifier.device_description}; flip TTA on\n")
     print(results_table(rows))
     print(f"\nSaliency maps (NRRD, CT space): {(out / 'saliency').resolve()}")
+    print(f"Nodule label maps (NRRD, CT grid; 1 ground glass, 2 solid): {(out / 'segmentation').resolve()}")
     print(f"Results (JSON): {results_path.resolve()}")
+    print(measurement_note(classifier.card))
     print("The CT is synthetic: these numbers show the pipeline runs, they say nothing about accuracy.")
     print(f"\n{REMINDER}")
     return EXIT_OK

@@ -45,7 +45,7 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl")
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 # The first line of a results file after the reminder: it names the options that change results.
 _OPTIONS_MARK = "notadiagnosis cohort"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the measurement columns
 _MANIFEST_COLUMNS = ("id", "ct", "series", "points", "coordinates")
 _COORDINATES = re.compile(r"^[\s\d.,;eE+-]+$")
 
@@ -65,6 +65,8 @@ class CohortOptions:
     tta: bool = True
     batch_size: int = 32
     saliency: Optional[Path] = None
+    measure: bool = True
+    segmentation: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -399,7 +401,9 @@ def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row:
     try:
         image, points = loaded()
         rows = classify_case(classifier, image, points, tta=options.tta, batch_size=options.batch_size,
-                             saliency_dir=options.saliency / safe_name(row.case) if options.saliency else None)
+                             saliency_dir=options.saliency / safe_name(row.case) if options.saliency else None,
+                             measure=options.measure,
+                             segmentation_dir=options.segmentation / safe_name(row.case) if options.segmentation else None)
     except CohortStopped:
         raise
     except NotADiagnosisError as error:
@@ -410,8 +414,8 @@ def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row:
 
 
 def _result_options(classifier, options: CohortOptions) -> Dict[str, Any]:
-    """What must not change between a run and its resumption: the model, TTA and the shard."""
-    return {"format": _FORMAT_VERSION, "model": model_summary(classifier), "tta": options.tta,
+    """What must not change between a run and its resumption: the model, TTA, measuring and the shard."""
+    return {"format": _FORMAT_VERSION, "model": model_summary(classifier), "tta": options.tta, "measure": options.measure,
             "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}"}
 
 

@@ -12,19 +12,34 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 #: The reminder every output carries. Also in weights.DISCLAIMER, longer; repeated here so that
 #: ``--help`` and errors need not import the inference runtime.
 REMINDER = "Not a diagnosis: research use only; the model has not been validated on patients."
 
+#: CSV columns of the nodule's measurement (the JSON ``measurement`` keys, the centre as three
+#: columns, and the label-map file); empty when nothing was measured or no nodule was found.
+MEASUREMENT_CSV_COLUMNS = ("centre_x_lps", "centre_y_lps", "centre_z_lps", "centre_shift_mm", "long_axis_mm",
+                           "short_axis_mm", "mean_diameter_mm", "volume_mm3", "type", "solid_mean_diameter_mm",
+                           "size_only_probability", "lung_rads", "segmentation")
 #: CSV columns, in order; ``r,a,s`` first among the numbers so the file reads back as a points file.
-CSV_COLUMNS = ("label", "r", "a", "s", "probability", "uncertainty", "outside_fraction", "warnings", "saliency")
+CSV_COLUMNS = ("label", "r", "a", "s", "probability", "uncertainty", "outside_fraction", "warnings",
+               "saliency") + MEASUREMENT_CSV_COLUMNS
+MEASUREMENT_NOTE = "Measured: long x short axis on the axial slice of greatest extent, mean diameter, volume, type."
 
 
-def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[int, Path]) -> List[Dict[str, Any]]:
-    """One plain dict per point, shared by the table, JSON and CSV outputs (and the cohort's)."""
+def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[int, Path],
+                nodules: Optional[Sequence] = None, segmentation_files: Optional[Dict[int, Path]] = None) -> List[Dict[str, Any]]:
+    """One plain dict per point, shared by the table, JSON and CSV outputs (and the cohort's).
+
+    With ``nodules`` (``measure.measure_nodule`` results, one per point), each row also has
+    ``measurement`` (the keys of ``NoduleMeasurement.summary``, or None when no nodule was found,
+    the reason among the warnings), ``measurement_details`` and ``segmentation`` (the label map's
+    file, or None); without, no measurement keys at all.
+    """
     rows = []
+    segmentation_files = segmentation_files or {}
     for index, (point, prediction) in enumerate(zip(points, predictions)):
         rows.append({
             "label": point.label,
@@ -38,24 +53,61 @@ def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[in
             "warnings": list(prediction.warnings),
             "saliency": str(saliency_files[index]) if index in saliency_files else None,
         })
+        if nodules is not None:
+            nodule, row = nodules[index], rows[-1]
+            row["warnings"] += [w for w in nodule.warnings if w not in row["warnings"]]
+            row["measurement"] = None if nodule.measurement is None else nodule.measurement.summary()
+            row["measurement_details"] = None if nodule.measurement is None else nodule.measurement.details()
+            row["segmentation"] = str(segmentation_files[index]) if index in segmentation_files else None
     return rows
 
 
 def results_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """A fixed-width text table: point, R, A, S, probability, uncertainty, outside, warnings."""
-    header = ["Point", "R (mm)", "A (mm)", "S (mm)", "Probability", "Uncertainty", "Outside", "Warnings"]
+    """A fixed-width text table: point, R, A, S, probability, uncertainty, outside, the measurement
+    columns (when measured), warnings."""
+    measured = any("measurement" in row for row in rows)
+    header = ["Point", "R (mm)", "A (mm)", "S (mm)", "Probability", "Uncertainty", "Outside"]
+    if measured:
+        header += ["Long x short (mm)", "Mean (mm)", "Volume (mm3)", "Type", "Size-only", "Lung-RADS"]
+    header.append("Warnings")
     body = []
     for row in rows:
         r, a, s = row["point_ras"]
         uncertainty = "n/a (no TTA)" if row["uncertainty"] is None else f"±{row['uncertainty']:.3f}"
-        body.append([row["label"], f"{r:.1f}", f"{a:.1f}", f"{s:.1f}", f"{row['probability']:.3f}", uncertainty,
-                     f"{row['outside_fraction']:.0%}", "; ".join(row["warnings"]) or "-"])
+        line = [row["label"], f"{r:.1f}", f"{a:.1f}", f"{s:.1f}", f"{row['probability']:.3f}", uncertainty,
+                f"{row['outside_fraction']:.0%}"]
+        if measured:
+            line += _measurement_cells(row.get("measurement"))
+        body.append(line + ["; ".join(row["warnings"]) or "-"])
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header) - 1)]
     lines = []
     for line in [header] + body:
         cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:-1], widths[1:])]
         lines.append("  ".join(cells + [line[-1]]))
     return "\n".join(lines)
+
+
+def _measurement_cells(m: Optional[Dict[str, Any]]) -> List[str]:
+    if m is None:
+        return ["no nodule", "-", "-", "-", "-", "-"]
+    size_only = m["size_only_probability"]
+    return [f"{m['long_axis_mm']:.1f} x {m['short_axis_mm']:.1f}", f"{m['mean_diameter_mm']:.1f}", f"{m['volume_mm3']:.0f}",
+            m["type"], "n/a" if size_only is None else f"{size_only:.3f}", m["lung_rads"]]
+
+
+def size_only_note(card: Dict[str, Any]) -> str:
+    """What the size-only probability is, or that the model's card has none."""
+    if card.get("size_only") is None:
+        return ("This model's card has no size-only model (it was exported before the reference existed): no size-only "
+                "probability; the bundled model's card has one.")
+    return "Size-only: the probability from the long axis alone (the model card's logistic reference)."
+
+
+def measurement_note(card: Dict[str, Any]) -> str:
+    """The line printed under a table with measurements: what was measured and what the references are."""
+    from .references import LUNG_RADS_STATEMENT
+
+    return f"{MEASUREMENT_NOTE} {size_only_note(card)} {LUNG_RADS_STATEMENT}"
 
 
 def model_summary(classifier) -> Dict[str, Any]:
@@ -68,8 +120,9 @@ def model_summary(classifier) -> Dict[str, Any]:
 
 
 def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
-    """The ``--json`` document of one CT: reminder, CT, model, runtime, device, TTA and the rows."""
-    return {
+    """The ``--json`` document of one CT: reminder, CT, model, runtime, device, TTA, the rows (and, when
+    measured, what the references are)."""
+    document = {
         "disclaimer": REMINDER,
         "ct": str(ct),
         "model": model_summary(classifier),
@@ -78,13 +131,25 @@ def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
         "tta": tta,
         "points": list(rows),
     }
+    if any("measurement" in row for row in rows):
+        from .references import LUNG_RADS_STATEMENT
+
+        card = classifier.card
+        document["measurement_notes"] = {"lung_rads": LUNG_RADS_STATEMENT, "size_only": size_only_note(card),
+                                         "size_only_model": card.get("size_only")}
+    return document
 
 
 def csv_cells(row: Dict[str, Any]) -> List[str]:
     """The cells of one row under :data:`CSV_COLUMNS`; floats at full (round-trip) precision."""
-    return [row["label"], *(repr(float(v)) for v in row["point_ras"]), repr(row["probability"]),
-            "" if row["uncertainty"] is None else repr(row["uncertainty"]),
-            repr(row["outside_fraction"]), "; ".join(row["warnings"]), row["saliency"] or ""]
+    cells = [row["label"], *(repr(float(v)) for v in row["point_ras"]), repr(row["probability"]),
+             "" if row["uncertainty"] is None else repr(row["uncertainty"]),
+             repr(row["outside_fraction"]), "; ".join(row["warnings"]), row["saliency"] or ""]
+    m = row.get("measurement")
+    if m is None:
+        return cells + [""] * (len(MEASUREMENT_CSV_COLUMNS) - 1) + [row.get("segmentation") or ""]
+    return cells + [repr(float(v)) for v in m["centre_lps"]] + [
+        "" if m[key] is None else str(m[key]) for key in MEASUREMENT_CSV_COLUMNS[3:-1]] + [row.get("segmentation") or ""]
 
 
 def results_csv(rows: Sequence[Dict[str, Any]]) -> str:
@@ -127,6 +192,27 @@ def write_saliency_maps(classifier, image, points: Sequence, directory: str | Pa
         path = folder / f"{index + 1:02d}-{safe_name(point.label)}-saliency.nrrd"
         try:
             sitk.WriteImage(saliency, str(path), True)
+        except RuntimeError:
+            raise InputError(f"Cannot write {path}; check that the folder is writable and has space.") from None
+        written[index] = path
+    return written
+
+
+def write_segmentations(nodules: Sequence, points: Sequence, directory: str | Path) -> Dict[int, Path]:
+    """Write each found nodule's label map (NRRD on a crop of the CT's grid; 1 ground glass, 2 solid
+    component) into ``directory``, named like the saliency maps; returns {point index: path}."""
+    import SimpleITK as sitk
+
+    from .errors import InputError
+
+    folder = prepare_folder(directory, "segmentation")
+    written: Dict[int, Path] = {}
+    for index, (point, nodule) in enumerate(zip(points, nodules)):
+        if nodule.mask is None:
+            continue
+        path = folder / f"{index + 1:02d}-{safe_name(point.label)}-segmentation.nrrd"
+        try:
+            sitk.WriteImage(nodule.mask, str(path), True)
         except RuntimeError:
             raise InputError(f"Cannot write {path}; check that the folder is writable and has space.") from None
         written[index] = path

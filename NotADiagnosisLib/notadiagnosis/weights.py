@@ -35,8 +35,8 @@ DEFAULT_MODEL_NAME = "default"
 #: together) is refused. The tensors file (torch runtime) and the classification ONNX file (ONNX Runtime) are
 #: pinned; the card is covered through its digest in each, and the saliency ONNX file through its sha256 in the
 #: classification file. Change them together with the bundled files (`make bundled-model` prints them), and only then.
-BUNDLED_MODEL_SHA256 = "d1e52b653db76c5089121d5e5098bb802a450b8d2641ede5ec640b7f468c4359"
-BUNDLED_ONNX_SHA256 = "0a1c63f215832424fa9e0a3f7b8c0b2b23da07a55efb1c99c7ab7a0d41a0823a"
+BUNDLED_MODEL_SHA256 = "1b05215a360264a27e230bdfd0dbdeeb304885891782152396c398d2f7c6ed13"
+BUNDLED_ONNX_SHA256 = "a4c9bb534182a639cdc5ba78bf92864aa379202b38989f2e57ac9f8cab485fef"
 REQUIRED_CARD_KEYS = ("format", "name", "version", "architecture", "preprocessing", "calibration", "threshold", "weights")
 # Key, in the safetensors header's and the ONNX file's metadata, of the digest that binds the card to the file.
 CARD_DIGEST_KEY = "card_sha256"

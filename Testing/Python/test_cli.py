@@ -21,6 +21,7 @@ from helpers import save_random_model
 from notadiagnosis import Classifier
 from notadiagnosis.cli import REMINDER, main
 from notadiagnosis.errors import NoDefaultModelError
+from notadiagnosis.measure import measure_nodule
 from notadiagnosis.readers import LabelledPoint, read_points, write_markups_json
 from notadiagnosis.synthetic import make_synthetic_chest_ct
 from notadiagnosis.weights import default_model_path
@@ -99,7 +100,9 @@ def test_json_output_matches_the_library_prediction(capsys, chest, model_path):
         assert row["probability"] == pytest.approx(prediction.probability, abs=1e-6)
         assert row["uncertainty"] == pytest.approx(prediction.uncertainty, abs=1e-6)
         assert row["outside_fraction"] == 0.0
-        assert row["warnings"] == prediction.warnings
+        # The classification's warnings, then the measurement's (measured by default).
+        measured = measure_nodule(image, point, model_card={})
+        assert row["warnings"] == prediction.warnings + [w for w in measured.warnings if w not in prediction.warnings]
         assert row["saliency"] is None
 
 

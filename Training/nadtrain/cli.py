@@ -28,6 +28,10 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "recalibrate": ("nadtrain.recalibrate", "redo a finished run's calibration and threshold into a new run folder"),
     "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),
     "references": ("nadtrain.references", "size-only and readers'-ratings AUC on every patient test fold (no pixels)"),
+    "sizeonly": ("nadtrain.sizeonly", "fit the size-only reference (logistic on log long axis) on all labelled nodules, "
+                 "patient-grouped CV AUC; optionally add it to an exported model's card"),
+    "measure-bench": ("nadtrain.measurebench", "score the library's nodule finder and measurements on insertion renders "
+                      "(known masks) and the real LIDC-IDRI-0001; report.json and masks.png"),
     "export": ("nadtrain.export", "export a trained model to the library's weights format with its card"),
     "reproduce": ("nadtrain.reproduce", "from a LIDC-IDRI or LUNA16 download to an exported model: every stage above, "
                                         "cross-validated, resumable"),

@@ -121,11 +121,12 @@ def metrics_from_report(report: Dict[str, Any]) -> Dict[str, Any]:
 
 def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, name: str = "default",
                  version: str = "1.0.0", allow_leaky_split: bool = False, description: str = "",
-                 extra_metrics: Optional[Dict[str, Any]] = None) -> Path:
+                 extra_metrics: Optional[Dict[str, Any]] = None, size_only: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``out`` (.safetensors + .json card) from a run and its evaluation report; return the card path.
 
     ``extra_metrics``: figures measured outside ``evaluate`` (e.g. a real case, the CPU latency),
-    stored under ``metrics.extra`` as given.
+    stored under ``metrics.extra`` as given. ``size_only``: the card block of ``nadtrain sizeonly``
+    (the size-only reference the library shows beside the model).
     """
     run_dir = Path(run_dir)
     report_path = Path(report_path) if report_path else run_dir / "evaluation" / "report.json"
@@ -160,6 +161,10 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
     if extra_metrics:
         card["metrics"]["extra"] = extra_metrics
     card["reference_predictions"] = reference_predictions(Classifier.from_model(model, card, device="cpu"))
+    if size_only is not None:
+        from .sizeonly import add_block
+
+        card = add_block(card, size_only)
     return save_model(model, out, card)
 
 
@@ -220,6 +225,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--description", default="")
     parser.add_argument("--extra-metrics", type=Path, metavar="JSON",
                         help="a JSON object of figures measured outside evaluate, stored as metrics.extra in the card")
+    parser.add_argument("--size-only", type=Path, metavar="JSON",
+                        help="the report of `nadtrain sizeonly` (Training/results/size-only.json): its coefficients go into the card")
     parser.add_argument("--allow-leaky-split", action="store_true",
                         help="export even though the report warns of a leak-prone split (demonstrations only)")
 
@@ -228,8 +235,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.from_model is None):
         raise InputError("give either a run directory or --from-model MODEL, not both.")
     if args.from_model is not None:
-        if args.report or args.extra_metrics or args.allow_leaky_split:
-            raise InputError("--report, --extra-metrics and --allow-leaky-split belong to exports from a run, not --from-model.")
+        if args.report or args.extra_metrics or args.allow_leaky_split or args.size_only:
+            raise InputError("--report, --extra-metrics, --size-only and --allow-leaky-split belong to exports from a run, "
+                             "not --from-model (edit a copy of the card and pass it with --card).")
         card_path = reexport_model(args.from_model, Path(args.out), args.card, args.version, args.description)
     else:
         if args.card is not None:
@@ -242,8 +250,14 @@ def run_cli(args: argparse.Namespace) -> int:
                 raise InputError(f"--extra-metrics {args.extra_metrics} is not a readable JSON file ({error}).") from None
             if not isinstance(extra, dict):
                 raise InputError("--extra-metrics must hold a JSON object.")
+        size_only = None
+        if args.size_only:
+            from .sizeonly import read_block
+
+            size_only = read_block(args.size_only)
         card_path = export_model(Path(args.run), Path(args.out), Path(args.report) if args.report else None,
-                                 args.name, args.version or "1.0.0", args.allow_leaky_split, args.description, extra)
+                                 args.name, args.version or "1.0.0", args.allow_leaky_split, args.description, extra,
+                                 size_only)
     tensors, _ = model_files(card_path)
     card = json.loads(card_path.read_text(encoding="utf-8"))
     onnx_file, saliency_file = onnx_files(card_path)

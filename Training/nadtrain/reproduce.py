@@ -31,6 +31,7 @@ from notadiagnosis.weights import sha256_of
 from .dataset import load_dataset, read_manifest
 from .evaluate import evaluate_run
 from .export import export_model
+from .sizeonly import fit_size_only
 from .nodules import load_or_build_nodule_table, select_labelled
 from .parallel import default_workers
 from .scans import index_scans
@@ -206,7 +207,8 @@ def reproduce(plan: Plan) -> Dict[str, Any]:
         export_model(plan.fold_dir(0), plan.model_path, name="reproduced", version="0.0.0",
                      description=f"Reproduced by `nadtrain reproduce` from {layout} data ({len(on_disk)} nodules on disk).",
                      extra_metrics={"cross_validation": {"folds": rows, "mean": means,
-                                                         "unit": "patient-grouped test folds"}})
+                                                         "unit": "patient-grouped test folds"}},
+                     size_only=fit_size_only(labelled)["card_block"])  # the reference shown beside the model
         digest = sha256_of(plan.model_path)
         note["text"] = f"fold 1's model (test fold 0) -> {plan.model_path}"
     result = {"folds": rows, "mean": means, "model": str(plan.model_path), "sha256": digest,

@@ -183,6 +183,28 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
     the lung border, so the nodule abuts the pleura (chest wall, mediastinum or diaphragm) as many
     LIDC nodules do; otherwise the whole nodule lies inside the lung.
     """
+    inserted = insert_nodule(background, shape, texture_median, calcification_median, slice_thickness_mm, rng,
+                             juxtapleural_fraction)
+    patch = extract_patch(inserted.image, inserted.centre_lps)
+    return patch.array_hu, inserted.centre_lps, inserted.info
+
+
+@dataclass
+class InsertedNodule:
+    """A nodule rendered into a crop of a background: the crop (float32 HU, the background's grid), the
+    centre (LPS), the draws (``info``) and the nodule's occupancy in [0, 1] on a sub-box of the crop's
+    grid (the renderer's own mask: occupancy >= 0.5 is the nodule the readers outlined)."""
+
+    image: sitk.Image
+    centre_lps: np.ndarray
+    info: Dict[str, Any]
+    occupancy: sitk.Image
+
+
+def insert_nodule(background: Background, shape: NoduleShape, texture_median: float, calcification_median: float,
+                  slice_thickness_mm: float, rng: np.random.Generator,
+                  juxtapleural_fraction: float = 0.0) -> InsertedNodule:
+    """Render one nodule into a crop of ``background`` around a random lung location (see :func:`render_nodule`)."""
     candidates, fits = background.placements.candidates(shape.radius_mm)
     placement = "intrapulmonary"
     # No draw at all when the option is off, so builds without it keep their exact random sequence.
@@ -270,8 +292,9 @@ def render_nodule(background: Background, shape: NoduleShape, texture_median: fl
         info.update({"ggo_hu": float(ggo_level), "solid_hu": float(level) if kind != "ground-glass" else None})
     image = sitk.GetImageFromArray(out.astype(np.float32))
     image.CopyInformation(crop)
-    patch = extract_patch(image, centre_lps)
-    return patch.array_hu, centre_lps, info
+    occupancy = sitk.GetImageFromArray(occ.astype(np.float32))
+    occupancy.CopyInformation(sub)
+    return InsertedNodule(image=image, centre_lps=centre_lps, info=info, occupancy=occupancy)
 
 
 # -- worker ------------------------------------------------------------------------------------------

@@ -1,0 +1,532 @@
+"""Find and segment the nodule near a click, in physical space (classical SimpleITK, no learning).
+
+One implementation for inference, the CLI, Slicer and training: :func:`find_nodule` returns the
+nodule's mask and its refined centre (the centre of the mask), or no nodule with a warning.
+
+The method, in two stages on LPS-aligned grids whose voxels sit on a fixed lattice (multiples of
+the grid spacing in LPS mm), so the same nodule gives the same grid whatever the click:
+
+1. **Find** (1 mm grid, the cube of ``FIND_HALF_SIZES_MM`` around the click, grown once when the
+   nodule reaches its faces):
+   a. the CT is resampled (linear) and smoothed (Gaussian, ``SMOOTHING_SIGMA_MM``);
+   b. *lung*: on a ``LUNG_SPACING_MM`` grid reaching ``LUNG_CLOSING_MM`` beyond the cube, voxels below
+      ``LUNG_AIR_HU`` closed with a ball of ``LUNG_CLOSING_MM`` (distance maps) and hole-filled slice
+      by slice, so nodules, vessels and nodules bulging in from the chest wall, mediastinum or
+      diaphragm become lung while the wall itself stays out (beyond the CT's edge counts as wall);
+   c. *candidate tissue*: smoothed HU above ``FIND_TISSUE_HU`` inside the lung;
+   d. *vessels off*: openings by a ball of ``OPENING_FRACTIONS`` × the depth of the blob the click lies
+      in (the distance-map maximum reached by climbing from the click; ``MIN_OPENING_MM`` to
+      ``MAX_OPENING_MM``), the gentlest first, until one frees a nodule-like component;
+   e. the nodule is the nodule-like component nearest to the click within ``SEARCH_RADIUS_MM``
+      (at least ``MIN_DIAMETER_MM``; compact: principal-axis ratio at most ``MAX_ELONGATION`` and no
+      voxel beyond ``MAX_EXTENT_RATIO`` × its depth + ``EXTENT_MARGIN_MM`` from its deepest voxel;
+      at least ``MIN_AIR_CONTACT`` of its surface on the lung's air); none: no nodule.
+2. **Segment** (a grid as fine as the CT's in-plane voxels, at most ``REFINE_MAX_VOXELS`` a side,
+   over the nodule's box plus ``REFINE_MARGIN_MM``): the threshold moves to halfway between the
+   nodule's outer tissue (25th percentile of its smoothed HU, the ground glass of a part-solid
+   nodule) and the lung around it, clamped to ``TISSUE_HU_RANGE``: the partial-volume edge of a solid
+   nodule and the faint edge of ground glass alike. The find stage's lung and opening radius are
+   reused; the component overlapping the found nodule is the nodule, and the surface detail the
+   opening took is given back within ``RESTORE_MM`` (a rough margin, a ground-glass fringe), except
+   small pieces (up to ``STUB_MAX_MM3``) that carry on beyond: vessel stubs.
+
+The solid component is the nodule's voxels above ``SOLID_HU`` (smoothed), opened by
+``SOLID_OPENING_MM`` (vessels crossing ground glass are not one). The mask on the CT's own grid (a
+crop of it) is a label map: :data:`LABEL_NON_SOLID` for ground-glass tissue and :data:`LABEL_SOLID`
+for the solid component (a solid nodule is all solid, a ground-glass one all non-solid).
+Developed on the synthetic tests, the real LIDC-IDRI-0001 and training-split insertion renders
+(``nadtrain measure-bench --split train``); scored on the test split (Training/results/nodule-measurement).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, PointOutsideImageError
+from .geometry import ArrayLike, _as_point, check_image, is_inside
+
+#: Label values of the nodule label map (0 is background).
+LABEL_NON_SOLID = 1
+LABEL_SOLID = 2
+
+SEARCH_RADIUS_MM = 10.0
+FIND_SPACING_MM = 1.0
+FIND_HALF_SIZES_MM = (24.0, 32.0)   # the 48 mm cube first, the 64 mm cube for nodules that reach its faces
+SMOOTHING_SIGMA_MM = 0.6
+LUNG_AIR_HU = -400.0
+LUNG_CLOSING_MM = 10.0
+LUNG_SPACING_MM = 2.0
+FIND_TISSUE_HU = -680.0
+TISSUE_HU_RANGE = (-720.0, -380.0)
+SOLID_HU = -300.0
+SOLID_OPENING_MM = 1.0
+# Type from the share of the nodule's inner voxels in the solid component (the renderer's part-solid
+# cores, 35-60 % of the radius, are 5-30 % of the inner voxels; a solid nodule's are nearly all).
+TYPE_RIM_MM = 1.0
+SOLID_SHARE = 0.6
+PART_SOLID_SHARE = 0.03
+OPENING_FRACTIONS = (0.4, 0.6, 0.8)
+MIN_OPENING_MM = 0.8
+MAX_OPENING_MM = 4.0
+MAX_ELONGATION = 3.0
+MIN_AIR_CONTACT = 0.3
+MAX_EXTENT_RATIO = 3.0
+EXTENT_MARGIN_MM = 3.0
+RESTORE_MM = 2.0
+STUB_MAX_MM3 = 200.0
+MIN_DIAMETER_MM = 3.0
+REFINE_MARGIN_MM = 4.0
+REFINE_MIN_SPACING_MM = 0.5
+REFINE_MAX_VOXELS = 64
+# Outside the CT: a value no CT holds, so the truncation check can see where the CT ends.
+_OUTSIDE_HU = -5000.0
+NOT_CT_WARNING = "no air at -1000 HU: this does not look like a CT in Hounsfield units"
+# Any chest CT holds air: its minimum (strided look) is below this.
+NOT_CT_MIN_HU = -900.0
+NO_NODULE_WARNING = ("no nodule found within {radius:g} mm of the point (air, a vessel, the chest wall or the "
+                     "heart?): nothing was measured; place the point on the nodule")
+
+
+@dataclass
+class NoduleSegmentation:
+    """A found nodule: its label map on the CT's grid and its refined centre.
+
+    ``mask`` is a uint8 image on a crop of the CT's own voxel grid (same spacing, direction and
+    lattice; origin moved to the crop): ``LABEL_NON_SOLID`` (1) ground glass, ``LABEL_SOLID`` (2)
+    solid component, 0 elsewhere. ``fine_mask``/``fine_hu`` hold the same nodule on the LPS-aligned
+    isotropic grid the measurements are taken on (``fine_hu`` unsmoothed). ``type`` is ``solid``,
+    ``part-solid`` or ``ground-glass`` (see :func:`_solid_component`); ``fine_smooth`` the smoothed HU. ``truncated`` is true
+    when the nodule reaches the 64 mm cube's faces or the CT's edge.
+    """
+
+    point_lps: np.ndarray
+    centre_lps: np.ndarray
+    mask: sitk.Image
+    fine_mask: sitk.Image
+    fine_hu: sitk.Image
+    fine_smooth: np.ndarray
+    type: str
+    truncated: bool
+    juxtapleural: bool
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def centre_shift_mm(self) -> float:
+        """Distance from the click to the refined centre (mm)."""
+        return float(np.linalg.norm(self.centre_lps - self.point_lps))
+
+
+@dataclass
+class _Stage:
+    """Arrays (z, y, x) of one stage on its LPS-aligned grid."""
+
+    reference: sitk.Image
+    hu: np.ndarray
+    smooth: np.ndarray
+    inside_ct: np.ndarray
+
+
+def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[NoduleSegmentation], List[str]]:
+    """Find and segment the nodule within ``SEARCH_RADIUS_MM`` of ``point_lps`` (LPS mm).
+
+    Returns ``(segmentation, warnings)``; ``segmentation`` is None when no nodule is there (the
+    warnings say so). The image is not modified. Raises :class:`PointOutsideImageError` when the
+    point is outside the CT.
+    """
+    check_image(image)
+    point = _as_point(point_lps)
+    if not is_inside(image, point):
+        raise PointOutsideImageError(
+            f"The point (LPS {point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f} mm) lies outside the CT; place it on the nodule."
+        )
+    found = None
+    for half_mm in FIND_HALF_SIZES_MM:
+        stage = _sample(image, point, half_mm, FIND_SPACING_MM)
+        found = _find_stage(image, stage, point)
+        if found is None:
+            return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
+        nodule, lung, opening_mm = found
+        if not _touches_faces(nodule):
+            break
+    truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
+    return _refine(image, point, stage, nodule, lung, opening_mm, truncated), []
+
+
+def looks_like_ct(image: sitk.Image) -> bool:
+    """True when the image holds air below ``NOT_CT_MIN_HU``, as any chest CT in HU does (a strided look
+    at its voxels is enough; NaN and infinity left out)."""
+    check_image(image)
+    sample = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]
+    return not (sample.size and float(np.min(sample)) > NOT_CT_MIN_HU)
+
+
+# -- stage 1: find -----------------------------------------------------------------------------------
+def _sample(image: sitk.Image, centre_lps: np.ndarray, half_mm: np.ndarray | float, spacing_mm: float) -> _Stage:
+    """Resample the CT on an LPS-aligned grid of ``spacing_mm`` whose voxels lie on the fixed lattice,
+    covering ``centre_lps`` ± ``half_mm`` (per axis or one value)."""
+    half = np.broadcast_to(np.asarray(half_mm, dtype=np.float64), (3,))
+    low = np.floor((centre_lps - half) / spacing_mm)
+    high = np.ceil((centre_lps + half) / spacing_mm)
+    size = (high - low + 1).astype(int)
+    reference = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
+    reference.SetSpacing([spacing_mm] * 3)
+    reference.SetOrigin((low * spacing_mm).tolist())
+    hu_image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, _OUTSIDE_HU, sitk.sitkFloat32)
+    hu = sitk.GetArrayFromImage(hu_image)
+    inside_ct = hu > _OUTSIDE_HU / 2
+    not_finite = ~np.isfinite(hu)
+    hu[~inside_ct | not_finite] = -1000.0  # outside the CT and NaN read as air, as extract_patch does
+    clean = sitk.GetImageFromArray(hu)
+    clean.CopyInformation(reference)
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(clean, SMOOTHING_SIGMA_MM))
+    return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
+
+
+def _find_stage(image: sitk.Image, stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+    """(nodule mask, lung mask, opening radius mm) on the find grid, or None."""
+    spacing = stage.reference.GetSpacing()[0]
+    lung = _lung(image, stage)
+    candidates = (stage.smooth > FIND_TISSUE_HU) & lung
+    click = _index_of(stage.reference, point)
+    depth = _distance_inside(candidates, stage.reference)
+    seed = _nearest_true(candidates, click, SEARCH_RADIUS_MM / spacing)
+    if seed is None:
+        return None
+    blob_depth = _climb(depth, seed)
+    air = stage.smooth < LUNG_AIR_HU
+    # The gentlest opening that frees a compact nodule: vessels as thick as the nodule's own depth need
+    # the larger ones, a lone nodule keeps its shape with the smallest.
+    for fraction in OPENING_FRACTIONS:
+        opening_mm = float(np.clip(fraction * blob_depth, MIN_OPENING_MM, MAX_OPENING_MM))
+        opened, _reach = _open(candidates, depth, opening_mm, stage.reference)
+        nodule = _pick_component(opened, depth, click, stage.reference, air)
+        if nodule is not None:
+            return nodule, lung, opening_mm
+    return None
+
+
+def _lung(image: sitk.Image, stage: _Stage) -> np.ndarray:
+    """The lung with everything inside it, on the stage's grid: air closed by a ball of
+    ``LUNG_CLOSING_MM`` and hole-filled slice by slice, computed on a ``LUNG_SPACING_MM`` grid (the lung
+    is a large structure) that reaches ``LUNG_CLOSING_MM`` beyond the stage's cube (so chest wall near
+    the cube's faces is seen as thick as it is), joined with the stage's own air voxels."""
+    fine = stage.reference
+    spacing = np.asarray(fine.GetSpacing())
+    half = (np.asarray(fine.GetSize()) - 1) * spacing / 2.0
+    centre = np.asarray(fine.GetOrigin()) + half
+    coarse = _sample(image, centre, half + LUNG_CLOSING_MM + LUNG_SPACING_MM, LUNG_SPACING_MM)
+    # Beyond the CT's edge is unknown, not air: a slab of chest wall cut by the edge must not look like
+    # tissue between two airs.
+    air = (coarse.smooth < LUNG_AIR_HU) & coarse.inside_ct
+    outside_distance = -_signed_distance(air, coarse.reference)  # > 0 outside the air
+    dilated = outside_distance <= LUNG_CLOSING_MM
+    closed = (_signed_distance(dilated, coarse.reference) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
+    closed = _fill_holes_per_slice(closed)
+    return _resample_mask(closed, coarse.reference, fine) | ((stage.smooth < LUNG_AIR_HU) & stage.inside_ct)
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """2D hole filling of every axial slice in one call: the slices side by side in one 2D image,
+    separated by a background column (so no hole spans two slices)."""
+    depth, height, width = mask.shape
+    tiled = np.zeros((height, depth * (width + 1)), dtype=np.uint8)
+    view = tiled.reshape(height, depth, width + 1)
+    view[:, :, :width] = mask.transpose(1, 0, 2)
+    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(tiled)))
+    return filled.reshape(height, depth, width + 1)[:, :, :width].transpose(1, 0, 2).astype(bool)
+
+
+def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
+    """Morphological opening by a ball of ``radius_mm`` (``depth``: the mask's inside distance map).
+
+    Returns (opened mask, distance in mm of every voxel to the eroded core, for :func:`_restore_surface`)."""
+    core = depth > radius_mm + 1e-3  # the erosion: no voxel outside the mask within the ball
+    if not core.any():
+        return core, np.full(mask.shape, np.inf, dtype=np.float32)
+    reach = -_signed_distance(core, reference)
+    return (reach <= radius_mm + 1e-3) & mask, reach
+
+
+def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, reference: sitk.Image,
+                    air: np.ndarray) -> Optional[np.ndarray]:
+    """The nodule-like component of ``mask`` nearest to the click within the search radius, or None.
+
+    Nodule-like: an equivalent diameter of at least ``MIN_DIAMETER_MM``; compact (principal-axis ratio
+    at most ``MAX_ELONGATION``, and no voxel farther from its deepest voxel than ``MAX_EXTENT_RATIO``
+    times that depth plus ``EXTENT_MARGIN_MM``: not a vessel, nor a nodule still joined to a vessel
+    tree); standing in the lung (at least ``MIN_AIR_CONTACT`` of its surface borders the lung's air:
+    not a corner of chest wall)."""
+    if not mask.any():
+        return None
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(mask, reference), True))
+    spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
+    near = _ball(mask.shape, click, SEARCH_RADIUS_MM, spacing)
+    best, best_distance = None, np.inf
+    for label in np.unique(labels[near & mask]):
+        component = labels == label
+        if not _nodule_like(component, depth, air, reference):
+            continue
+        distance = float(np.min(np.linalg.norm((np.argwhere(component) - click) * spacing, axis=1)))
+        if distance < best_distance - 1e-6:
+            best, best_distance = component, distance
+    return best
+
+
+def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, reference: sitk.Image) -> bool:
+    """The tests of :func:`_pick_component`."""
+    spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
+    voxels = np.argwhere(component)
+    if 2.0 * (3.0 * len(voxels) * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0) < MIN_DIAMETER_MM:
+        return False
+    positions = voxels * spacing
+    moments = np.linalg.eigvalsh(np.cov(positions.T))  # principal moments (variances along the axes)
+    if moments.min() <= 0 or np.sqrt(moments.max() / moments.min()) > MAX_ELONGATION:
+        return False
+    depths = depth[component]
+    deepest = positions[int(np.argmax(depths))]
+    if np.max(np.linalg.norm(positions - deepest, axis=1)) > MAX_EXTENT_RATIO * float(depths.max()) + EXTENT_MARGIN_MM:
+        return False
+    shell = _shell(component)
+    return bool(np.count_nonzero(shell & air) >= MIN_AIR_CONTACT * np.count_nonzero(shell))
+
+
+# -- stage 2: segment --------------------------------------------------------------------------------
+def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarray, lung: np.ndarray,
+            opening_mm: float, truncated: bool) -> NoduleSegmentation:
+    """Segment the found nodule on a fine grid and map it onto the CT's own grid."""
+    find_spacing = find.reference.GetSpacing()[0]
+    indices = np.argwhere(nodule)
+    low = _index_to_lps(find.reference, indices.min(axis=0)) - REFINE_MARGIN_MM
+    high = _index_to_lps(find.reference, indices.max(axis=0)) + REFINE_MARGIN_MM
+    in_plane = min(image.GetSpacing()[:2])
+    spacing = float(np.clip(max(in_plane, float(np.max(high - low)) / REFINE_MAX_VOXELS), REFINE_MIN_SPACING_MM, find_spacing))
+    # Round to 1/20 mm so that nearby clicks share one lattice.
+    spacing = round(spacing * 20.0) / 20.0
+    stage = _sample(image, (low + high) / 2.0, (high - low) / 2.0, spacing)
+    lung_fine = _resample_mask(lung, find.reference, stage.reference)
+    found_fine = _resample_mask(nodule, find.reference, stage.reference)
+
+    threshold = _adaptive_threshold(stage, found_fine)
+    candidates = (stage.smooth > threshold) & lung_fine
+    depth = _distance_inside(candidates, stage.reference)
+    opened, reach = _open(candidates, depth, opening_mm, stage.reference)
+    mask = _overlapping_component(opened, found_fine, stage.reference)
+    if mask is None:  # the finer threshold lost the nodule: keep the found one
+        mask = found_fine & (stage.smooth > FIND_TISSUE_HU)
+    else:
+        mask = _restore_surface(mask, candidates, reach, opening_mm, stage.reference)
+    kind, solid = _solid_component(mask, depth, stage)
+    labels = np.where(mask, LABEL_SOLID if kind == "solid" else LABEL_NON_SOLID, 0).astype(np.uint8)
+    if kind == "part-solid":
+        labels[solid] = LABEL_SOLID
+    fine_mask = _as_image(labels, stage.reference)
+    fine_hu = _as_image(stage.hu.astype(np.float32), stage.reference)
+    centre = _index_to_lps(stage.reference, np.argwhere(mask).mean(axis=0))
+    wall = (stage.smooth > threshold) & ~lung_fine
+    juxtapleural = _touches(mask, wall, stage.reference)
+    truncated = truncated or bool(np.any(_shell(mask) & ~stage.inside_ct))
+    warnings = []
+    if truncated:
+        warnings.append("the nodule reaches the 64 mm cube's faces or the CT's edge: its measurements are truncated")
+    return NoduleSegmentation(point_lps=point, centre_lps=centre, mask=_on_ct_grid(fine_mask, image),
+                              fine_mask=fine_mask, fine_hu=fine_hu, fine_smooth=stage.smooth, type=kind, truncated=truncated,
+                              juxtapleural=juxtapleural, warnings=warnings)
+
+
+def _solid_component(mask: np.ndarray, depth: np.ndarray, stage: _Stage) -> Tuple[str, np.ndarray]:
+    """The nodule's type and solid component.
+
+    The solid component is the nodule's voxels above ``SOLID_HU`` (smoothed), opened by a ball of
+    ``SOLID_OPENING_MM`` so that vessels crossing ground glass are not one. The type comes from the
+    share of the nodule's inner voxels (deeper than ``TYPE_RIM_MM`` in ``depth``, the candidates'
+    depth map: the partial-volume rim is neither) in it: at least ``SOLID_SHARE`` solid, at least
+    ``PART_SOLID_SHARE`` part-solid, else ground glass."""
+    inner = mask & (depth > TYPE_RIM_MM)
+    if inner.sum() < 8:
+        inner = mask
+    dense = mask & (stage.smooth >= SOLID_HU)
+    share = lambda part: float(np.count_nonzero(part & inner)) / max(1, int(np.count_nonzero(inner)))  # noqa: E731
+    if share(dense) >= SOLID_SHARE:  # the opening cannot make it more solid: no need for it
+        return "solid", dense
+    if not dense.any():
+        return "ground-glass", dense
+    solid, _reach = _open(dense, _distance_inside(dense, stage.reference), SOLID_OPENING_MM, stage.reference)
+    if share(solid) >= SOLID_SHARE:
+        return "solid", solid
+    return ("part-solid" if share(solid) >= PART_SOLID_SHARE else "ground-glass"), solid
+
+
+def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
+    """Halfway between the nodule's outer tissue and the lung around it, clamped to ``TISSUE_HU_RANGE``."""
+    spacing = np.asarray(stage.reference.GetSpacing(), dtype=np.float64)[::-1]
+    distance = _signed_distance(found, stage.reference)  # > 0 inside
+    inner = found & (distance >= spacing.max())
+    tissue = stage.smooth[inner if inner.sum() >= 8 else found]
+    around = (distance < -1.5) & (distance > -4.0) & (stage.smooth < LUNG_AIR_HU)
+    lung_hu = float(np.median(stage.smooth[around])) if around.sum() >= 8 else -850.0
+    outer_hu = float(np.percentile(tissue, 25)) if tissue.size else 0.0
+    return float(np.clip((outer_hu + lung_hu) / 2.0, *TISSUE_HU_RANGE))
+
+
+def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarray, radius_mm: float,
+                     reference: sitk.Image) -> np.ndarray:
+    """Give back the surface detail the opening took (a rough margin, a ground-glass fringe): the
+    candidate tissue within ``RESTORE_MM`` of the opened nodule (``reach``: the distance to the
+    opening's core, ``radius_mm`` from the opened surface), connected to it, except the small pieces
+    (at most ``STUB_MAX_MM3``) that carry on beyond that band: vessels leaving the nodule, no stubs."""
+    band = (reach <= radius_mm + RESTORE_MM + 1e-3) & candidates
+    residue = band & ~nodule
+    if not residue.any():
+        return nodule
+    beyond = candidates & ~band & ~nodule
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(residue, reference), True))
+    leaving = np.unique(labels[_shell(beyond) & residue])
+    leaving = leaving[leaving > 0]
+    # A vessel's stub is small; a fringe of ground glass that vessels leave from is not.
+    voxel_mm3 = float(np.prod(reference.GetSpacing()))
+    sizes = np.bincount(labels.ravel())
+    stubs = leaving[sizes[leaving] * voxel_mm3 <= STUB_MAX_MM3]
+    residue &= ~np.isin(labels, stubs)
+    return _overlapping_component(nodule | residue, nodule, reference)
+
+
+def _overlapping_component(mask: np.ndarray, reference_mask: np.ndarray, reference: sitk.Image) -> Optional[np.ndarray]:
+    """The component of ``mask`` that overlaps ``reference_mask`` most."""
+    overlap = mask & reference_mask
+    if not overlap.any():
+        return None
+    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(mask, reference), True))
+    counts = np.bincount(labels[overlap])
+    counts[0] = 0
+    return labels == int(np.argmax(counts))
+
+
+def _on_ct_grid(fine_labels: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """The label map resampled (nearest neighbour per label: each label's mask linearly, at 0.5) onto the
+    crop of the CT's own grid that covers it."""
+    array = sitk.GetArrayViewFromImage(fine_labels)
+    size = np.array(fine_labels.GetSize())
+    corners = np.array([[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)], float)
+    corner_lps = np.array([fine_labels.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
+    ct_index = np.array([image.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in corner_lps])
+    low = np.maximum(np.floor(ct_index.min(axis=0)).astype(int) - 1, 0)
+    high = np.minimum(np.ceil(ct_index.max(axis=0)).astype(int) + 1, np.array(image.GetSize()) - 1)
+    crop = sitk.Image([int(n) for n in (high - low + 1)], sitk.sitkUInt8)
+    crop.SetSpacing(image.GetSpacing())
+    crop.SetDirection(image.GetDirection())
+    crop.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in low]))
+    nodule = _as_image((array > 0).astype(np.float32), fine_labels)
+    solid = _as_image((array == LABEL_SOLID).astype(np.float32), fine_labels)
+    on_crop = [sitk.GetArrayFromImage(sitk.Resample(m, crop, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
+               for m in (nodule, solid)]
+    labels = np.where(on_crop[0], LABEL_NON_SOLID, 0).astype(np.uint8)
+    labels[on_crop[0] & on_crop[1]] = LABEL_SOLID
+    result = sitk.GetImageFromArray(labels)
+    result.CopyInformation(crop)
+    return result
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _as_image(array: np.ndarray, reference: Optional[sitk.Image]) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.uint8) if array.dtype == bool else array)
+    if reference is not None:
+        image.CopyInformation(reference)
+    return image
+
+
+def _signed_distance(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
+    """Signed distance (mm) to the mask's boundary: >= 0 inside, < 0 outside (a large value without a boundary)."""
+    if not mask.any():
+        return np.full(mask.shape, -1e6, dtype=np.float32)
+    if mask.all():
+        return np.full(mask.shape, 1e6, dtype=np.float32)
+    distance = sitk.SignedMaurerDistanceMap(_as_image(mask, reference), insideIsPositive=True, squaredDistance=False,
+                                            useImageSpacing=True)
+    return sitk.GetArrayFromImage(distance)
+
+
+def _distance_inside(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
+    """Depth (mm) of each mask voxel: the distance from its centre to the nearest voxel centre outside the
+    mask (ITK's signed distance is 0 on the mask's edge voxels: one voxel more); 0 outside."""
+    spacing = reference.GetSpacing()[0]
+    return np.where(mask, np.maximum(_signed_distance(mask, reference), 0.0) + spacing, 0.0).astype(np.float32)
+
+
+def _climb(depth: np.ndarray, start: np.ndarray) -> float:
+    """The depth reached by steepest ascent on the depth map from ``start`` (the blob the point is in)."""
+    current = tuple(int(v) for v in start)
+    shape = np.array(depth.shape)
+    offsets = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)])
+    for _ in range(200):
+        neighbours = np.clip(np.array(current) + offsets, 0, shape - 1)
+        values = depth[neighbours[:, 0], neighbours[:, 1], neighbours[:, 2]]
+        best = int(np.argmax(values))
+        if values[best] <= depth[current] + 1e-6:
+            break
+        current = tuple(int(v) for v in neighbours[best])
+    return float(depth[current])
+
+
+def _nearest_true(mask: np.ndarray, index: np.ndarray, radius_voxels: float) -> Optional[np.ndarray]:
+    """The voxel of ``mask`` nearest to ``index`` within ``radius_voxels`` (isotropic grid), or None."""
+    low = np.maximum(np.floor(index - radius_voxels).astype(int), 0)
+    high = np.minimum(np.ceil(index + radius_voxels).astype(int) + 1, mask.shape)
+    box = mask[tuple(slice(a, b) for a, b in zip(low, high))]
+    found = np.argwhere(box)
+    if found.size == 0:
+        return None
+    distance = np.linalg.norm(found + low - index, axis=1)
+    best = int(np.argmin(distance))
+    return None if distance[best] > radius_voxels else found[best] + low
+
+
+def _ball(shape: Sequence[int], centre: np.ndarray, radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    distance2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing_zyx))
+    return distance2 <= radius_mm ** 2
+
+
+def _index_of(reference: sitk.Image, point_lps: np.ndarray) -> np.ndarray:
+    """Continuous (z, y, x) index of an LPS point in an LPS-aligned grid."""
+    return np.array(reference.TransformPhysicalPointToContinuousIndex(point_lps.tolist()))[::-1]
+
+
+def _index_to_lps(reference: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
+    return np.asarray(reference.GetOrigin()) + np.asarray(index_zyx, dtype=np.float64)[::-1] * np.asarray(reference.GetSpacing())
+
+
+def _resample_mask(mask: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """A boolean mask on ``source``'s grid resampled onto ``target``'s (linear, at 0.5)."""
+    image = _as_image(mask.astype(np.float32), source)
+    return sitk.GetArrayFromImage(sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
+
+
+def _touches_faces(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
+                or mask[:, :, 0].any() or mask[:, :, -1].any())
+
+
+def _shell(mask: np.ndarray) -> np.ndarray:
+    """The mask's one-voxel outer neighbourhood (6-connected dilation minus the mask)."""
+    grown = mask.copy()
+    for axis in range(3):
+        grown |= np.roll(mask, 1, axis) | np.roll(mask, -1, axis)
+    return grown & ~mask
+
+
+JUXTAPLEURAL_MIN_CONTACT = 0.05
+JUXTAPLEURAL_RING_MM = 2.0
+
+
+def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image) -> bool:
+    """True when at least ``JUXTAPLEURAL_MIN_CONTACT`` of the ring of ``JUXTAPLEURAL_RING_MM`` around the
+    nodule is wall (chest wall, mediastinum, diaphragm: tissue outside the lung)."""
+    ring = (-_signed_distance(mask, reference) <= JUXTAPLEURAL_RING_MM) & ~mask
+    if not ring.any():
+        return False
+    return bool(np.count_nonzero(ring & wall) >= JUXTAPLEURAL_MIN_CONTACT * np.count_nonzero(ring))
