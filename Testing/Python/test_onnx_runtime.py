@@ -108,7 +108,7 @@ def test_the_bundled_model_ships_as_onnx_bound_to_its_card():
         assert [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")] == [ONNX_OPSET]
         assert {entry.key: entry.value for entry in model.metadata_props}[CARD_DIGEST_KEY] == card_digest(card)
         assert [output.name for output in model.graph.output] == outputs
-    assert "1.1.x network" in card["description"]
+    assert "re-exported with its ONNX form" in card["description"]
     assert Classifier.load().runtime == "onnxruntime"
 
 
