@@ -35,6 +35,7 @@ from slicer.util import VTKObservationMixin
 # after this file is executed; the parameter node's annotations need the class now, so it is imported
 # from the Python package that wraps Markups' MRML classes (it is what `slicer` re-exports).
 from vtkSlicerMarkupsModuleMRMLPython import vtkMRMLMarkupsFiducialNode
+from vtkSlicerSegmentationsModuleMRMLPython import vtkMRMLSegmentationNode
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,8 +56,9 @@ class NotADiagnosis(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Not a Diagnosis")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
-        # Markups: the nodule points and their node class, which the parameter node uses.
-        self.parent.dependencies = ["Markups"]
+        # Markups and Segmentations: the nodule points and segmentations, and their node classes, which the
+        # parameter node uses.
+        self.parent.dependencies = ["Markups", "Segmentations"]
         self.parent.contributors = ["Not-a-Diagnosis contributors"]
         self.parent.helpText = _(
             "<p><b>Not a diagnosis.</b> Research software: a second opinion on lung nodules for research only. "
@@ -131,11 +133,13 @@ class NotADiagnosisParameterNode:
     device - where the model runs: Auto (an NVIDIA GPU if a runtime provides one, else CPU), CPU or GPU.
     testTimeAugmentation - average over flips and report their spread as uncertainty.
     computeSaliency - also compute the saliency overlay.
+    measureNodules - find, segment and measure the nodule at each point (segmentation, refined centres,
+      measurement columns).
     useBundledModel - the model shipped with the extension; otherwise modelPath (a .safetensors file
       with its .json card).
     modelSha256 - optional pinned sha256 of the model file; loading refuses any other file.
     replacePreviousResults - a new run removes the previous run's outputs (so they do not pile up).
-    resultsTable, saliencyVolume, resultPoints - the latest run's outputs.
+    resultsTable, saliencyVolume, resultPoints, nodulesSegmentation, refinedCentres - the latest run's outputs.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -143,6 +147,7 @@ class NotADiagnosisParameterNode:
     device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
     testTimeAugmentation: bool = True
     computeSaliency: bool = True
+    measureNodules: bool = True
     useBundledModel: bool = True
     modelPath: pathlib.Path
     modelSha256: str = ""
@@ -150,6 +155,8 @@ class NotADiagnosisParameterNode:
     resultsTable: vtkMRMLTableNode
     saliencyVolume: vtkMRMLScalarVolumeNode
     resultPoints: vtkMRMLMarkupsFiducialNode
+    nodulesSegmentation: vtkMRMLSegmentationNode
+    refinedCentres: vtkMRMLMarkupsFiducialNode
 
 
 #
@@ -385,6 +392,7 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             device=parameterNode.device,
             tta=parameterNode.testTimeAugmentation,
             saliency=parameterNode.computeSaliency,
+            measure=parameterNode.measureNodules,
             model_path=None if parameterNode.useBundledModel else str(parameterNode.modelPath),
             expected_sha256=parameterNode.modelSha256.strip(),
         )
@@ -408,11 +416,14 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         previous = None
         if parameterNode.replacePreviousResults:
-            previous = OutputNodes(parameterNode.resultsTable, parameterNode.saliencyVolume, parameterNode.resultPoints)
+            previous = OutputNodes(parameterNode.resultsTable, parameterNode.saliencyVolume, parameterNode.resultPoints,
+                                   parameterNode.nodulesSegmentation, parameterNode.refinedCentres)
         result = write(prepared, computed, options, previous)
         parameterNode.resultsTable = result.table_node
         parameterNode.saliencyVolume = result.saliency_node
         parameterNode.resultPoints = result.points_node
+        parameterNode.nodulesSegmentation = result.segmentation_node
+        parameterNode.refinedCentres = result.centres_node
         self.ui.resultsTableView.setMRMLTableNode(result.table_node)
         self._hideOutputsFromInputSelector()
         self.ui.statusLabel.text = result.status
@@ -494,6 +505,7 @@ class NotADiagnosisLogic(ScriptedLoadableModuleLogic):
         classifier=None,
         modelSha256: str = "",
         previous=None,
+        measure: bool = True,
     ):
         """Classify every placed point (synchronously); returns ``nadslicer.logic.ClassificationResult``.
 
@@ -502,7 +514,7 @@ class NotADiagnosisLogic(ScriptedLoadableModuleLogic):
         from nadslicer.logic import ClassificationOptions, classify
 
         options = ClassificationOptions(device=device, tta=tta, saliency=saliency, model_path=modelPath,
-                                        expected_sha256=modelSha256)
+                                        expected_sha256=modelSha256, measure=measure)
         return classify(volumeNode, pointListNode, options, progress=progress, classifier=classifier, previous=previous)
 
 
@@ -604,6 +616,14 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
         self.assertIn("Model", result.status)
         labels = [result.points_node.GetNthControlPointLabel(index) for index in range(len(nodules))]
         self.assertEqual(labels[0].split(":")[0], nodules[0]["name"])
+        # Measured: a segment per found nodule, named after its point, and the refined centres beside it.
+        self.assertIsNotNone(result.segmentation_node)
+        segmentation = result.segmentation_node.GetSegmentation()
+        segmentNames = [segmentation.GetNthSegment(index).GetName() for index in range(segmentation.GetNumberOfSegments())]
+        self.assertTrue(set(segmentNames) <= {nodule["name"] for nodule in nodules} and segmentNames)
+        self.assertEqual(result.centres_node.GetNumberOfControlPoints(), len(segmentNames))
+        for row in rows:
+            self.assertIn("Long axis", row)
         self._assertUnchanged(before, self._snapshot(volumeNode, pointList))
         self.delayDisplay("Classification test passed")
 

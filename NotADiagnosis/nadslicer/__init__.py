@@ -12,6 +12,6 @@ classifier is loaded (on the worker thread, inside the panel's error handling).
 from __future__ import annotations
 
 __all__ = [
-    "background", "dependencies", "devices", "errors", "library", "logic", "model_info", "points", "results",
+    "background", "dependencies", "devices", "errors", "library", "logic", "measurements", "model_info", "points", "results",
     "sample_data", "validation", "volumes",
 ]

@@ -4,11 +4,13 @@ Three steps, so that the slow part can run off Slicer's main thread while the wi
 
 1. :func:`prepare` (main thread): reads the inputs from MRML into a SimpleITK image and world
    points, checks them; nothing is modified.
-2. :func:`compute` (any thread, no MRML): loads the model (first use), classifies point by point and
+2. :func:`compute` (any thread, no MRML): loads the model (first use), classifies point by point,
+   finds, segments and measures the nodule at each point (``notadiagnosis.measure_nodule``) and
    computes the saliency maps, reporting to a :class:`Job` and stopping within one point's work when
    the job is cancelled.
-3. :func:`write` (main thread): only when everything succeeded, writes the new nodes (results table,
-   a results point list whose labels carry the probabilities, the saliency overlay), places them next
+3. :func:`write` (main thread): only when everything succeeded, writes the new nodes (results table
+   with the measurements, a results point list whose labels carry the probabilities, the nodules'
+   segmentation, their refined centres, the saliency overlay), places them next
    to the CT in the subject hierarchy and removes the previous run's outputs when asked. A cancelled
    or failed run leaves the scene as it was.
 
@@ -28,6 +30,13 @@ from notadiagnosis.geometry import is_inside, ras_to_lps
 
 from .devices import DEVICE_CHOICES, device_name
 from .errors import CancelledError, PointOutsideVolumeError
+from .measurements import (
+    MEASUREMENT_COLUMNS,
+    add_nodule_segmentation,
+    add_refined_centres,
+    measurement_values,
+    measurement_warnings,
+)
 from .points import ControlPoints, require_points
 from .results import (
     OutputNodes,
@@ -65,6 +74,7 @@ class ClassificationOptions:
     model_path: Optional[str] = None
     expected_sha256: str = ""
     show_overlay: bool = True
+    measure: bool = True
 
 
 @dataclass
@@ -130,6 +140,7 @@ class Computed:
     maps: List[sitk.Image]
     card: Dict[str, Any]
     device_description: str
+    nodules: Optional[List[Any]] = None  # measure_nodule results, one per point, when measured
 
 
 @dataclass
@@ -146,10 +157,14 @@ class ClassificationResult:
     device_description: str
     warnings: List[str] = field(default_factory=list)
     points_node: Optional[Any] = None
+    segmentation_node: Optional[Any] = None
+    centres_node: Optional[Any] = None
+    nodules: Optional[List[Any]] = None
 
     @property
     def outputs(self) -> "OutputNodes":
-        return OutputNodes(self.table_node, self.saliency_node, self.points_node)
+        return OutputNodes(self.table_node, self.saliency_node, self.points_node, self.segmentation_node,
+                           self.centres_node)
 
     @property
     def status(self) -> str:
@@ -162,9 +177,13 @@ class ClassificationResult:
             f"Model {self.model_name} {self.model_version} on {self.device_description}; "
             f"{len(self.labels)} point(s) classified. Not a diagnosis."
         )
+        if self.nodules is not None:
+            found = sum(1 for nodule in self.nodules if nodule.measurement is not None)
+            line += f"\nNodules found and measured: {found} of {len(self.labels)}."
         if not self.warnings:
             return line
-        flagged = sum(1 for prediction in self.predictions if prediction.warnings)
+        flagged = sum(1 for index, prediction in enumerate(self.predictions)
+                      if prediction.warnings or (self.nodules is not None and self.nodules[index].warnings))
         listed = "\n".join(f"- {warning}" for warning in self.warnings)
         return (f"{line}\nWarning: {flagged} of {len(self.labels)} result(s) may be unreliable "
                 f"(see the Warning column):\n{listed}")
@@ -219,7 +238,7 @@ def compute(prepared: PreparedInputs, options: ClassificationOptions, job: Job, 
     within one point's work once cancelled.
     """
     points = prepared.points
-    total = len(points) * (2 if options.saliency else 1)
+    total = len(points) * (1 + int(options.measure) + int(options.saliency))
     job.update(0, total, "Loading the model (first use: verifying its sha256)" if classifier is None else "Classifying")
     if classifier is None:
         classifier = get_classifier(options.model_path, options.device, options.expected_sha256)
@@ -232,13 +251,24 @@ def compute(prepared: PreparedInputs, options: ClassificationOptions, job: Job, 
     # One point per batch: Cancel (raised by job.update) is honoured after each point, not after many.
     predictions = classifier.predict(prepared.image, prepared.points_lps, batch_size=1, tta=options.tta,
                                      callback=after_point)
+    done = len(points)
+    nodules = None
+    if options.measure:
+        from notadiagnosis import measure_nodule
+
+        nodules = []
+        for index, point_lps in enumerate(prepared.points_lps):
+            job.update(done, total, f"Measuring {points.labels[index]}")
+            nodules.append(measure_nodule(prepared.image, point_lps, model_card=classifier.card))
+            done += 1
     maps = []
     if options.saliency:
         for index, point_lps in enumerate(prepared.points_lps):
-            job.update(len(points) + index, total, f"Saliency for {points.labels[index]}")
+            job.update(done, total, f"Saliency for {points.labels[index]}")
             maps.append(classifier.saliency(prepared.image, point_lps))
-        job.update(total, total, "Writing results")
-    return Computed(list(predictions), maps, dict(classifier.card), classifier.device_description)
+            done += 1
+    job.update(total, total, "Writing results")
+    return Computed(list(predictions), maps, dict(classifier.card), classifier.device_description, nodules)
 
 
 def write(
@@ -261,12 +291,28 @@ def write(
         "Disclaimer": str(card.get("disclaimer", "Not a diagnosis: research use only.")),
     }
     created = []
+    nodules = computed.nodules
+    extra_columns, extra_warnings = [], None
+    if nodules is not None:
+        values = [measurement_values(nodule) for nodule in nodules]
+        extra_columns = [(name, unit, description, [row[name] for row in values])
+                         for name, unit, _key, description in MEASUREMENT_COLUMNS]
+        extra_warnings = measurement_warnings(nodules)
+    segmentation_node = centres_node = None
     try:
-        table_node = write_results_table(scene, points.labels, points.positions_ras, computed.predictions, metadata)
+        table_node = write_results_table(scene, points.labels, points.positions_ras, computed.predictions, metadata,
+                                         extra_columns=extra_columns, extra_warnings=extra_warnings)
         created.append(table_node)
         points_node = add_result_points(scene, points.labels, points.positions_ras, computed.predictions)
         created.append(points_node)
         table_node.SetNodeReferenceID("points", points_node.GetID())
+        if nodules is not None:
+            segmentation_node = add_nodule_segmentation(scene, volume_node, points.labels, nodules, prepared.image)
+            centres_node = add_refined_centres(scene, points.labels, nodules)
+            for role, node in (("segmentation", segmentation_node), ("centres", centres_node)):
+                if node is not None:
+                    created.append(node)
+                    table_node.SetNodeReferenceID(role, node.GetID())
         saliency_node = None
         if computed.maps:
             saliency_node = add_saliency_volume(scene, volume_node, computed.maps, prepared.image)
@@ -290,8 +336,12 @@ def write(
         model_name=metadata["Model"],
         model_version=metadata["ModelVersion"],
         device_description=computed.device_description,
-        warnings=sorted({warning for prediction in computed.predictions for warning in prediction.warnings}),
+        warnings=sorted({warning for prediction in computed.predictions for warning in prediction.warnings}
+                        | {warning for row in (extra_warnings or []) for warning in row}),
         points_node=points_node,
+        segmentation_node=segmentation_node,
+        centres_node=centres_node,
+        nodules=None if nodules is None else list(nodules),
     )
 
 

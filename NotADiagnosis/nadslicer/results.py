@@ -46,9 +46,12 @@ class OutputNodes:
     table_node: Optional[object] = None
     saliency_node: Optional[object] = None
     points_node: Optional[object] = None
+    segmentation_node: Optional[object] = None
+    centres_node: Optional[object] = None
 
     def nodes(self) -> list:
-        return [node for node in (self.table_node, self.saliency_node, self.points_node) if node is not None]
+        return [node for node in (self.table_node, self.saliency_node, self.points_node, self.segmentation_node,
+                                  self.centres_node) if node is not None]
 
 
 def mark_output(node, role: str) -> None:
@@ -63,8 +66,14 @@ def write_results_table(
     predictions: Sequence,
     metadata: Dict[str, str],
     name: str = "NotADiagnosis results",
+    extra_columns: Sequence[tuple] = (),
+    extra_warnings: Optional[Sequence[Sequence[str]]] = None,
 ):
-    """A new table node with one row per point (see :data:`COLUMNS`); ``metadata`` goes into attributes."""
+    """A new table node with one row per point (see :data:`COLUMNS`); ``metadata`` goes into attributes.
+
+    ``extra_columns``: ``(name, unit, description, values)`` inserted before the Warning column (the
+    measurements; string values make a string column). ``extra_warnings``: more warnings per row.
+    """
     columns = {
         "Point": vtk.vtkStringArray(),
         "R": vtk.vtkDoubleArray(),
@@ -82,16 +91,32 @@ def write_results_table(
             columns[axis].InsertNextValue(float(value))
         columns["Probability"].InsertNextValue(float(prediction.probability))
         columns["Uncertainty"].InsertNextValue(float(prediction.uncertainty))
-        columns["Warning"].InsertNextValue("; ".join(prediction.warnings))
+    for row, prediction in enumerate(predictions):
+        more = list(extra_warnings[row]) if extra_warnings is not None else []
+        columns["Warning"].InsertNextValue("; ".join(list(prediction.warnings) + more))
+    extras = []
+    for column_name, unit, description, values in extra_columns:
+        array = vtk.vtkStringArray() if any(isinstance(value, str) for value in values) else vtk.vtkDoubleArray()
+        array.SetName(column_name)
+        for value in values:
+            array.InsertNextValue(value if isinstance(array, vtk.vtkStringArray) else float(value))
+        extras.append((column_name, unit, description, array))
 
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     was_modifying = table_node.StartModify()
     table = table_node.GetTable()
-    for column_name in COLUMNS:
+    for column_name in COLUMNS[:-1]:
         table.AddColumn(columns[column_name])
+    for _name, _unit, _description, array in extras:
+        table.AddColumn(array)
+    table.AddColumn(columns["Warning"])
     table_node.SetUseColumnTitleAsColumnHeader(True)
     for column_name, description in COLUMN_DESCRIPTIONS.items():
         table_node.SetColumnDescription(column_name, description)
+    for column_name, unit, description, _array in extras:
+        table_node.SetColumnDescription(column_name, description)
+        if unit:
+            table_node.SetColumnUnitLabel(column_name, unit)
     for axis in "RAS":
         table_node.SetColumnUnitLabel(axis, "mm")
     # Results are a record of what the model said: not to be edited in the table view.
@@ -104,12 +129,13 @@ def write_results_table(
 
 
 def read_results_table(table_node) -> List[Dict[str, object]]:
-    """The rows of a results table as dicts (column name -> value); for tests and the row click."""
+    """The rows of a results table as dicts (column name -> value, every column); for tests and scripts."""
     table = table_node.GetTable()
+    names = [table.GetColumn(index).GetName() for index in range(table.GetNumberOfColumns())]
     rows = []
     for row in range(table.GetNumberOfRows()):
         values: Dict[str, object] = {}
-        for column_name in COLUMNS:
+        for column_name in names:
             array = table.GetColumnByName(column_name)
             values[column_name] = array.GetValue(row) if array.IsA("vtkStringArray") else float(array.GetValue(row))
         rows.append(values)

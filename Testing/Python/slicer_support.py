@@ -152,7 +152,10 @@ def gui_stand_ins() -> dict:
 
     markups = types.ModuleType("vtkSlicerMarkupsModuleMRMLPython")
     markups.vtkMRMLMarkupsFiducialNode = slicer.vtkMRMLMarkupsFiducialNode
+    segmentations = types.ModuleType("vtkSlicerSegmentationsModuleMRMLPython")
+    segmentations.vtkMRMLSegmentationNode = slicer.vtkMRMLSegmentationNode
     return {
+        "vtkSlicerSegmentationsModuleMRMLPython": segmentations,
         "slicer.ScriptedLoadableModule": scripted,
         "slicer.parameterNodeWrapper": wrapper,
         "slicer.i18n": i18n,

@@ -81,7 +81,8 @@ def _setup(scene, ct_image, transform_matrix=None, points_under_transform=False)
 
 
 def _options(**kwargs):
-    return logic.ClassificationOptions(device="CPU", **kwargs)
+    # Measuring is covered by test_slicer_measurements.py; these tests look at the classification.
+    return logic.ClassificationOptions(device="CPU", **{"measure": False, **kwargs})
 
 
 def _node_count(scene, class_name):

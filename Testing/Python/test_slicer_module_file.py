@@ -53,6 +53,7 @@ MRML_SCENE_AWARE = {"qMRMLNodeComboBox", "qMRMLTableView", "qSlicerMarkupsPlaceW
 ALLOWED_FILE_SCOPE_IMPORTS = {
     "contextlib", "logging", "os", "pathlib", "typing", "vtk", "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
     "slicer.ScriptedLoadableModule", "slicer.util", "vtkSlicerMarkupsModuleMRMLPython",
+    "vtkSlicerSegmentationsModuleMRMLPython",
 }
 
 
@@ -165,7 +166,7 @@ def test_bound_widgets_can_show_their_parameter_type(module_tree):
     bound = _bound_widgets()
     assert set(bound) <= set(parameters), f"unknown parameters in the .ui: {set(bound) - set(parameters)}"
     assert {"inputVolume", "pointList", "device", "testTimeAugmentation", "computeSaliency", "useBundledModel",
-            "modelPath", "modelSha256", "replacePreviousResults"} <= set(bound)
+            "modelPath", "modelSha256", "replacePreviousResults", "measureNodules"} <= set(bound)
     for name, (widget_class, node_types) in bound.items():
         annotation = parameters[name]
         if annotation.startswith("vtkMRML"):

@@ -50,7 +50,8 @@ def _inputs(scene):
 
 
 def _options(**kwargs):
-    return logic.ClassificationOptions(device="CPU", **kwargs)
+    # Measuring is covered by test_slicer_measurements.py; these tests look at the classification.
+    return logic.ClassificationOptions(device="CPU", **{"measure": False, **kwargs})
 
 
 def test_result_points_carry_the_probabilities_and_the_users_points_stay(scene, classifier):

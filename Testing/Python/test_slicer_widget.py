@@ -113,8 +113,8 @@ def _inputs(scene, hu_offset=0.0):
 
 def _parameters(volume, points, **changes):
     values = dict(inputVolume=volume, pointList=points, device="CPU", testTimeAugmentation=True, computeSaliency=False,
-                  useBundledModel=True, modelPath=None, modelSha256="", replacePreviousResults=True,
-                  resultsTable=None, saliencyVolume=None, resultPoints=None)
+                  measureNodules=False, useBundledModel=True, modelPath=None, modelSha256="", replacePreviousResults=True,
+                  resultsTable=None, saliencyVolume=None, resultPoints=None, nodulesSegmentation=None, refinedCentres=None)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -263,6 +263,18 @@ def test_a_second_run_replaces_the_first_and_outputs_are_hidden_from_the_input_s
     saliency = widget._parameterNode.saliencyVolume
     assert widget.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs == [saliency.GetID()]
     assert widget._parameterNode.resultPoints.GetNumberOfControlPoints() == 2
+
+
+def test_measured_nodules_reach_the_parameter_node_and_are_replaced(panel, monkeypatch):
+    widget, shown = panel
+    _ready(widget, monkeypatch, measureNodules=True)
+    widget.onClassifyButton()
+    first = widget._parameterNode.nodulesSegmentation
+    assert shown.errors == [] and first is not None and widget._parameterNode.refinedCentres is not None
+    assert "Nodules found and measured" in widget.ui.statusLabel.text
+    widget.onClassifyButton()
+    assert first.GetScene() is None
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
 
 
 def test_without_replacing_each_run_adds_its_outputs(panel, monkeypatch):
