@@ -7,6 +7,8 @@ probability is ``sigmoid(mean TTA logit / temperature)``, the uncertainty the st
 of the calibrated per-flip probabilities. The network runs on ONNX Runtime by default
 (:mod:`.onnx_backend`) or on torch (:mod:`.torch_backend`, the optional extra); this module imports
 neither.
+By default each cube is centred on the nodule found near the point (:mod:`.centring`), as
+training's patches are, so the answer does not move with the click.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .ct_reader import check_ct_values
+from .centring import Centring, centre_for_classification
+from .centring import at_click as click_centring
 from .errors import InputError, NotADiagnosisError
 from .finder import NOT_CT_WARNING, looks_like_ct
 from .geometry import check_image, extract_patch
@@ -39,7 +43,12 @@ class CancelledError(NotADiagnosisError):
 
 @dataclass
 class Prediction:
-    """The result for one point. ``uncertainty`` is NaN when TTA is off."""
+    """The result for one point. ``uncertainty`` is NaN when TTA is off.
+
+    ``point_lps`` is the point as given (the click); ``centre_lps`` the centre of the classified
+    cube: the refined centre of the nodule found near the click when ``centred`` is true, else the
+    click itself.
+    """
 
     point_lps: Tuple[float, float, float]
     probability: float
@@ -47,6 +56,8 @@ class Prediction:
     outside_fraction: float
     logit: float
     warnings: List[str] = field(default_factory=list)
+    centre_lps: Optional[Tuple[float, float, float]] = None
+    centred: bool = False
 
 
 class Classifier:
@@ -129,9 +140,15 @@ class Classifier:
         tta: bool = True,
         progress: bool = False,
         callback: Optional[Callable[[int, int], Optional[bool]]] = None,
+        at_click: bool = False,
+        centrings: Optional[Sequence[Centring]] = None,
     ) -> List[Prediction]:
         """Classify every point (LPS mm) of ``image`` in batches; one :class:`Prediction` per point.
 
+        Each point is classified at the centre of the nodule found near it (``centring.centre_for_classification``;
+        at the point itself, with a warning, when none is found); ``at_click=True`` classifies at the
+        points as given. ``centrings`` (one :class:`~.centring.Centring` per point, e.g. from the
+        measurements' segmentations) spares finding the nodules again.
         ``callback(done, total)`` is called after each batch; returning ``False`` cancels the run
         (raising :class:`CancelledError`, so partial results are never returned as complete).
         """
@@ -140,6 +157,8 @@ class Classifier:
             raise InputError("The batch size must be at least 1.")
         check_image(image)
         check_ct_values(image)
+        if centrings is not None and len(centrings) != len(points):
+            raise ValueError(f"{len(centrings)} centrings for {len(points)} points")
         image_warnings = image_warnings_for(image)
         predictions: List[Prediction] = []
         bar = None
@@ -150,7 +169,14 @@ class Classifier:
             bar = tqdm(total=len(points), desc="Classifying", unit="point", delay=1.0)
         try:
             for start in range(0, len(points), batch_size):
-                self._predict_batch(image, points[start : start + batch_size], tta, image_warnings, predictions)
+                chunk = points[start : start + batch_size]
+                if centrings is not None:
+                    chunk_centrings = list(centrings[start : start + batch_size])
+                elif at_click:
+                    chunk_centrings = [click_centring(point) for point in chunk]
+                else:
+                    chunk_centrings = [centre_for_classification(image, point) for point in chunk]
+                self._predict_batch(image, chunk_centrings, tta, image_warnings, predictions)
                 if bar is not None:
                     bar.update(len(predictions) - bar.n)
                 if callback is not None and callback(len(predictions), len(points)) is False:
@@ -161,22 +187,24 @@ class Classifier:
         return predictions
 
     def _predict_batch(
-        self, image: sitk.Image, chunk: np.ndarray, tta: bool, image_warnings: List[str], predictions: List[Prediction]
+        self, image: sitk.Image, chunk: Sequence[Centring], tta: bool, image_warnings: List[str], predictions: List[Prediction]
     ) -> None:
-        """Classify one batch of points and append their predictions."""
-        patches = [extract_patch(image, point, self.patch_size, self.spacing_mm) for point in chunk]
+        """Classify one batch of points at their centrings and append their predictions."""
+        patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in chunk]
         normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
         probabilities, uncertainties, logits = self.predict_patches(normalized, tta=tta)
-        for patch, probability, uncertainty, logit in zip(patches, probabilities, uncertainties, logits):
-            warnings = list(image_warnings) + patch_warnings_for(patch.outside_fraction, patch.array_hu)
+        for centring, patch, probability, uncertainty, logit in zip(chunk, patches, probabilities, uncertainties, logits):
+            warnings = list(image_warnings) + centring.warnings + patch_warnings_for(patch.outside_fraction, patch.array_hu)
             predictions.append(
                 Prediction(
-                    point_lps=tuple(float(v) for v in patch.point_lps),
+                    point_lps=tuple(float(v) for v in centring.click_lps),
                     probability=float(probability),
                     uncertainty=float(uncertainty),
                     outside_fraction=float(patch.outside_fraction),
                     logit=float(logit),
                     warnings=warnings,
+                    centre_lps=tuple(float(v) for v in patch.point_lps),
+                    centred=centring.centred,
                 )
             )
 

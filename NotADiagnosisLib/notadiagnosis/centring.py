@@ -1,0 +1,68 @@
+"""Where a point is classified: at the centre of the nodule found near the click (the default), or at the click.
+
+Training's patches are centred on each nodule's centroid, so the model answers best, and the same
+way wherever the user clicked on the nodule, when its cube is centred there too. The centre is the
+one the nodule finder (:func:`notadiagnosis.finder.find_nodule`) refines, the same implementation
+the measurements use. When no nodule is found near the click the point is classified where it was
+placed, with a warning that says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .finder import SEARCH_RADIUS_MM, NoduleSegmentation, find_nodule, looks_like_ct
+from .geometry import ArrayLike, _as_point, is_inside
+
+NOT_CENTRED_WARNING = ("no nodule found within {radius:g} mm of the point: classified at the point itself, so the "
+                       "probability depends on where the point was placed")
+
+
+@dataclass
+class Centring:
+    """Where one point is classified.
+
+    ``click_lps`` is the point as given; ``centre_lps`` the centre of the classified cube: the
+    found nodule's refined centre when ``centred`` is true, else the click itself.
+    """
+
+    click_lps: Tuple[float, float, float]
+    centre_lps: Tuple[float, float, float]
+    centred: bool
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def shift_mm(self) -> float:
+        """Distance from the click to the classified centre (mm)."""
+        return float(np.linalg.norm(np.subtract(self.centre_lps, self.click_lps)))
+
+
+def at_click(point_lps: ArrayLike, warnings: Optional[List[str]] = None) -> Centring:
+    """Classify at the point as given."""
+    point = tuple(float(v) for v in _as_point(point_lps))
+    return Centring(click_lps=point, centre_lps=point, centred=False, warnings=list(warnings or []))
+
+
+def from_segmentation(point_lps: ArrayLike, segmentation: Optional[NoduleSegmentation], looks_like_a_ct: bool = True) -> Centring:
+    """The centring for a finder result: at its refined centre, or at the click with a warning when
+    nothing was found (no warning for an image that is not a CT: the classifier warns of that already)."""
+    if segmentation is None:
+        return at_click(point_lps, [NOT_CENTRED_WARNING.format(radius=SEARCH_RADIUS_MM)] if looks_like_a_ct else [])
+    point = tuple(float(v) for v in _as_point(point_lps))
+    return Centring(click_lps=point, centre_lps=tuple(float(v) for v in segmentation.centre_lps), centred=True)
+
+
+def centre_for_classification(image: sitk.Image, point_lps: ArrayLike) -> Centring:
+    """Find the nodule near ``point_lps`` (LPS mm) and return where to classify it. The image is not modified."""
+    if not looks_like_ct(image):
+        return from_segmentation(point_lps, None, looks_like_a_ct=False)
+    if not is_inside(image, _as_point(point_lps)):  # nothing to find: the cube's outside fraction warns of it
+        return at_click(point_lps)
+    segmentation, _warnings = find_nodule(image, point_lps)
+    return from_segmentation(point_lps, segmentation)
+
+
+__all__ = ["Centring", "NOT_CENTRED_WARNING", "at_click", "centre_for_classification", "from_segmentation"]
