@@ -27,6 +27,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("nadtrain.train", "train a 3D ResNet on a dataset"),
     "recalibrate": ("nadtrain.recalibrate", "redo a finished run's calibration and threshold into a new run folder"),
     "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),
+    "stability": ("nadtrain.stability", "how much a model's answer moves with the click and the surroundings: stability.json"),
     "references": ("nadtrain.references", "size-only and readers'-ratings AUC on every patient test fold (no pixels)"),
     "sizeonly": ("nadtrain.sizeonly", "fit the size-only reference (logistic on log long axis) on all labelled nodules, "
                  "patient-grouped CV AUC; optionally add it to an exported model's card"),

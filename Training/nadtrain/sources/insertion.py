@@ -201,10 +201,17 @@ class InsertedNodule:
     occupancy: sitk.Image
 
 
+#: The rendered crop reaches at least this far from the nodule's centre (mm): the 64 mm patch and some.
+RENDER_HALF_MM = 34.0
+
+
 def insert_nodule(background: Background, shape: NoduleShape, texture_median: float, calcification_median: float,
                   slice_thickness_mm: float, rng: np.random.Generator,
-                  juxtapleural_fraction: float = 0.0) -> InsertedNodule:
-    """Render one nodule into a crop of ``background`` around a random lung location (see :func:`render_nodule`)."""
+                  juxtapleural_fraction: float = 0.0, extra_margin_mm: float = 0.0) -> InsertedNodule:
+    """Render one nodule into a crop of ``background`` around a random lung location (see :func:`render_nodule`).
+
+    The crop reaches ``RENDER_HALF_MM`` (or the nodule's radius + 6 mm) + ``extra_margin_mm`` from the
+    centre: a margin gives room to move a click (the stability report) and changes no random draw."""
     candidates, fits = background.placements.candidates(shape.radius_mm)
     placement = "intrapulmonary"
     # No draw at all when the option is off, so builds without it keep their exact random sequence.
@@ -218,7 +225,7 @@ def insert_nodule(background: Background, shape: NoduleShape, texture_median: fl
     index = index + rng.uniform(-0.5, 0.5, size=3)  # sub-voxel jitter: the grid phase varies between renders
     centre_lps = background.index_to_lps(index)
     spacing_zyx = background.spacing_xyz[::-1]
-    half_mm = max(34.0, shape.radius_mm + 6.0)  # covers the 64 mm patch and the whole nodule plus blur
+    half_mm = max(RENDER_HALF_MM, shape.radius_mm + 6.0) + extra_margin_mm  # the 64 mm patch, the whole nodule plus blur
     half_vox = np.ceil(half_mm / spacing_zyx).astype(int) + 1
     size_zyx = np.array(background.array_hu.shape)
     start = np.clip(np.round(index).astype(int) - half_vox, 0, size_zyx)
