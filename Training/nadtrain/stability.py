@@ -61,21 +61,72 @@ def click_offsets(key: Sequence[Any], count: int = OFFSETS, sigma_mm: float = SI
     return np.random.default_rng(_seed("clicks", seed, *key)).normal(0.0, sigma_mm, size=(count, 3))
 
 
-def jitter_case(classifier: Classifier, image, centre_lps: Sequence[float], offsets: np.ndarray) -> Dict[str, Any]:
-    """Classify the centre and each offset click at the click and centred; the raw probabilities."""
+def jitter_case(classifier: Classifier, image, centre_lps: Sequence[float], offsets: np.ndarray,
+                crop_mm: float = 0.0) -> Dict[str, Any]:
+    """Classify the centre and each offset click at the click and centred; the raw probabilities.
+
+    ``crop_mm`` > 0: the centred probability is the multi-crop TTA candidate's (:func:`multi_crop_probabilities`)."""
     centre = np.asarray(centre_lps, dtype=np.float64)
     points = [centre, *(centre + offsets)]
     at_click = [centring.at_click(p) for p in points]
     centred = [centring.centre_for_classification(image, p) for p in points]
-    predictions = classifier.predict(image, points + points, batch_size=len(points) * 2, centrings=at_click + centred)
-    p = np.array([pr.probability for pr in predictions])
-    return {
-        "p_at_click": p[: len(points)].tolist(),
-        "p_centred": p[len(points):].tolist(),
+    predictions = classifier.predict(image, points, batch_size=len(points), centrings=at_click)
+    p_single = [pr.probability for pr in classifier.predict(image, points, batch_size=len(points), centrings=centred)]
+    extra = {}
+    if crop_mm > 0:
+        p_centred = multi_crop_probabilities(classifier, image, centred, crop_mm)
+        extra["p_centred_single_crop"] = p_single
+    else:
+        p_centred = p_single
+    return {**extra,
+        "p_at_click": [pr.probability for pr in predictions],
+        "p_centred": [float(v) for v in p_centred],
         "found": [c.centred for c in centred],
         "centre_shift_mm": [round(c.shift_mm, 3) for c in centred],
         "classified_at_lps": [[round(v, 3) for v in c.centre_lps] for c in centred],
     }
+
+
+#: The multi-crop candidate's cube centres, in units of ``crop_mm``: the centre and one step along each axis.
+CROP_STEPS = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
+
+
+def multi_crop_probabilities(classifier: Classifier, image, centrings: Sequence[centring.Centring], crop_mm: float) -> np.ndarray:
+    """sigmoid(mean flip-TTA logit over the cubes at each centre + CROP_STEPS * crop_mm / temperature)."""
+    shifted = [centring.at_click(np.asarray(c.centre_lps) + step * crop_mm) for c in centrings for step in CROP_STEPS]
+    predictions = classifier.predict(image, [s.click_lps for s in shifted], batch_size=len(CROP_STEPS) * 4, centrings=shifted)
+    logits = np.array([p.logit for p in predictions]).reshape(len(centrings), len(CROP_STEPS))
+    return 1.0 / (1.0 + np.exp(-logits.mean(axis=1) / classifier.temperature))
+
+
+def discrimination(cases: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """AUC of the rendered samples' at-centre and centred (click on the centre) probabilities (both classes needed)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [c["label"] for c in cases]
+    if len(set(labels)) < 2:
+        return None
+    return {"n_samples": len(cases), "n_malignant": int(sum(labels)),
+            "auc_at_centre": round(float(roc_auc_score(labels, [c["p_at_click"][0] for c in cases])), 4),
+            "auc_centred": round(float(roc_auc_score(labels, [c["p_centred"][0] for c in cases])), 4)}
+
+
+def split_samples(table: Sequence[Dict[str, Any]], split: str, seed: int = 0, renders: int = 4,
+                  background: str = "cptac-C3N-00247", holdout: str = "LIDC-IDRI-0001") -> List[Dict[str, Any]]:
+    """The samples of one split of insertion-v1's default run, reproduced from the nodule table: every labelled
+    nodule rendered ``renders`` times into ``background`` and once into ``holdout``, split by
+    ``splits.make_split`` as ``nadtrain train ... --holdout-background {holdout} --exclude-patient {holdout}``."""
+    from .nodules import select_labelled
+    from .splits import make_split
+
+    nodules = sorted((r for r in select_labelled(table) if r.get("annotation_ids")), key=lambda r: r["nodule_id"])
+    samples = [{"nodule_id": r["nodule_id"], "patient_id": r["patient_id"], "label": int(r["label"]), "background": name,
+                "render_index": k}
+               for r in nodules for name, count in ((background, renders), (holdout, 1)) for k in range(count)]
+    made = make_split([s["patient_id"] for s in samples], [s["nodule_id"] for s in samples], [s["label"] for s in samples],
+                      seed=seed, background=[s["background"] for s in samples], holdout_backgrounds=[holdout],
+                      exclude_patients=[holdout])
+    return [samples[i] for i in made.indices[split]]
 
 
 def deltas(case: Dict[str, Any]) -> Dict[str, np.ndarray]:
@@ -150,6 +201,8 @@ class Renderer:
         self.seed, self.consensus = seed, consensus
         self.backgrounds = {}
         for path in backgrounds:
+            if not Path(path).exists():
+                raise InputError(f"background CT {path} does not exist; give the dataset's backgrounds with --backgrounds.")
             name = background_name(path)
             folder = prepare_background(path, cache, real_nodules_of_background(name, table))
             self.backgrounds[name] = load_background(folder)
@@ -178,32 +231,40 @@ class Renderer:
 
 
 # -- the report --------------------------------------------------------------------------------------
-def run_stability(model: Optional[Path], predictions: Path, out: Path, nodules: Optional[int] = None, subset_seed: int = 0,
+def run_stability(model: Optional[Path], predictions: Optional[Path], out: Path, nodules: Optional[int] = None, subset_seed: int = 0,
                   offsets: int = OFFSETS, sigma_mm: float = SIGMA_MM, backgrounds: Sequence[Path] = (DEFAULT_BACKGROUND, DEFAULT_HOLDOUT),
                   real_case: Optional[Path] = DEFAULT_HOLDOUT, nodule_table: Path = DEFAULT_CACHE,
-                  cache: Optional[Path] = None, build_seed: int = 0, progress: bool = True) -> Dict[str, Any]:
-    """Measure and write the stability report (JSON) to ``out``; returns it."""
+                  cache: Optional[Path] = None, build_seed: int = 0, progress: bool = True, split: str = "test",
+                  crop_mm: float = 0.0) -> Dict[str, Any]:
+    """Measure and write the stability report (JSON) to ``out``; returns it.
+
+    ``split`` "test" reads the samples from ``predictions``; "val" reproduces the seed-0 patient
+    split's validation samples from the nodule table (:func:`split_samples`), for choosing.
+    ``crop_mm`` > 0: the centred answer is the mean logit of 7 cubes (the centre and ± ``crop_mm``
+    along each axis), a multi-crop TTA candidate.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     classifier = Classifier.load(None if model is None else str(model), device="cpu")
-    rows = read_predictions(predictions)
+    table = load_or_build_nodule_table(nodule_table, progress=progress)
+    rows = read_predictions(predictions) if split == "test" else split_samples(table, split)
     by_nodule: Dict[str, List[float]] = defaultdict(list)
     for row in rows:
-        by_nodule[row["nodule_id"]].append(float(row["probability"]))
+        by_nodule[row["nodule_id"]].append(float(row["probability"]) if row.get("probability") not in (None, "") else np.nan)
     chosen = choose_nodules(list(by_nodule), nodules, subset_seed)
     samples = [r for r in rows if r["nodule_id"] in set(chosen)]
-    table = load_or_build_nodule_table(nodule_table, progress=progress)
     renderer = Renderer(table, [Path(p) for p in backgrounds], Path(cache) if cache else Path(nodule_table).parent / "stability-backgrounds",
                         seed=build_seed)
     cases, reproduced = [], []
     for row in tqdm(samples, desc="click jitter", unit="sample", disable=not progress):
         key = (row["nodule_id"], row["background"], int(row["render_index"]))
         image, centre = renderer.render(*key)
-        case = jitter_case(classifier, image, centre, click_offsets(key, offsets, sigma_mm))
+        case = jitter_case(classifier, image, centre, click_offsets(key, offsets, sigma_mm), crop_mm)
         case.update({"nodule_id": key[0], "background": key[1], "render_index": key[2], "label": int(row["label"]),
-                     "p_evaluation": float(row["probability"])})
-        reproduced.append(abs(case["p_at_click"][0] - case["p_evaluation"]))
+                     "p_evaluation": float(row["probability"]) if row.get("probability") not in (None, "") else None})
+        if case["p_evaluation"] is not None:
+            reproduced.append(abs(case["p_at_click"][0] - case["p_evaluation"]))
         cases.append(case)
     subset_by_behaviour = {name: defaultdict(list) for name in BEHAVIOURS}
     for case in cases:
@@ -213,14 +274,15 @@ def run_stability(model: Optional[Path], predictions: Path, out: Path, nodules: 
     real = real_nodule_cases(classifier, real_case, table, offsets, sigma_mm) if real_case else []
     jitter = jitter_figures(cases)
     surroundings = {
-        "all_split_nodules_at_centre": {**spreads(by_nodule), "source": str(predictions)},
+        "all_split_nodules_at_centre": ({**spreads(by_nodule), "source": str(predictions)} if split == "test" else None),
         "subset": {name: spreads(values) for name, values in subset_by_behaviour.items()},
     }
     report = {
         "disclaimer": DISCLAIMER,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": _model_block(classifier, model),
-        "method": {"offsets_per_sample": offsets, "sigma_mm_per_axis": sigma_mm, "clicks_seed": 0,
+        "method": {"split": split, "offsets_per_sample": offsets, "sigma_mm_per_axis": sigma_mm, "clicks_seed": 0,
+                   "multi_crop_mm": crop_mm or None,
                    "predictions": str(predictions), "render_seed": build_seed,
                    "centred": "notadiagnosis.centring (the finder's refined centre; the click when no nodule is found)",
                    "tta": "flip TTA, as the library predicts"},
@@ -231,6 +293,7 @@ def run_stability(model: Optional[Path], predictions: Path, out: Path, nodules: 
         "reproduction": {"max_abs_dp_vs_evaluation": round(float(max(reproduced)), 6) if reproduced else None,
                          "median_abs_dp_vs_evaluation": round(float(np.median(reproduced)), 6) if reproduced else None},
         "click_jitter": jitter,
+        "discrimination": discrimination(cases),
         "surroundings": surroundings,
         "real_nodules": [{k: v for k, v in r.items() if k != "case"} | {"figures": jitter_figures([r["case"]])} for r in real],
         "latency": latency(classifier, real_case, real) if real else None,
@@ -295,7 +358,8 @@ def verdict(report: Dict[str, Any]) -> Dict[str, Any]:
     """Each target and whether the default (centred) behaviour meets it."""
     click = report["click_jitter"]["centred"]["vs_centre_click"]["p90"]
     real = [r["figures"]["centred"]["vs_centre_click"]["max"] for r in report["real_nodules"]]
-    spread = report["surroundings"]["all_split_nodules_at_centre"]["p90"]
+    every = report["surroundings"]["all_split_nodules_at_centre"]
+    spread = (every or report["surroundings"]["subset"]["centred"])["p90"]
     return {
         "click_p90_abs_dp": {"value": click, "target": TARGETS["click_p90_abs_dp"],
                              "met": click is not None and click <= TARGETS["click_p90_abs_dp"]},
@@ -331,8 +395,12 @@ def print_summary(report: Dict[str, Any]) -> None:
     print(f"  centred (default) vs a click on the centre: {fmt(jitter['centred']['vs_centre_click'])}; "
           f"nodule found for {jitter['centred']['nodule_found_fraction']} of the clicks")
     print(f"  centred vs the true centre:                 {fmt(jitter['centred']['vs_true_centre'])}")
+    if report["discrimination"]:
+        d = report["discrimination"]
+        print(f"AUC of the rendered samples (n={d['n_samples']}): at centre {d['auc_at_centre']}, centred {d['auc_centred']}")
     s = report["surroundings"]
-    print(f"surroundings spread, all split nodules at their centre: {fmt(s['all_split_nodules_at_centre'])}")
+    if s["all_split_nodules_at_centre"]:
+        print(f"surroundings spread, all split nodules at their centre: {fmt(s['all_split_nodules_at_centre'])}")
     for name, figures in s["subset"].items():
         print(f"  subset, {name}: {fmt(figures)}")
     for real in report["real_nodules"]:
@@ -367,6 +435,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="a real LIDC-IDRI case folder whose nodules are jittered too ('none' to skip)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="the nodule table CSV (built if absent)")
     parser.add_argument("--build-seed", type=int, default=0, help="the dataset's build --seed (default 0, as insertion-v1)")
+    parser.add_argument("--split", default="test", choices=("test", "val"),
+                        help="test (default; the samples of --predictions) or val: insertion-v1's seed-0 validation samples, "
+                             "reproduced from the nodule table, for choosing candidates (never choose on test)")
+    parser.add_argument("--multi-crop-mm", type=float, default=0.0,
+                        help="candidate: the centred answer averages the logits of 7 cubes (centre, ± this along each axis)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -375,11 +448,12 @@ def run_cli(args: argparse.Namespace) -> int:
         model = args.run / "model.json"
         predictions = predictions or args.run / "evaluation" / "predictions.csv"
         out = out or args.run / "evaluation" / "stability.json"
-    if predictions is None or out is None:
+    if (predictions is None and args.split == "test") or out is None:
         raise InputError("give --predictions CSV and --out JSON (or --run RUN).")
     real = None if str(args.real_case).lower() == "none" else args.real_case
     report = run_stability(model, predictions, out, args.nodules, args.subset_seed, args.offsets, args.sigma_mm,
-                           args.backgrounds, real, args.nodule_table, build_seed=args.build_seed)
+                           args.backgrounds, real, args.nodule_table, build_seed=args.build_seed, split=args.split,
+                           crop_mm=args.multi_crop_mm)
     print_summary(report)
     print(f"-> {out}")
     print(DISCLAIMER, file=sys.stderr)
