@@ -54,6 +54,8 @@ CROP_MARGIN_MM = 16.0
 #: The issue's targets, checked (not enforced) in the report.
 TARGETS = {"click_p90_abs_dp": 0.05, "real_nodule_max_abs_dp": 0.10, "surroundings_p90_spread": 0.10}
 BEHAVIOURS = ("at_click", "centred")
+#: Size bins (readers' median diameter, mm) of the evaluation's breakdown.
+SIZE_BINS_MM = {"<6 mm": (0.0, 6.0), "6-10 mm": (6.0, 10.0), "10-20 mm": (10.0, 20.0), ">=20 mm": (20.0, np.inf)}
 
 
 def click_offsets(key: Sequence[Any], count: int = OFFSETS, sigma_mm: float = SIGMA_MM, seed: int = 0) -> np.ndarray:
@@ -262,6 +264,7 @@ def run_stability(model: Optional[Path], predictions: Optional[Path], out: Path,
         image, centre = renderer.render(*key)
         case = jitter_case(classifier, image, centre, click_offsets(key, offsets, sigma_mm), crop_mm)
         case.update({"nodule_id": key[0], "background": key[1], "render_index": key[2], "label": int(row["label"]),
+                     "diameter_mm": float(renderer.rows[key[0]]["median_diameter_mm"]),
                      "p_evaluation": float(row["probability"]) if row.get("probability") not in (None, "") else None})
         if case["p_evaluation"] is not None:
             reproduced.append(abs(case["p_at_click"][0] - case["p_evaluation"]))
@@ -273,6 +276,8 @@ def run_stability(model: Optional[Path], predictions: Optional[Path], out: Path,
 
     real = real_nodule_cases(classifier, real_case, table, offsets, sigma_mm) if real_case else []
     jitter = jitter_figures(cases)
+    jitter["by_size"] = {name: jitter_figures([c for c in cases if low <= c["diameter_mm"] < high])
+                         for name, (low, high) in SIZE_BINS_MM.items()}
     surroundings = {
         "all_split_nodules_at_centre": ({**spreads(by_nodule), "source": str(predictions)} if split == "test" else None),
         "subset": {name: spreads(values) for name, values in subset_by_behaviour.items()},
@@ -395,6 +400,10 @@ def print_summary(report: Dict[str, Any]) -> None:
     print(f"  centred (default) vs a click on the centre: {fmt(jitter['centred']['vs_centre_click'])}; "
           f"nodule found for {jitter['centred']['nodule_found_fraction']} of the clicks")
     print(f"  centred vs the true centre:                 {fmt(jitter['centred']['vs_true_centre'])}")
+    for name, figures in jitter.get("by_size", {}).items():
+        if figures["at_click"]["n"]:
+            print(f"  {name}: at the click p90 {figures['at_click']['p90']}, centred p90 "
+                  f"{figures['centred']['vs_centre_click']['p90']}, nodule found {figures['centred']['nodule_found_fraction']}")
     if report["discrimination"]:
         d = report["discrimination"]
         print(f"AUC of the rendered samples (n={d['n_samples']}): at centre {d['auc_at_centre']}, centred {d['auc_centred']}")
