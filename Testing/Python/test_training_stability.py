@@ -103,3 +103,28 @@ def test_stability_renders_each_sample_again_in_its_full_ct_and_reports_every_fi
     assert set(report["verdict"]) == set(stability.TARGETS)
     block = stability.card_block(report)
     assert "samples" not in block and block["click_jitter"] == jitter
+
+
+def _report(name="default", version="1.2.0"):
+    figures = stability.summary([0.01, 0.02])
+    return {"model": {"name": name, "version": version, "sha256": "ab" * 32},
+            "method": {"sigma_mm_per_axis": 3.0}, "subset": {"nodules": 2}, "verdict": {},
+            "click_jitter": {"at_click": figures, "centred": {"vs_centre_click": figures}},
+            "surroundings": {"subset": {}}, "real_nodules": [], "latency": None, "samples": [{"big": "rows"}]}
+
+
+def test_the_card_copy_carries_the_stability_figures_and_the_original_is_untouched():
+    card = {"name": "default", "version": "1.2.0", "metrics": {"test": {"auc": 0.87}}}
+    updated = stability.card_with_stability(card, _report())
+    assert "stability" not in card["metrics"]
+    block = updated["metrics"]["stability"]
+    assert block["measured_on"] == {"name": "default", "version": "1.2.0", "sha256": "ab" * 32}
+    assert block["click_jitter"]["at_click"]["p90"] == pytest.approx(0.019) and "samples" not in block
+    assert updated["metrics"]["test"] == {"auc": 0.87}
+
+
+def test_a_stability_report_of_another_model_is_refused_for_the_card():
+    from notadiagnosis.errors import InputError
+
+    with pytest.raises(InputError, match="measured on default 1.1.1"):
+        stability.card_with_stability({"name": "default", "version": "1.2.0"}, _report(version="1.1.1"))

@@ -391,6 +391,27 @@ def card_block(report: Dict[str, Any]) -> Dict[str, Any]:
         "latency": report["latency"]}
 
 
+def card_with_stability(card: Dict[str, Any], report: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a model card with ``metrics.stability`` set from a stability report of that model.
+
+    For ``nadtrain export --from-model MODEL --card COPY --version NEW``: the card is bound to the
+    weights, so adding to it means a re-export with a new version."""
+    measured = report["model"]
+    if (card.get("name"), card.get("version")) != (measured["name"], measured["version"]):
+        raise InputError(f"the stability report was measured on {measured['name']} {measured['version']}, not on this card's "
+                         f"{card.get('name')} {card.get('version')}; measure this model.")
+    updated = json.loads(json.dumps(card))
+    updated.setdefault("metrics", {})["stability"] = {
+        "measured_on": {"name": measured["name"], "version": measured["version"], "sha256": measured["sha256"]},
+        **card_block(report)}
+    return updated
+
+
+def write_card_copy(card_path: Path, report: Dict[str, Any], out: Path) -> None:
+    card = json.loads(Path(card_path).read_text(encoding="utf-8"))
+    Path(out).write_text(json.dumps(card_with_stability(card, report), indent=2) + "\n", encoding="utf-8")
+
+
 def print_summary(report: Dict[str, Any]) -> None:
     jitter = report["click_jitter"]
     fmt = lambda s: f"median {s['median']}, p90 {s['p90']}, max {s['max']} (n={s['n']})"  # noqa: E731
@@ -444,6 +465,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="a real LIDC-IDRI case folder whose nodules are jittered too ('none' to skip)")
     parser.add_argument("--nodule-table", type=Path, default=DEFAULT_CACHE, help="the nodule table CSV (built if absent)")
     parser.add_argument("--build-seed", type=int, default=0, help="the dataset's build --seed (default 0, as insertion-v1)")
+    parser.add_argument("--card-out", type=Path, metavar="JSON",
+                        help="also write a copy of the model's card with metrics.stability set, for "
+                             "`nadtrain export --from-model MODEL --card JSON --version NEW`")
     parser.add_argument("--split", default="test", choices=("test", "val"),
                         help="test (default; the samples of --predictions) or val: insertion-v1's seed-0 validation samples, "
                              "reproduced from the nodule table, for choosing candidates (never choose on test)")
@@ -465,5 +489,8 @@ def run_cli(args: argparse.Namespace) -> int:
                            crop_mm=args.multi_crop_mm)
     print_summary(report)
     print(f"-> {out}")
+    if args.card_out is not None:
+        write_card_copy(Path(report["model"]["card"]), report, args.card_out)
+        print(f"card with metrics.stability -> {args.card_out}")
     print(DISCLAIMER, file=sys.stderr)
     return 0
