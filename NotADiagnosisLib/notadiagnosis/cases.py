@@ -12,7 +12,9 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .centring import from_segmentation
 from .ct_reader import check_ct_values, read_ct
+from .finder import looks_like_ct
 from .errors import InputError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
 from .points import LabelledPoint, parse_point, read_points
@@ -41,19 +43,26 @@ def read_case(ct: str | os.PathLike, series_uid: Optional[str], points: Sequence
 def classify_case(classifier, image: sitk.Image, points: Sequence[LabelledPoint], tta: bool = True,
                   batch_size: int = 32, saliency_dir: Optional[str | os.PathLike] = None,
                   progress: bool = False, measure: bool = True,
-                  segmentation_dir: Optional[str | os.PathLike] = None) -> list:
+                  segmentation_dir: Optional[str | os.PathLike] = None, at_click: bool = False) -> list:
     """Classify (and, unless ``measure`` is False, find, segment and measure the nodule at) every point
     of a read case, writing its saliency maps and label maps when asked; returns its result rows.
 
-    The single-CT command and the cohort mode both call this, so whatever a result row holds is
-    computed the same way for both.
+    Each point is classified at the centre of the nodule found near it (the measurement's finder
+    result, so each nodule is found once), or at the point itself with ``at_click``; saliency maps
+    show the cube that was classified. The single-CT command and the cohort mode both call this, so
+    whatever a result row holds is computed the same way for both.
     """
+    nodules = measure_points(image, points, classifier.card, progress=progress) if measure else None
+    centrings = None
+    if nodules is not None and not at_click:
+        looks_like_a_ct = looks_like_ct(image)
+        centrings = [from_segmentation(p.point_lps, n.segmentation, looks_like_a_ct) for p, n in zip(points, nodules)]
     predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=batch_size, tta=tta,
-                                     progress=progress)
-    saliency = write_saliency_maps(classifier, image, points, saliency_dir, progress=progress) if saliency_dir else {}
-    if not measure:
+                                     progress=progress, at_click=at_click, centrings=centrings)
+    saliency = (write_saliency_maps(classifier, image, points, saliency_dir, progress=progress,
+                                    centres_lps=[p.centre_lps for p in predictions]) if saliency_dir else {})
+    if nodules is None:
         return result_rows(points, predictions, saliency)
-    nodules = measure_points(image, points, classifier.card, progress=progress)
     segmentations = write_segmentations(nodules, points, segmentation_dir) if segmentation_dir else {}
     return result_rows(points, predictions, saliency, nodules, segmentations)
 

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write one nodule label map (NRRD on the CT's grid; 1 ground glass, 2 solid) per point into DIR")
     classify.add_argument("--no-measure", action="store_true",
                           help="do not find, segment and measure the nodule at each point (measured by default)")
+    classify.add_argument("--at-click", action="store_true",
+                          help="classify the cube centred on each point as given, not on the centre of the nodule found "
+                               "near it (the default; at the click the answer moves with where the point was placed)")
     _add_model_arguments(classify)
     classify.add_argument("--no-tta", action="store_true", help="switch off flip test-time augmentation (no uncertainty)")
     classify.add_argument("--batch-size", type=_whole_number(1), default=32, metavar="N", help="points per batch (default 32)")
@@ -227,7 +230,7 @@ def run_classify(args: argparse.Namespace) -> int:
     classifier = load_classifier(args)
     rows = classify_case(classifier, image, points, tta=not args.no_tta, batch_size=args.batch_size,
                          saliency_dir=args.saliency, progress=True, measure=not args.no_measure,
-                         segmentation_dir=args.segmentation)
+                         segmentation_dir=args.segmentation, at_click=args.at_click)
     if args.json:
         print(json.dumps(results_document(rows, classifier, args.ct, tta=not args.no_tta), indent=2))
     elif args.csv:
@@ -261,7 +264,7 @@ def run_cohort(args: argparse.Namespace) -> int:
     options = CohortOptions(manifest=Path(args.manifest), out=Path(args.out), shard=args.shard, workers=args.workers,
                             tta=not args.no_tta, batch_size=args.batch_size,
                             saliency=Path(args.saliency) if args.saliency else None, measure=not args.no_measure,
-                            segmentation=Path(args.segmentation) if args.segmentation else None)
+                            segmentation=Path(args.segmentation) if args.segmentation else None, at_click=args.at_click)
     check_measure_options(args)
     check_model_path(args.model)
     args.interrupted_note = f"the CTs finished so far are in {args.out}; rerun the same command to resume."

@@ -67,6 +67,7 @@ class CohortOptions:
     saliency: Optional[Path] = None
     measure: bool = True
     segmentation: Optional[Path] = None
+    at_click: bool = False
 
 
 @dataclass(frozen=True)
@@ -402,7 +403,7 @@ def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row:
         image, points = loaded()
         rows = classify_case(classifier, image, points, tta=options.tta, batch_size=options.batch_size,
                              saliency_dir=options.saliency / safe_name(row.case) if options.saliency else None,
-                             measure=options.measure,
+                             measure=options.measure, at_click=options.at_click,
                              segmentation_dir=options.segmentation / safe_name(row.case) if options.segmentation else None)
     except CohortStopped:
         raise
@@ -414,9 +415,10 @@ def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row:
 
 
 def _result_options(classifier, options: CohortOptions) -> Dict[str, Any]:
-    """What must not change between a run and its resumption: the model, TTA, measuring and the shard."""
+    """What must not change between a run and its resumption: the model, TTA, measuring, where points are
+    classified and the shard."""
     return {"format": _FORMAT_VERSION, "model": model_summary(classifier), "tta": options.tta, "measure": options.measure,
-            "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}"}
+            "at_click": options.at_click, "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}"}
 
 
 def _read_ahead(rows: Sequence[CohortRow], options: CohortOptions) -> Iterator[Tuple[CohortRow, Callable[[], Tuple[Any, list]]]]:

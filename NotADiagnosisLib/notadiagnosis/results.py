@@ -24,14 +24,20 @@ MEASUREMENT_CSV_COLUMNS = ("centre_x_lps", "centre_y_lps", "centre_z_lps", "cent
                            "short_axis_mm", "mean_diameter_mm", "volume_mm3", "type", "solid_mean_diameter_mm",
                            "size_only_probability", "lung_rads", "segmentation")
 #: CSV columns, in order; ``r,a,s`` first among the numbers so the file reads back as a points file.
+#: Where the cube was classified (RAS mm): the found nodule's centre when ``centred_on_nodule``, else the point.
+CLASSIFIED_AT_CSV_COLUMNS = ("classified_r", "classified_a", "classified_s", "centred_on_nodule")
 CSV_COLUMNS = ("label", "r", "a", "s", "probability", "uncertainty", "outside_fraction", "warnings",
-               "saliency") + MEASUREMENT_CSV_COLUMNS
+               "saliency") + CLASSIFIED_AT_CSV_COLUMNS + MEASUREMENT_CSV_COLUMNS
 MEASUREMENT_NOTE = "Measured: long x short axis on the axial slice of greatest extent, mean diameter, volume, type."
 
 
 def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[int, Path],
                 nodules: Optional[Sequence] = None, segmentation_files: Optional[Dict[int, Path]] = None) -> List[Dict[str, Any]]:
     """One plain dict per point, shared by the table, JSON and CSV outputs (and the cohort's).
+
+    ``point_ras``/``point_lps`` are the point as given; ``classified_at_ras``/``classified_at_lps`` the
+    centre of the classified cube, the centre of the nodule found near the point when
+    ``centred_on_nodule`` is true (``Prediction.centre_lps``), else the point itself.
 
     With ``nodules`` (``measure.measure_nodule`` results, one per point), each row also has
     ``measurement`` (the keys of ``NoduleMeasurement.summary``, or None when no nodule was found,
@@ -46,6 +52,9 @@ def result_rows(points: Sequence, predictions: Sequence, saliency_files: Dict[in
             # + 0.0 turns the -0.0 of a sign flip into 0.0
             "point_ras": [float(v) + 0.0 for v in point.point_ras],
             "point_lps": [float(v) + 0.0 for v in point.point_lps],
+            "classified_at_ras": [float(v) * sign + 0.0 for v, sign in zip(prediction.centre_lps, (-1, -1, 1))],
+            "classified_at_lps": [float(v) + 0.0 for v in prediction.centre_lps],
+            "centred_on_nodule": bool(prediction.centred),
             "probability": float(prediction.probability),
             "uncertainty": None if math.isnan(prediction.uncertainty) else float(prediction.uncertainty),
             "outside_fraction": float(prediction.outside_fraction),
@@ -66,7 +75,7 @@ def results_table(rows: Sequence[Dict[str, Any]]) -> str:
     """A fixed-width text table: point, R, A, S, probability, uncertainty, outside, the measurement
     columns (when measured), warnings."""
     measured = any("measurement" in row for row in rows)
-    header = ["Point", "R (mm)", "A (mm)", "S (mm)", "Probability", "Uncertainty", "Outside"]
+    header = ["Point", "R (mm)", "A (mm)", "S (mm)", "Classified at", "Probability", "Uncertainty", "Outside"]
     if measured:
         header += ["Long x short (mm)", "Mean (mm)", "Volume (mm3)", "Type", "Size-only", "Lung-RADS"]
     header.append("Warnings")
@@ -74,7 +83,7 @@ def results_table(rows: Sequence[Dict[str, Any]]) -> str:
     for row in rows:
         r, a, s = row["point_ras"]
         uncertainty = "n/a (no TTA)" if row["uncertainty"] is None else f"±{row['uncertainty']:.3f}"
-        line = [row["label"], f"{r:.1f}", f"{a:.1f}", f"{s:.1f}", f"{row['probability']:.3f}", uncertainty,
+        line = [row["label"], f"{r:.1f}", f"{a:.1f}", f"{s:.1f}", _classified_at(row), f"{row['probability']:.3f}", uncertainty,
                 f"{row['outside_fraction']:.0%}"]
         if measured:
             line += _measurement_cells(row.get("measurement"))
@@ -85,6 +94,14 @@ def results_table(rows: Sequence[Dict[str, Any]]) -> str:
         cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:-1], widths[1:])]
         lines.append("  ".join(cells + [line[-1]]))
     return "\n".join(lines)
+
+
+def _classified_at(row: Dict[str, Any]) -> str:
+    """The table's "Classified at" cell: the found nodule's centre (and how far from the point), or the point."""
+    if not row["centred_on_nodule"]:
+        return "the point"
+    shift = math.dist(row["classified_at_lps"], row["point_lps"])
+    return f"centre, {shift:.1f} mm off"
 
 
 def _measurement_cells(m: Optional[Dict[str, Any]]) -> List[str]:
@@ -144,7 +161,8 @@ def csv_cells(row: Dict[str, Any]) -> List[str]:
     """The cells of one row under :data:`CSV_COLUMNS`; floats at full (round-trip) precision."""
     cells = [row["label"], *(repr(float(v)) for v in row["point_ras"]), repr(row["probability"]),
              "" if row["uncertainty"] is None else repr(row["uncertainty"]),
-             repr(row["outside_fraction"]), "; ".join(row["warnings"]), row["saliency"] or ""]
+             repr(row["outside_fraction"]), "; ".join(row["warnings"]), row["saliency"] or "",
+             *(repr(float(v)) for v in row["classified_at_ras"]), str(row["centred_on_nodule"]).lower()]
     m = row.get("measurement")
     if m is None:
         return cells + [""] * (len(MEASUREMENT_CSV_COLUMNS) - 1) + [row.get("segmentation") or ""]
@@ -179,16 +197,18 @@ def prepare_folder(directory: str | Path, purpose: str) -> Path:
 
 
 def write_saliency_maps(classifier, image, points: Sequence, directory: str | Path,
-                        progress: bool = True) -> Dict[int, Path]:
-    """Write one saliency NRRD per point into ``directory``; returns {point index: path}."""
+                        progress: bool = True, centres_lps: Optional[Sequence] = None) -> Dict[int, Path]:
+    """Write one saliency NRRD per point into ``directory``, of the cube centred on ``centres_lps`` (where
+    each point was classified; default the points); returns {point index: path}."""
     import SimpleITK as sitk
 
     from .errors import InputError
 
     folder = prepare_folder(directory, "saliency")
     written: Dict[int, Path] = {}
+    centres = [p.point_lps for p in points] if centres_lps is None else list(centres_lps)
     for index, point in enumerate(progress_bar(points, desc="Saliency maps", unit="map", disable=not progress)):
-        saliency = classifier.saliency(image, point.point_lps)
+        saliency = classifier.saliency(image, centres[index])
         path = folder / f"{index + 1:02d}-{safe_name(point.label)}-saliency.nrrd"
         try:
             sitk.WriteImage(saliency, str(path), True)
