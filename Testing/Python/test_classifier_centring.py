@@ -131,3 +131,16 @@ def test_cli_json_carries_the_click_and_the_centre_used(capsys, tmp_path, model_
     np.testing.assert_allclose(centred["classified_at_lps"], nodule["center_lps"], atol=1.0)
     assert at_click["centred_on_nodule"] is False
     np.testing.assert_allclose(at_click["classified_at_lps"], click, atol=1e-3)
+
+
+def test_cli_classifies_at_the_measured_centre_by_default(capsys, tmp_path, model_path, chest):
+    image, nodules = chest
+    path = tmp_path / "chest.nrrd"
+    sitk.WriteImage(image, str(path), True)
+    click = _clicks(_solid(nodules)["center_lps"], count=1)[0]
+    code = main(["classify", str(path), "--lps", "--point", ",".join(f"{v:.4f}" for v in click), "--json",
+                 "--device", "cpu", "--model", str(model_path)])
+    assert code == 0
+    row = json.loads(capsys.readouterr().out)["points"][0]
+    assert row["centred_on_nodule"] is True and row["measurement"] is not None
+    np.testing.assert_allclose(row["classified_at_lps"], row["measurement"]["centre_lps"], atol=1e-3)
