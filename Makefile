@@ -26,6 +26,7 @@ benchmark: $(STAMP)
 	$(PY) Testing/Benchmarks/benchmark_runtimes.py
 	$(PY) Testing/Benchmarks/benchmark_inference.py
 	$(PY) Testing/Benchmarks/benchmark_cohort.py
+	$(PY) Testing/Benchmarks/benchmark_measure.py
 
 # Re-export the bundled default model in place from its own files (.safetensors + card): writes its
 # .onnx, .saliency.onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed.
