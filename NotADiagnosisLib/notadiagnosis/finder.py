@@ -6,8 +6,9 @@ nodule's mask and its refined centre (the centre of the mask), or no nodule with
 The method, in two stages on LPS-aligned grids whose voxels sit on a fixed lattice (multiples of
 the grid spacing in LPS mm), so the same nodule gives the same grid whatever the click:
 
-1. **Find** (1 mm grid, the cube of ``FIND_HALF_SIZES_MM`` around the click, grown once when the
-   nodule reaches its faces):
+1. **Find** (1 mm grid, the cubes of ``FIND_HALF_SIZES_MM`` around the click, the next one only when
+   the nodule reaches the faces of the last: most nodules fit the smallest, a third of the voxels of
+   the next, and gives the masks the 48 mm cube gave, bit for bit, on every nodule checked):
    a. the CT is resampled (linear) and smoothed (Gaussian, ``SMOOTHING_SIGMA_MM``);
    b. *lung*: on a ``LUNG_SPACING_MM`` grid reaching ``LUNG_CLOSING_MM`` beyond the cube, voxels below
       ``LUNG_AIR_HU`` closed with a ball of ``LUNG_CLOSING_MM`` (distance maps) and hole-filled slice
@@ -54,7 +55,7 @@ LABEL_SOLID = 2
 
 SEARCH_RADIUS_MM = 10.0
 FIND_SPACING_MM = 1.0
-FIND_HALF_SIZES_MM = (24.0, 32.0)   # the 48 mm cube first, the 64 mm cube for nodules that reach its faces
+FIND_HALF_SIZES_MM = (16.0, 24.0, 32.0)   # 32, 48 and 64 mm cubes: the next for nodules that reach the faces
 SMOOTHING_SIGMA_MM = 0.6
 LUNG_AIR_HU = -400.0
 LUNG_CLOSING_MM = 10.0
