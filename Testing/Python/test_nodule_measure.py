@@ -72,7 +72,7 @@ def tolerance(image: sitk.Image) -> float:
 
 
 @pytest.mark.parametrize("grid", GRIDS.values(), ids=GRIDS.keys())
-@pytest.mark.parametrize("diameter_mm", [6.0, 12.0, 24.0])
+@pytest.mark.parametrize("diameter_mm", [6.0, 12.0, 24.0, 36.0])  # 36 mm: beyond the first find cube
 def test_solid_sphere_is_measured_within_one_voxel(grid, diameter_mm):
     image = make_lung_ct(shapes=[sphere(diameter_mm)], **grid)
     result = measure_nodule(image, CENTRE + 1.0, model_card={})
