@@ -8,7 +8,8 @@ the grid spacing in LPS mm), so the same nodule gives the same grid whatever the
 
 1. **Find** (1 mm grid, the cubes of ``FIND_HALF_SIZES_MM`` around the click, the next one only when
    the nodule reaches the faces of the last: most nodules fit the smallest, a third of the voxels of
-   the next, and gives the masks the 48 mm cube gave, bit for bit, on every nodule checked):
+   the next, and gives the masks the 48 mm cube gave, bit for bit, on every nodule checked; "no
+   nodule" is only concluded from a cube of ``NO_NODULE_MIN_HALF_MM`` or more):
    a. the CT is resampled (linear) and smoothed (Gaussian, ``SMOOTHING_SIGMA_MM``);
    b. *lung*: on a ``LUNG_SPACING_MM`` grid reaching ``LUNG_CLOSING_MM`` beyond the cube, voxels below
       ``LUNG_AIR_HU`` closed with a ball of ``LUNG_CLOSING_MM`` (distance maps) and hole-filled slice
@@ -56,6 +57,7 @@ LABEL_SOLID = 2
 SEARCH_RADIUS_MM = 10.0
 FIND_SPACING_MM = 1.0
 FIND_HALF_SIZES_MM = (16.0, 24.0, 32.0)   # 32, 48 and 64 mm cubes: the next for nodules that reach the faces
+NO_NODULE_MIN_HALF_MM = 24.0  # "no nodule" is concluded on the 48 mm cube or larger, never on the 32 mm one alone
 SMOOTHING_SIGMA_MM = 0.6
 LUNG_AIR_HU = -400.0
 LUNG_CLOSING_MM = 10.0
@@ -148,6 +150,8 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
         stage = _sample(image, point, half_mm, FIND_SPACING_MM)
         found = _find_stage(image, stage, point)
         if found is None:
+            if half_mm < NO_NODULE_MIN_HALF_MM:
+                continue  # a nodule cut by this cube's faces may not look like one: look wider before saying none
             return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
         nodule, lung, opening_mm = found
         if not _touches_faces(nodule):
