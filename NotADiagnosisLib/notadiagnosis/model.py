@@ -104,10 +104,19 @@ class ResNet3D(nn.Module):
         """Feature maps of the last residual stage, (N, C, d, h, w)."""
         return self.stages(self.stem(x))
 
+    @staticmethod
+    def pool(features: torch.Tensor) -> torch.Tensor:
+        """The pooled features (N, C) the head reads: last-stage feature maps averaged over space.
+        Training's auxiliary ratings head reads the same vector."""
+        return torch.flatten(nn.functional.adaptive_avg_pool3d(features, 1), 1)
+
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits (N,) from pooled features."""
+        return self.head(self.dropout(pooled)).squeeze(1)
+
     def classify_features(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (N,) from last-stage feature maps."""
-        pooled = torch.flatten(nn.functional.adaptive_avg_pool3d(features, 1), 1)
-        return self.head(self.dropout(pooled)).squeeze(1)
+        return self.classify_pooled(self.pool(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify_features(self.features(x))

@@ -84,20 +84,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.ndarray,)):
+def json_default(value: Any) -> Any:
+    """``json.dumps`` ``default`` for what training writes: NumPy scalars and arrays, paths."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def write_json(path: Union[str, Path], value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically (a crash leaves the previous file or none)."""
+    _atomic_write_text(Path(path), json.dumps(value, indent=2, default=json_default) + "\n")
+
+
 def _canonical_params(params: Dict[str, Any]) -> Dict[str, Any]:
-    return json.loads(json.dumps(params, default=_json_default, sort_keys=True))
+    return json.loads(json.dumps(params, default=json_default, sort_keys=True))
 
 
 def write_nodule_table(path: Union[str, Path], rows: Sequence[Dict[str, Any]]) -> Path:
@@ -342,7 +346,7 @@ class DatasetWriter:
             "n_samples": int(self._n_samples),
             "build": self.build_info,
         }
-        _atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2, default=_json_default) + "\n")
+        write_json(self.path / "manifest.json", manifest)
 
     def close(self, complete: bool = True) -> None:
         """Write what is buffered; mark the dataset complete only if ``complete`` and a nodule table exists."""

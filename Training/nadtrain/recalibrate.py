@@ -21,9 +21,11 @@ from notadiagnosis.errors import InputError
 from notadiagnosis.model import build_model
 
 from .checkpoint import load_checkpoint
-from .dataset import load_dataset
+from .dataset import load_dataset, write_json
+from .finalize import finalize
 from .splits import Split
-from .train import CALIBRATION, Dist, TrainConfig, _write_json, finalize
+from .train_card import TrainedRun
+from .train_options import CALIBRATION, TrainConfig
 
 
 def _finished_run(run_dir: Path) -> Dict[str, Any]:
@@ -74,12 +76,12 @@ def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto",
                             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         shutil.copyfile(run_dir / "splits.json", partial / "splits.json")
-        summary = finalize(config, build_model(config.architecture), data, split, description,
-                           saved["train_state"], torch_device, old_training.get("device", "unknown"), Dist(),
-                           float(old_training.get("wall_seconds", 0.0)), best=run_dir / "best.safetensors",
-                           training_overrides=kept)
+        trained = TrainedRun(saved["train_state"], old_training.get("device", "unknown"), processes=1,
+                             wall_seconds=float(old_training.get("wall_seconds", 0.0)))
+        summary = finalize(config, build_model(config.architecture), data, split, description, trained, torch_device,
+                           best=run_dir / "best.safetensors", training_overrides=kept)
         summary.update(model=str(out / "model.json"), recalibrated_from=str(run_dir.resolve()))
-        _write_json(partial / "train_summary.json", summary)
+        write_json(partial / "train_summary.json", summary)
         os.replace(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from .nodules import load_or_build_nodule_table, select_labelled
 from .parallel import default_workers
 from .scans import index_scans
 from .sources import lidc
-from .train import TrainConfig, train
+from .train import train
+from .train_options import TrainConfig
 
 # The shipped model's architecture (its card's recipe); the other training options are TrainConfig's defaults.
 ARCHITECTURE = "resnet3d-tiny"

@@ -1,10 +1,12 @@
 """`nadtrain train`: train a 3D ResNet on a dataset; fit temperature and threshold on validation.
 
-Recipe: split by patient (``splits.py``), one rendering per nodule per epoch (optional), class
-imbalance by a positive-class weight in the loss (or a balanced sampler), 3D augmentation on the
-batch's device (``augment.py``), AdamW with linear warm-up then cosine decay per step, early
-stopping on validation AUC, mixed precision on CUDA, a checkpoint every epoch (``checkpoint.py``,
-atomic, no pickle) that ``--resume`` continues from, and ``torchrun`` DDP when WORLD_SIZE is set.
+Recipe: split by patient (``splits.py``), one rendering per nodule per epoch (optional,
+``train_data.py``), class imbalance by a positive-class weight in the loss (or a balanced sampler),
+3D augmentation on the batch's device (``augment.py``), AdamW with linear warm-up then cosine decay
+per step, early stopping on validation AUC, mixed precision on CUDA, a checkpoint every epoch
+(``checkpoint.py``, atomic, no pickle) that ``--resume`` continues from, and ``torchrun`` DDP when
+WORLD_SIZE is set. The options are ``train_options.TrainConfig``; once the loop stops,
+``finalize.py`` calibrates and writes the model and its card (``train_card.py``).
 
 Determinism: every random draw of epoch ``e`` comes from generators seeded with (seed, e, rank),
 so a run resumed from epoch ``e``'s checkpoint continues exactly as the uninterrupted run (on CPU;
@@ -23,79 +25,29 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
-from sklearn.metrics import roc_auc_score
-from torch.utils.data import DataLoader, Dataset as TorchDataset
-from torch.utils.data import DistributedSampler, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from notadiagnosis.classifier import Classifier
 from notadiagnosis.device import select_device
 from notadiagnosis.errors import InputError
-from notadiagnosis.model import ARCHITECTURES, build_model, count_parameters
-from notadiagnosis.preprocessing import HU_MAX, HU_MIN, normalize_hu
-from notadiagnosis.weights import save_model
+from notadiagnosis.model import build_model, count_parameters
 
-from . import calibration, ratings
+from . import ratings
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_weights
-from .dataset import Dataset, load_dataset, read_manifest
+from .dataset import Dataset, load_dataset, write_json
+from .finalize import finalize, predict_logits, safe_auc
 from .splits import Split, make_split
-
-BALANCE = ("weight", "sampler", "none")
-CALIBRATION = ("prior", "platt")  # see calibration.py: prior shift only (default) or Platt on validation
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a run; stored in the checkpoint, the summary and the model card."""
-
-    dataset: str
-    out: str
-    architecture: str = "resnet3d-small"
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    patience: int = 10
-    seed: int = 0
-    split: str = "patient"
-    test_fraction: float = 0.2
-    n_folds: int = 5
-    fold: int = 0
-    test_fold: int = 0
-    holdout_backgrounds: List[str] = field(default_factory=list)
-    exclude_patients: List[str] = field(default_factory=list)
-    one_render_per_epoch: bool = True
-    balance: str = "weight"
-    augment: bool = True
-    amp: bool = True
-    device: str = "auto"
-    num_workers: int = 0
-    val_tta: bool = False
-    calibration_tta: bool = True
-    aux_ratings: float = 0.0        # weight of the auxiliary ratings regression loss; 0 = off
-    ema: float = 0.0                # decay of an exponential moving average of the weights; 0 = off
-    soft_labels: bool = False       # loss targets = share of readers rating malignant (evaluation keeps 0/1)
-    calibration: str = "prior"      # after training: "prior" (undo the class balancing) or "platt" (fit on validation)
-    progress: bool = True
-
-    def recipe(self) -> Dict[str, Any]:
-        """The options that change the trained weights (what a resumed run must share)."""
-        d = asdict(self)
-        # calibration acts after training (see ``nadtrain recalibrate``), so it is not part of the recipe.
-        for key in ("out", "device", "num_workers", "progress", "dataset", "calibration"):
-            d.pop(key)
-        return d
+from .train_card import TrainedRun
+from .train_data import NoduleEpochSet, collate_normalized, training_groups, training_item_labels
+from .train_options import TrainConfig, config_from_args, configure_parser  # noqa: F401 - `nadtrain train`'s parser
 
 
 # -- distributed ----------------------------------------------------------------------------
@@ -126,64 +78,6 @@ def setup_distributed(device_name: str) -> Dist:
     return Dist(enabled=True, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-# -- data -------------------------------------------------------------------------------------
-class NoduleEpochSet(TorchDataset):
-    """Item ``i`` = one of group ``i``'s samples: with one group per nodule (several renders) and
-    ``set_epoch``, each epoch sees every nodule once, through a rendering drawn per (seed, epoch)."""
-
-    def __init__(self, patches_hu: np.ndarray, labels: np.ndarray, groups: Sequence[np.ndarray], seed: int) -> None:
-        self.patches_hu = patches_hu
-        self.labels = labels
-        self.groups = [np.asarray(g) for g in groups]
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def sample_index(self, item: int) -> int:
-        group = self.groups[item]
-        if group.size == 1:
-            return int(group[0])
-        rng = np.random.default_rng((self.seed, self.epoch, item))
-        return int(group[rng.integers(group.size)])
-
-    def item_label(self, item: int) -> int:
-        return int(self.labels[self.groups[item][0]])
-
-    def __getitem__(self, item: int):
-        j = self.sample_index(item)
-        return self.patches_hu[j], int(self.labels[j]), j
-
-
-def collate_normalized(batch):
-    """Stack int16 HU patches and normalise them with the library's one normalisation."""
-    patches = np.stack([b[0] for b in batch])
-    x = torch.from_numpy(normalize_hu(patches)).unsqueeze(1)
-    y = torch.tensor([b[1] for b in batch], dtype=torch.float32)
-    idx = torch.tensor([b[2] for b in batch], dtype=torch.int64)
-    return x, y, idx
-
-
-def training_groups(data: Dataset, indices: np.ndarray, one_render: bool) -> List[np.ndarray]:
-    """Groups of sample indices: one per nodule (all its renders and backgrounds) or one per sample."""
-    if not one_render:
-        return [np.array([i]) for i in indices]
-    order = np.argsort(data.nodule_ids[indices], kind="stable")
-    sorted_idx = indices[order]
-    _, starts = np.unique(data.nodule_ids[sorted_idx], return_index=True)
-    return np.split(sorted_idx, starts[1:])
-
-
-def training_item_labels(data: Dataset, groups: Sequence[np.ndarray]) -> np.ndarray:
-    """0/1 label of each training item (``training_groups``: a nodule, or a sample with --all-renders):
-    what the class balancing counts, and so what the prior-shift calibration undoes."""
-    return np.array([int(data.labels[group[0]]) for group in groups], dtype=np.int64)
-
-
 class AuxiliaryNet(torch.nn.Module):
     """The classifier plus a linear head regressing the readers' ratings from the same pooled
     features (training only: ``net`` alone is saved as the model; ``aux`` lives in checkpoints)."""
@@ -194,8 +88,8 @@ class AuxiliaryNet(torch.nn.Module):
         self.aux = torch.nn.Linear(net.head.in_features, n_targets)
 
     def forward(self, x: torch.Tensor):
-        pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool3d(self.net.features(x), 1), 1)
-        return self.net.head(self.net.dropout(pooled)).squeeze(1), self.aux(pooled)
+        pooled = self.net.pool(self.net.features(x))
+        return self.net.classify_pooled(pooled), self.aux(pooled)
 
 
 def _soft_targets(data: Dataset, train_rows: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -245,42 +139,6 @@ def build_training_network(config: TrainConfig, model: torch.nn.Module, data: Da
     return TrainingNetwork(net, aux_targets, ema, torch.nn.ModuleDict({"trained": net, "ema": ema}), ema.module)
 
 
-# -- model helpers -----------------------------------------------------------------------------
-def base_card(config: TrainConfig, temperature: float = 1.0, threshold: float = 0.5) -> Dict[str, Any]:
-    """The model card's fixed parts (the library completes architecture and weights)."""
-    return {
-        "name": "nadtrain-run",
-        "version": "0.0.0",
-        "preprocessing": {"patch_size": 64, "spacing_mm": 1.0, "hu_min": HU_MIN, "hu_max": HU_MAX,
-                          "normalisation": "notadiagnosis.preprocessing.normalize_hu"},
-        "calibration": {"temperature": float(temperature), "method": "temperature scaling on validation NLL"},
-        "threshold": float(threshold),
-    }
-
-
-def predict_logits(model: torch.nn.Module, data: Dataset, indices: np.ndarray, device: torch.device,
-                   tta: bool, batch_size: int = 32, progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Mean-TTA logits (temperature 1) through the library's ``Classifier.predict_patches`` —
-    the very code path inference uses, so temperature and threshold fit what users will see.
-    Leaves the model in eval mode."""
-    classifier = Classifier.from_model(model, {"calibration": {"temperature": 1.0}}, device)
-    out = np.empty(len(indices), dtype=np.float64)
-    starts = range(0, len(indices), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
-        chunk = indices[start:start + batch_size]
-        _, _, logits = classifier.predict_patches(normalize_hu(data.patches_hu[chunk]), tta=tta)
-        out[start:start + len(chunk)] = logits
-    return out
-
-
-def safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC, or NaN when only one class is present."""
-    labels = np.asarray(labels)
-    if np.unique(labels).size < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
-
-
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -294,7 +152,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
 
 
-# -- training ------------------------------------------------------------------------------------
 def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, Any]], None]] = None,
           resume: bool = False) -> Dict[str, Any]:
     """Train per ``config``; returns the summary (also written to ``train_summary.json``).
@@ -302,18 +159,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is written (tests use
     it to simulate an interruption).
     """
-    if config.balance not in BALANCE:
-        raise InputError(f"unknown --balance {config.balance!r}; use one of {', '.join(BALANCE)}.")
-    if config.architecture not in ARCHITECTURES:
-        raise InputError(f"unknown architecture {config.architecture!r}; use one of {', '.join(sorted(ARCHITECTURES))}.")
-    if config.epochs < 1 or config.batch_size < 2:
-        raise InputError("epochs must be at least 1 and the batch size at least 2.")
-    if config.calibration not in CALIBRATION:
-        raise InputError(f"unknown --calibration {config.calibration!r}; use one of {', '.join(CALIBRATION)}.")
-    if config.aux_ratings < 0:
-        raise InputError("--aux-ratings is a loss weight: 0 (off) or positive.")
-    if not 0.0 <= config.ema < 1.0:
-        raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
+    config.check()
     ddp = setup_distributed(config.device)
     if ddp.enabled and config.balance == "sampler":
         raise InputError("--balance sampler cannot be combined with DDP; use --balance weight.")
@@ -385,7 +231,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         if ddp.main:
             tqdm.write(f"resuming after epoch {state['epoch'] + 1} (best val AUC {state['best_auc']:.4f})")
     if ddp.main:  # only once the run is known to be new or a matching resume
-        _write_json(out / "splits.json", split_description)
+        write_json(out / "splits.json", split_description)
 
     train_model: torch.nn.Module = net
     if ddp.enabled:
@@ -499,111 +345,12 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
 
     summary: Dict[str, Any] = {}
     if ddp.main:
-        summary = finalize(config, model, data, split, split_description, state, device, device_description,
-                           ddp, time.time() - started)
+        trained = TrainedRun(state, device_description, ddp.world_size, time.time() - started)
+        summary = finalize(config, model, data, split, split_description, trained, device)
     if ddp.enabled:
         dist.barrier()
         dist.destroy_process_group()
     return summary
-
-
-def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: Split, split_description: dict,
-             state: Dict[str, Any], device: torch.device, device_description: str, ddp: Dist,
-             wall_seconds: float, best: Optional[Path] = None,
-             training_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Best weights (``best``, default OUT/best.safetensors) -> calibration per ``config.calibration``
-    and threshold on validation -> ``model.safetensors`` + card (``training_overrides`` replace
-    entries of the card's ``training`` record: ``nadtrain recalibrate`` keeps the original run's)."""
-    out = Path(config.out)
-    best = Path(best) if best is not None else out / "best.safetensors"
-    if not best.is_file():
-        raise InputError("no epoch produced a finite validation AUC; the validation split needs both classes.")
-    model.load_state_dict(load_file(str(best)))
-    model.to(device)
-    val_all = split.indices["val"]
-    val_logits = predict_logits(model, data, val_all, device, tta=config.calibration_tta,
-                                batch_size=config.batch_size, progress=config.progress, desc="calibrating")
-    val_labels = data.labels[val_all].astype(int)
-    if config.calibration == "platt":
-        temperature, offset = calibration.fit_platt(val_logits, val_labels)
-        if not np.exp(calibration.LOG_T_BOUNDS[0]) * 1.01 < temperature < np.exp(calibration.LOG_T_BOUNDS[1]) / 1.01:
-            tqdm.write(f"warning: the fitted temperature {temperature:.3g} is at its bound: the validation logits "
-                       "carry almost no information (too little training or too small a validation split).")
-        method = ("Platt scaling on validation NLL: sigmoid((logit + offset) / temperature), the offset folded "
-                  "into the last layer's bias (it undoes the prior shift of class weighting)")
-    else:
-        item_labels = training_item_labels(data, training_groups(data, split.indices["train"], config.one_render_per_epoch))
-        n_malignant, n_benign = int(item_labels.sum()), int((1 - item_labels).sum())
-        temperature = 1.0
-        offset = calibration.prior_shift_offset(n_malignant, n_benign, balanced=config.balance != "none")
-        method = (f"prior shift only: sigmoid(logit + offset), offset = -log(n_benign / n_malignant) = "
-                  f"-log({n_benign} / {n_malignant}) of the training items, undoing the class balancing's 50/50 "
-                  "prior; temperature 1; nothing fitted on validation (folded into the last layer's bias)"
-                  if config.balance != "none" else "none: the loss was not balanced, so no prior shift to undo")
-        if config.soft_labels:
-            method += ("; trained on soft labels, so the probabilities estimate the share of readers rating "
-                       "malignant rather than the 0/1 median label (use platt to calibrate to the labels)")
-    # Fold the offset into the last layer's bias: every (TTA) logit moves by ``offset``, so the
-    # library's sigmoid(mean logit / T) is the fitted sigmoid((logit + offset) / T).
-    with torch.no_grad():
-        model.head.bias += offset
-    calibrated = (val_logits + offset) / temperature
-    val_prob = 1.0 / (1.0 + np.exp(-calibrated))
-    threshold = calibration.youden_threshold(val_labels, val_prob)
-    val_metrics = {
-        "split": "val", "n_samples": int(len(val_all)), "auc": safe_auc(val_labels, val_logits),
-        "nll_uncalibrated": calibration.nll_at_temperature(val_logits, val_labels, 1.0),
-        "nll_calibrated": calibration.nll_platt(val_logits, val_labels, temperature, offset),
-        "tta": config.calibration_tta,
-    }
-    card = base_card(config, temperature, threshold)
-    card["calibration"].update(method=method, logit_offset_folded_into_weights=offset)
-    card["threshold_method"] = "Youden's J on validation probabilities"
-    card["training"] = training_record(config, data, split_description, state, device_description, ddp, wall_seconds)
-    card["training"].update(training_overrides or {})
-    card["metrics"] = {"validation": val_metrics}
-    save_model(model, out / "model.safetensors", card)
-    _write_json(out / "history.json", state["history"])
-    summary = {"model": str(out / "model.json"), "temperature": temperature, "logit_offset": offset,
-               "threshold": threshold,
-               "validation": val_metrics, "best_epoch": state["best_epoch"] + 1,
-               "epochs_run": state["epoch"] + 1, "stopped": state["stopped"],
-               "train_seconds": state["train_seconds"], "wall_seconds": wall_seconds, "device": device_description}
-    _write_json(out / "train_summary.json", summary)
-    tqdm.write(f"model written to {out / 'model.safetensors'}: temperature {temperature:.3f}, logit offset {offset:+.3f}, "
-               f"threshold {threshold:.3f}, validation AUC {val_metrics['auc']:.4f}")
-    return summary
-
-
-def training_record(config: TrainConfig, data: Dataset, split_description: dict, state: Dict[str, Any],
-                    device_description: str, ddp: Dist, wall_seconds: float) -> Dict[str, Any]:
-    """The card's ``training`` section: data, split (without sample indices), recipe, device, time."""
-    split_summary = {k: v for k, v in split_description.items() if k not in ("indices", "dataset")}
-    split_summary["splits"] = {name: {k: v for k, v in info.items() if k != "patients"}
-                               for name, info in split_description["splits"].items()}
-    return {
-        # The dataset's folder name only: a shipped card should not carry the trainer's local paths.
-        "data": {"source": data.manifest.get("source"), "dataset": Path(config.dataset).resolve().name,
-                 "n_samples": len(data), "n_nodules": int(np.unique(data.nodule_ids).size),
-                 "n_patients": int(np.unique(data.patient_ids).size), "build_params": data.manifest.get("params", {}),
-                 "backgrounds": sorted(set(data.background.tolist()) - {""})},
-        "split": split_summary,
-        "recipe": {**config.recipe(), "optimizer": "AdamW", "schedule": "linear warm-up then cosine per step",
-                   "loss": "BCE with logits" + (" + positive-class weight n_benign/n_malignant" if config.balance == "weight" else "")
-                           + (" on soft labels: the share of readers rating malignant (4-5; a 3 counts half)"
-                              if config.soft_labels else ""),
-                   "augmentation": AugmentConfig().to_dict() if config.augment else None,
-                   "auxiliary_loss": (f"{config.aux_ratings} x masked MSE of a linear head regressing the readers' "
-                                      f"standardised ratings {list(ratings.FEATURES)} (training only)"
-                                      if config.aux_ratings > 0 else None),
-                   "weight_averaging": (f"exponential moving average, decay {config.ema} per step (buffers too); "
-                                        "validated, kept and exported" if config.ema > 0 else None),
-                   "early_stopping": "validation AUC"},
-        "best_epoch": state["best_epoch"] + 1, "epochs_run": state["epoch"] + 1, "stopped": state["stopped"],
-        "device": device_description, "processes": ddp.world_size,
-        "train_seconds": round(state["train_seconds"], 1), "wall_seconds": round(wall_seconds, 1),
-        "torch": torch.__version__, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def _split_key(description: dict) -> dict:
@@ -631,119 +378,6 @@ def _load_resume(path: Path, config: TrainConfig, split_description: dict):
         raise CheckpointError(f"the checkpoint in {path.parent} was made on another dataset or split; "
                               "resume with the same dataset or choose another --out.")
     return model_state, optim_state, saved
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-# -- command line ------------------------------------------------------------------------------------
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``nadtrain train``."""
-    d = TrainConfig(dataset="", out="")
-    parser.add_argument("dataset", help="dataset directory (nadtrain build)")
-    parser.add_argument("--out", required=True, help="run directory (checkpoints, model, splits)")
-    parser.add_argument("--architecture", default=d.architecture, choices=sorted(ARCHITECTURES))
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    parser.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without a validation AUC gain")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--split", default=d.split, choices=["patient", "source", "annotation"],
-                        help="patient: by patient, stratified (default); source: the dataset's own split (medmnist); "
-                             "annotation: LEAK-PRONE per-sample split, only to show leakage in the report")
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    parser.add_argument("--folds", type=int, default=d.n_folds, help="patient folds of train+val; one is validation")
-    parser.add_argument("--fold", type=int, default=d.fold, help="which fold is validation (k-fold: train once per fold)")
-    parser.add_argument("--test-fold", type=int, default=d.test_fold,
-                        help="which patient fold is the test split (default 0; 1.. for cross-testing, see "
-                             "`nadtrain references`)")
-    parser.add_argument("--holdout-background", action="append", default=[], metavar="NAME",
-                        help="keep this CT background out of train and val (test keeps it); repeatable")
-    parser.add_argument("--exclude-patient", action="append", default=[], metavar="ID",
-                        help="use none of this patient's samples (train, val or test); repeatable")
-    parser.add_argument("--ignore-manifest-holdout", action="store_true",
-                        help="do not take the defaults from the dataset's manifest: by default its held-out "
-                             "background is held out and the patients whose CT serves as a background are "
-                             "excluded, unless --holdout-background / --exclude-patient are given")
-    parser.add_argument("--all-renders", action="store_true",
-                        help="use every rendering of every nodule each epoch (default: one per nodule per epoch)")
-    parser.add_argument("--balance", default=d.balance, choices=BALANCE)
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, gpu or mps")
-    parser.add_argument("--num-workers", type=int, default=d.num_workers)
-    parser.add_argument("--aux-ratings", type=float, default=d.aux_ratings, metavar="WEIGHT",
-                        help="also regress the readers' characteristic ratings and size from the patch "
-                             "(multi-task, training only) with this loss weight; 0 = off")
-    parser.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
-                        help="validate and keep an exponential moving average of the weights, e.g. 0.99; 0 = off")
-    parser.add_argument("--soft-labels", action="store_true",
-                        help="train on the share of readers who rated the nodule malignant (a 3 counts half) "
-                             "instead of the 0/1 median label; validation, calibration and evaluation keep 0/1")
-    parser.add_argument("--calibration", default=d.calibration, choices=CALIBRATION,
-                        help="prior: undo the class balancing's known prior shift, temperature 1, nothing fitted "
-                             "(default; chosen by cross-testing, Training/results round 4); platt: fit temperature "
-                             "and offset on validation NLL")
-    parser.add_argument("--val-tta", action="store_true", help="flip TTA in per-epoch validation too (4x slower)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def manifest_defaults(dataset: str, holdout_backgrounds: Sequence[str],
-                      exclude_patients: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
-    """Hold-out and exclusion defaults from an insertion dataset's manifest, when neither option is given.
-
-    Returns (holdout backgrounds, excluded patients, notes for the user). Only when neither
-    ``--holdout-background`` nor ``--exclude-patient`` is given: the background the build set aside
-    (``holdout_background``) is held out, and every patient whose own CT serves as a background is
-    excluded (its real nodules are in those pixels, and a showcase like LIDC-IDRI-0001's real nodule
-    must stay unseen). Either option given means the user chose: both are then taken as given (so a
-    command written before these defaults existed still makes the same split and resumes).
-    """
-    holdout, exclude, notes = list(holdout_backgrounds), list(exclude_patients), []
-    if holdout or exclude:
-        return holdout, exclude, notes
-    params = read_manifest(dataset).get("params") or {}
-    if params.get("holdout_background"):
-        holdout = [str(params["holdout_background"])]
-        notes.append(f"holding out background {holdout[0]} (the dataset's manifest sets it aside)")
-    backgrounds = [str(b) for b in params.get("backgrounds") or []] + holdout
-    patients = set(np.unique(load_dataset(dataset, load_patches=False).patient_ids).tolist()) if backgrounds else set()
-    exclude = sorted({b for b in backgrounds if b in patients})
-    if exclude:
-        notes.append(f"excluding patient(s) {', '.join(exclude)}: their own CT is a background of this dataset")
-    return holdout, exclude, notes
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    holdout, exclude = list(args.holdout_background), list(args.exclude_patient)
-    if not getattr(args, "ignore_manifest_holdout", False):
-        holdout, exclude, notes = manifest_defaults(args.dataset, holdout, exclude)
-        for note in notes:
-            print(f"nadtrain train: {note}; --ignore-manifest-holdout to turn this off.", file=sys.stderr)
-    return TrainConfig(
-        dataset=args.dataset, out=args.out, architecture=args.architecture, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        patience=args.patience, seed=args.seed, split=args.split, test_fraction=args.test_fraction,
-        n_folds=args.folds, fold=args.fold, test_fold=args.test_fold, holdout_backgrounds=holdout,
-        exclude_patients=exclude,
-        one_render_per_epoch=not args.all_renders, balance=args.balance, augment=not args.no_augment,
-        amp=not args.no_amp, device=args.device, num_workers=args.num_workers, val_tta=args.val_tta,
-        aux_ratings=args.aux_ratings, ema=args.ema, soft_labels=args.soft_labels,
-        calibration=args.calibration, progress=not args.no_progress)
 
 
 def run_cli(args: argparse.Namespace) -> int:
