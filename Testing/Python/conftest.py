@@ -52,7 +52,7 @@ def chest_ct_path(shared_dir: Path) -> Path:
 def small_table(tmp_path_factory, lidc_root: Path) -> Path:
     """The nodule table (CSV) of two patients: LIDC-IDRI-0001 (its scan in ../shared) and
     LIDC-IDRI-0002 (whose scan is on no disk here: its nodules count as not downloaded)."""
-    from nadtrain.dataset import write_nodule_table
+    from nadtrain.nodule_table import write_nodule_table
     from nadtrain.nodules import build_nodule_table
 
     rows, failures = build_nodule_table(workers=1, patient_ids=["LIDC-IDRI-0001", "LIDC-IDRI-0002"], progress=False)

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from nadtrain.dataset import DatasetError, DatasetWriter, load_dataset, load_patches, read_nodule_table, sample_key
+from nadtrain.dataset import DatasetError, DatasetWriter, load_dataset, load_patches, sample_key
+from nadtrain.nodule_table import read_nodule_table
 from notadiagnosis.errors import NotADiagnosisError
 
 
@@ -35,7 +36,7 @@ def test_round_trip_keeps_samples_order_metadata_and_rounds_hu_to_int16(tmp_path
     assert data.patches_hu[0, 0, 0, 0] == 32767
     np.testing.assert_array_equal(data.patches_hu[1:], np.rint(patches[1:]).astype(np.int16))
     table = data.nodule_table()
-    assert table["P0/n0"]["malignancy"] == "5;4;4" and table["P0/n0"]["median_diameter_mm"] == 7.25
+    assert table["P0/n0"]["malignancy"] == [5, 4, 4] and table["P0/n0"]["median_diameter_mm"] == 7.25
     assert table["P0/n0"]["centroid_x_lps"] is None and table["P0/n0"]["label"] == 1
     np.testing.assert_array_equal(load_patches(tmp_path / "ds", [4, 1]), data.patches_hu[[4, 1]])
     light = load_dataset(tmp_path / "ds", load_patches=False)
@@ -122,7 +123,7 @@ def test_closing_without_a_nodule_table_is_refused(tmp_path):
 
 
 def test_nodule_table_needs_unique_ids(tmp_path):
-    from nadtrain.dataset import write_nodule_table
+    from nadtrain.nodule_table import write_nodule_table
 
     with pytest.raises(DatasetError, match="unique"):
         write_nodule_table(tmp_path / "t.csv", _rows(["A/n0", "A/n0"]))

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from nadtrain.cli import main
-from nadtrain.dataset import load_dataset, write_nodule_table
+from nadtrain.dataset import load_dataset
+from nadtrain.nodule_table import write_nodule_table
 from nadtrain.lungmask import lung_mask, placement_map
 from nadtrain.nodules import build_nodule_table, find_series_dir, select_labelled
 from nadtrain.sources import insertion

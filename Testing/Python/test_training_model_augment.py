@@ -1,11 +1,17 @@
 """3D batch augmentation: geometry kept centred, values kept in range, seeded, input untouched."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from nadtrain.augment import (AugmentConfig, augment_batch, random_flips, random_intensity, random_rot90_axial,
-                              random_shift)
+from nadtrain.augment import AugmentConfig, augment_batch
+
+# One transform at a time, through the function training runs (``augment_batch``).
+NOTHING = AugmentConfig(flip_prob=0.0, rotate90=False, max_shift_vox=0, intensity_scale=0.0, intensity_shift=0.0)
+FLIPS = replace(NOTHING, flip_prob=0.5)
+TURNS = replace(NOTHING, rotate90=True)
 
 
 def _batch(n: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -14,7 +20,7 @@ def _batch(n: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
 
 def test_flips_and_axial_turns_only_rearrange_voxels():
     x = _batch()
-    for out in (random_flips(x, 0.5, torch.Generator().manual_seed(1)), random_rot90_axial(x, torch.Generator().manual_seed(1))):
+    for out in (augment_batch(x, FLIPS, torch.Generator().manual_seed(1)), augment_batch(x, TURNS, torch.Generator().manual_seed(1))):
         assert out.shape == x.shape
         for i in range(x.shape[0]):
             assert torch.equal(torch.sort(out[i].flatten()).values, torch.sort(x[i].flatten()).values)
@@ -23,7 +29,7 @@ def test_flips_and_axial_turns_only_rearrange_voxels():
 def test_axial_turns_keep_every_slice_in_its_plane():
     # A turn in the (y, x) plane must not move content between axial slices (z): per-slice sums stay.
     x = _batch()
-    out = random_rot90_axial(x, torch.Generator().manual_seed(3))
+    out = augment_batch(x, TURNS, torch.Generator().manual_seed(3))
     assert torch.allclose(out.sum(dim=(3, 4)), x.sum(dim=(3, 4)))
     assert not torch.equal(out, x)  # with 6 samples some are turned (seeded, so not flaky)
 
@@ -32,7 +38,7 @@ def test_shift_moves_a_voxel_by_at_most_the_maximum_and_fills_with_air():
     size, m = 16, 3
     x = torch.zeros((8, 1, size, size, size))
     x[:, 0, 8, 8, 8] = 1.0
-    out = random_shift(x, m, torch.Generator().manual_seed(5))
+    out = augment_batch(x, replace(NOTHING, max_shift_vox=m), torch.Generator().manual_seed(5))
     moved = 0
     for i in range(8):
         assert out[i].sum() == 1.0  # the impulse is kept, the border filled with 0 (air), no wrap-around
@@ -44,7 +50,8 @@ def test_shift_moves_a_voxel_by_at_most_the_maximum_and_fills_with_air():
 
 def test_intensity_jitter_stays_in_the_normalised_range():
     x = _batch()
-    out = random_intensity(x, 0.5, 0.5, 0.2, torch.Generator().manual_seed(0))
+    out = augment_batch(x, replace(NOTHING, intensity_scale=0.5, intensity_shift=0.5, noise_std=0.2),
+                        torch.Generator().manual_seed(0))
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert not torch.allclose(out, x)
 

@@ -13,7 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from nadtrain.cli import main
-from nadtrain.dataset import load_dataset, read_nodule_table, write_nodule_table
+from nadtrain.dataset import load_dataset
+from nadtrain.nodule_table import write_nodule_table
 from nadtrain.nodules import build_nodule_table
 from notadiagnosis.readers import read_ct
 from notadiagnosis.weights import sha256_of

@@ -65,27 +65,20 @@ def spatial_transform(x: torch.Tensor, flips: torch.Tensor, turns: torch.Tensor,
     return out
 
 
-def _none(n: int) -> torch.Tensor:
-    return torch.zeros((n, 3), dtype=torch.int64)
+def draw_flips(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3) booleans: flip each sample along z, y and x independently with probability ``prob``."""
+    return torch.rand((n, 3), generator=generator) < prob
 
 
-def random_flips(x: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
-    """Flip each sample along z, y and x independently with probability ``prob``."""
-    flips = torch.rand((x.shape[0], 3), generator=generator) < prob
-    return spatial_transform(x, flips, torch.zeros(x.shape[0], dtype=torch.int64), _none(x.shape[0]))
+def draw_turns(n: int, rotate90: bool, generator: torch.Generator) -> torch.Tensor:
+    """(n,) quarter turns in the axial (y, x) plane, k uniform in 0..3 (all 0 when off)."""
+    return torch.randint(0, 4, (n,), generator=generator) if rotate90 else torch.zeros(n, dtype=torch.int64)
 
 
-def random_rot90_axial(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Turn each sample by k * 90 degrees in the axial (y, x) plane, k drawn per sample."""
-    turns = torch.randint(0, 4, (x.shape[0],), generator=generator)
-    return spatial_transform(x, _none(x.shape[0]).bool(), turns, _none(x.shape[0]))
-
-
-def random_shift(x: torch.Tensor, max_shift_vox: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each sample by a whole number of voxels per axis; the uncovered border becomes air (0)."""
+def draw_shifts(n: int, max_shift_vox: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3) whole-voxel shifts per axis, uniform in [-max, max]."""
     m = max(int(max_shift_vox), 0)
-    shifts = torch.randint(-m, m + 1, (x.shape[0], 3), generator=generator)
-    return spatial_transform(x, _none(x.shape[0]).bool(), torch.zeros(x.shape[0], dtype=torch.int64), shifts)
+    return torch.randint(-m, m + 1, (n, 3), generator=generator)
 
 
 def random_intensity(x: torch.Tensor, scale: float, shift: float, noise_std: float,
@@ -112,10 +105,9 @@ def augment_batch(x: torch.Tensor, config: AugmentConfig, generator: torch.Gener
     if x.dim() != 5:
         raise ValueError(f"expected a batch (N, 1, Z, Y, X), got shape {tuple(x.shape)}")
     n = x.shape[0]
-    flips = torch.rand((n, 3), generator=generator) < config.flip_prob
-    turns = torch.randint(0, 4, (n,), generator=generator) if config.rotate90 else torch.zeros(n, dtype=torch.int64)
-    m = max(int(config.max_shift_vox), 0)
-    shifts = torch.randint(-m, m + 1, (n, 3), generator=generator)
+    flips = draw_flips(n, config.flip_prob, generator)
+    turns = draw_turns(n, config.rotate90, generator)
+    shifts = draw_shifts(n, config.max_shift_vox, generator)
     x = spatial_transform(x, flips, turns, shifts)
     if config.intensity_scale > 0 or config.intensity_shift > 0 or config.noise_std > 0:
         x = random_intensity(x, config.intensity_scale, config.intensity_shift, config.noise_std, generator)

@@ -12,19 +12,18 @@ valid, resumable directory whose manifest says ``complete: false``.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from notadiagnosis.errors import InputError
+from .errors import DatasetError
+from .files import json_default, write_atomic, write_json
+from .nodule_table import read_nodule_table, write_nodule_table
 
 FORMAT = "notadiagnosis-dataset/1"
 SOURCES = ("lidc", "insertion", "medmnist")
@@ -33,29 +32,8 @@ SPACING_MM = 1.0
 DEFAULT_SHARD_SAMPLES = 256  # 256 x 512 KiB = 128 MiB per shard: few files, bounded memory
 ARRAY_NAMES = ("patches_hu", "labels", "nodule_ids", "patient_ids", "render_index", "background", "split")
 
-# The nodule table's fixed columns, in order; extra columns follow.
-NODULE_COLUMNS = (
-    "nodule_id", "patient_id", "series_uid", "nodule_index", "n_readers", "malignancy", "median_malignancy",
-    "label", "median_diameter_mm", "median_volume_mm3", "centroid_x_lps", "centroid_y_lps", "centroid_z_lps",
-    "texture_median", "calcification_median",
-    "subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation", "spiculation",
-    "texture",
-)
-_INT_COLUMNS = {"nodule_index", "n_readers", "label"}
-_FLOAT_COLUMNS = {
-    "median_malignancy", "median_diameter_mm", "median_volume_mm3", "centroid_x_lps", "centroid_y_lps",
-    "centroid_z_lps", "texture_median", "calcification_median", "slice_thickness_mm", "pixel_spacing_mm",
-    "slice_spacing_mm",
-}
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 SampleKey = Tuple[str, str, int]  # (nodule_id, background, render_index)
-
-
-class DatasetError(InputError):
-    """A dataset directory is missing, incomplete, of another format, or inconsistent."""
 
 
 def sample_key(nodule_id: str, background: str, render_index: int) -> SampleKey:
@@ -63,118 +41,8 @@ def sample_key(nodule_id: str, background: str, render_index: int) -> SampleKey:
     return (str(nodule_id), str(background), int(render_index))
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp creates 0600; datasets are meant to be shared
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` ``default`` for what training writes: NumPy scalars and arrays, paths."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def write_json(path: Union[str, Path], value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically (a crash leaves the previous file or none)."""
-    _atomic_write_text(Path(path), json.dumps(value, indent=2, default=json_default) + "\n")
-
-
 def _canonical_params(params: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(json.dumps(params, default=json_default, sort_keys=True))
-
-
-def write_nodule_table(path: Union[str, Path], rows: Sequence[Dict[str, Any]]) -> Path:
-    """Write the nodule table CSV (fixed columns first, then any extra columns in first-seen order)."""
-    path = Path(path)
-    columns: List[str] = [c for c in NODULE_COLUMNS]
-    for row in rows:
-        for key in row:
-            if key not in columns:
-                columns.append(key)
-    ids = [str(row.get("nodule_id", "")) for row in rows]
-    if len(set(ids)) != len(ids) or "" in ids:
-        raise DatasetError("the nodule table needs a unique, non-empty nodule_id in every row.")
-
-    def _write(handle) -> None:
-        text = _RowsText(columns)
-        for row in rows:
-            text.add(row)
-        handle.write(text.value().encode("utf-8"))
-
-    _atomic_write_bytes(path, _write)
-    return path
-
-
-class _RowsText:
-    """Build CSV text in memory (csv.writer needs a text stream; the atomic writer gives bytes)."""
-
-    def __init__(self, columns: Sequence[str]) -> None:
-        import io
-
-        self._buffer = io.StringIO()
-        self._writer = csv.DictWriter(self._buffer, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
-        self._writer.writeheader()
-
-    def add(self, row: Dict[str, Any]) -> None:
-        self._writer.writerow({key: _csv_cell(value) for key, value in row.items()})
-
-    def value(self) -> str:
-        return self._buffer.getvalue()
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ";".join(str(_csv_cell(v)) for v in value)
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value)) if np.isfinite(value) else ""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    return value
-
-
-def read_nodule_table(path: Union[str, Path]) -> List[Dict[str, Any]]:
-    """Read a nodule table CSV; known numeric columns become int/float (empty cells become None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"nodule table {path} does not exist; build the dataset (nadtrain build) or the table (nadtrain nodules) first.")
-    rows: List[Dict[str, Any]] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            parsed: Dict[str, Any] = {}
-            for key, value in row.items():
-                if value == "" and (key in _INT_COLUMNS or key in _FLOAT_COLUMNS):
-                    parsed[key] = None
-                elif key in _INT_COLUMNS:
-                    parsed[key] = int(float(value))
-                elif key in _FLOAT_COLUMNS:
-                    parsed[key] = float(value)
-                else:
-                    parsed[key] = value
-            rows.append(parsed)
-    return rows
 
 
 def _read_manifest(path: Path) -> Dict[str, Any]:
@@ -322,7 +190,7 @@ class DatasetWriter:
         rest = {name: array[count:] for name, array in merged.items()}
         next_index = max((_shard_index(s) for s in self._shards), default=-1) + 1
         name = f"shard-{next_index:05d}.npz"
-        _atomic_write_bytes(self.path / name, lambda handle: np.savez(handle, **out))
+        write_atomic(self.path / name, lambda handle: np.savez(handle, **out))
         self._shards.append(name)
         self._n_samples += count
         self._buffer = {key: ([array] if len(array) else []) for key, array in rest.items()}
@@ -463,15 +331,6 @@ def load_dataset(path: Union[str, Path], allow_incomplete: bool = False, load_pa
         if missing:
             raise DatasetError(f"dataset {path}: {len(missing)} samples refer to nodules absent from nodules.csv (e.g. {sorted(missing)[0]}); rebuild it.")
     return Dataset(**arrays, nodules=nodules, manifest=manifest)
-
-
-def iter_shards(path: Union[str, Path]) -> Iterable[Dict[str, np.ndarray]]:
-    """Yield each shard's arrays in turn (bounded memory for large datasets)."""
-    path = Path(path)
-    manifest = _read_manifest(path)
-    for shard in manifest.get("shards", []):
-        with np.load(path / shard) as data:
-            yield {name: data[name] for name in ARRAY_NAMES}
 
 
 def load_patches(path: Union[str, Path], indices: Sequence[int]) -> np.ndarray:

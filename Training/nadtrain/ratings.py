@@ -29,20 +29,20 @@ from sklearn.preprocessing import StandardScaler
 
 from notadiagnosis.errors import InputError
 
+from .nodule_table import RATED_CHARACTERISTICS, parse_list
+
 # Per-reader characteristic columns of the nodule table (malignancy is the label, never a feature).
-CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin",
-                   "lobulation", "spiculation", "texture")
+CHARACTERISTICS = RATED_CHARACTERISTICS
 # Feature names, in column order: log size first, then the medians, then "calcified" (LIDC's
 # calcification rating 6 means absent; 1-5 are calcification patterns, nearly always benign).
 FEATURES = ("log_diameter_mm",) + tuple(f"{name}_median" for name in CHARACTERISTICS) + ("calcified",)
 
 
 def _ratings_of(value: Any) -> np.ndarray:
-    """The readers' numbers in a ratings cell: a list (a fresh table) or "a;b;c" (read back from
-    CSV); empty when the cell is empty or unusable."""
-    values = value if isinstance(value, (list, tuple)) else str("" if value is None else value).split(";")
+    """The readers' numbers in a ratings cell (``nodule_table.parse_list``); empty when the cell is
+    empty or unusable."""
     try:
-        return np.array([float(v) for v in values if str(v).strip() != ""], dtype=np.float64)
+        return np.array(parse_list(value), dtype=np.float64)
     except ValueError:
         return np.empty(0)
 
@@ -60,7 +60,7 @@ def nodule_features(row: Mapping[str, Any]) -> np.ndarray:
     except ValueError:
         diameter = float("nan")
     # Per-reader strings when present, else a precomputed median column (``texture_median``...).
-    medians = [_median_of_ratings(row.get(name) if row.get(name) not in (None, "") else row.get(f"{name}_median"))
+    medians = [_median_of_ratings(row.get(name) if row.get(name) not in (None, "", []) else row.get(f"{name}_median"))
                for name in CHARACTERISTICS]
     calcification = medians[CHARACTERISTICS.index("calcification")]
     calcified = float(calcification < 6) if np.isfinite(calcification) else float("nan")

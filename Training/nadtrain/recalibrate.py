@@ -21,7 +21,8 @@ from notadiagnosis.errors import InputError
 from notadiagnosis.model import build_model
 
 from .checkpoint import load_checkpoint
-from .dataset import load_dataset, write_json
+from .dataset import load_dataset
+from .files import write_json
 from .finalize import finalize
 from .splits import Split
 from .train_card import TrainedRun

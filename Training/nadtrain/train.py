@@ -42,7 +42,8 @@ from notadiagnosis.model import build_model, count_parameters
 from . import ratings
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_weights
-from .dataset import Dataset, load_dataset, write_json
+from .dataset import Dataset, load_dataset
+from .files import write_json
 from .finalize import finalize, predict_logits, safe_auc
 from .splits import Split, make_split
 from .train_card import TrainedRun

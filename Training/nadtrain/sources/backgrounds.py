@@ -19,13 +19,10 @@ import SimpleITK as sitk
 from notadiagnosis.errors import InputError
 from notadiagnosis.readers import read_ct as read_library_ct
 
+from ..errors import InsertionError
 from ..lungmask import PlacementMap, lung_mask, noise_std_hu, placement_map
 
 BACKGROUND_CACHE_VERSION = "2"
-
-
-class InsertionError(InputError):
-    """A background CT or an option of the insertion source cannot be used."""
 
 
 def read_ct(path: Path) -> sitk.Image:

