@@ -19,12 +19,13 @@ import argparse
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from notadiagnosis.model import ARCHITECTURES
 from notadiagnosis.weights import sha256_of
 
 from .dataset import load_dataset, read_manifest
@@ -36,7 +37,7 @@ from .parallel import default_workers
 from .scans import index_scans
 from .sources import lidc
 from .train import train
-from .train_options import TrainConfig
+from .train_options import TrainConfig, add_dataclass_arguments, option
 
 # The shipped model's architecture (its card's recipe); the other training options are TrainConfig's defaults.
 ARCHITECTURE = "resnet3d-tiny"
@@ -50,21 +51,22 @@ SECONDS_PER_EVALUATED_SAMPLE = 0.08     # calibration + evaluation with 4-flip T
 
 @dataclass
 class Plan:
-    """What ``reproduce`` does; built from the command line."""
+    """What ``reproduce`` does; each field is also its command-line option."""
 
-    out: Path
-    lidc_root: Optional[Path] = None
-    luna16_root: Optional[Path] = None
-    nodule_table: Optional[Path] = None
-    folds: int = 5
-    epochs: int = TrainConfig.epochs
-    batch_size: int = TrainConfig.batch_size
-    architecture: str = ARCHITECTURE
-    device: str = "auto"
-    workers: int = 1
-    min_readers: int = 1
-    bootstrap: int = 2000
-    seed: int = 0
+    out: Path = option(help="folder for every stage's output (rerun the same command to resume)")
+    lidc_root: Optional[Path] = option(None, "the LIDC-IDRI DICOM download, TCIA or NBIA folder names (default: "
+                                             "pylidc's [dicom] path in ~/.pylidcrc)", cli=False)
+    luna16_root: Optional[Path] = option(None, "LUNA16's folder of subset0..subset9", cli=False)
+    nodule_table: Optional[Path] = option(None, "nodule table CSV to use (default: OUT/nodules.csv, built if absent)")
+    folds: int = option(5, "patient-grouped cross-validation folds")
+    epochs: int = option(TrainConfig.epochs, "maximum epochs per fold (early stopping)")
+    batch_size: int = option(TrainConfig.batch_size)
+    architecture: str = option(ARCHITECTURE, choices=sorted(ARCHITECTURES))
+    device: str = option("auto", "auto, cpu, cuda, gpu or mps")
+    workers: int = option(default_workers(), "processes for the nodule table and the dataset (default: all CPUs)")
+    min_readers: int = option(1, "only nodules with at least this many readers")
+    bootstrap: int = option(2000, "bootstrap resamples for the CIs")
+    seed: int = option(0)
 
     @property
     def table_path(self) -> Path:
@@ -242,28 +244,16 @@ def closing_table(result: Dict[str, Any]) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``nadtrain reproduce``."""
+    """Arguments of ``nadtrain reproduce``: the data (one of two roots), then ``Plan``'s fields."""
     roots = parser.add_mutually_exclusive_group()
-    roots.add_argument("--lidc-root", type=Path, help="the LIDC-IDRI DICOM download, TCIA or NBIA folder names "
-                                                      "(default: pylidc's [dicom] path in ~/.pylidcrc)")
-    roots.add_argument("--luna16-root", type=Path, help="LUNA16's folder of subset0..subset9")
-    parser.add_argument("--out", type=Path, required=True, help="folder for every stage's output (rerun to resume)")
-    parser.add_argument("--device", default=Plan.device, help="auto, cpu, cuda, gpu or mps")
-    parser.add_argument("--folds", type=int, default=Plan.folds, help="patient-grouped cross-validation folds")
-    parser.add_argument("--epochs", type=int, default=Plan.epochs, help="maximum epochs per fold (early stopping)")
-    parser.add_argument("--batch-size", type=int, default=Plan.batch_size)
-    parser.add_argument("--architecture", default=Plan.architecture)
-    parser.add_argument("--workers", type=int, default=default_workers(), help="processes for the table and the dataset")
-    parser.add_argument("--nodule-table", type=Path, help="nodule table CSV to use (default: OUT/nodules.csv, built if absent)")
-    parser.add_argument("--min-readers", type=int, default=Plan.min_readers)
-    parser.add_argument("--bootstrap", type=int, default=Plan.bootstrap, help="bootstrap resamples for the CIs")
-    parser.add_argument("--seed", type=int, default=Plan.seed)
+    for name in ("lidc_root", "luna16_root"):
+        roots.add_argument("--" + name.replace("_", "-"), dest=name, type=Path, help=PLAN_FIELDS[name].metadata["help"])
+    add_dataclass_arguments(parser, Plan)
+
+
+PLAN_FIELDS = {f.name: f for f in fields(Plan)}
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    plan = Plan(out=args.out, lidc_root=args.lidc_root, luna16_root=args.luna16_root, nodule_table=args.nodule_table,
-                folds=args.folds, epochs=args.epochs, batch_size=args.batch_size, architecture=args.architecture,
-                device=args.device, workers=args.workers, min_readers=args.min_readers, bootstrap=args.bootstrap,
-                seed=args.seed)
-    reproduce(plan)
+    reproduce(Plan(**{name: getattr(args, name) for name in PLAN_FIELDS}))
     return 0

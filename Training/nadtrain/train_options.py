@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -107,9 +108,10 @@ class TrainConfig:
             raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One argument per ``TrainConfig`` field that has a command line, from the field's own metadata."""
-    for f in fields(TrainConfig):
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of the dataclass ``cls`` that has a command line (``option``), from
+    the field's own metadata: its flag, help, choices, default."""
+    for f in fields(cls):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
@@ -119,24 +121,27 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         if f.default is MISSING and f.default_factory is MISSING:
-            parser.add_argument(flag, dest=f.name, required=True, **common)
+            parser.add_argument(flag, dest=f.name, required=True, type=_ARGUMENT_TYPES.get(str(f.type)), **common)
         elif meta.get("off_flag"):
             parser.add_argument(meta["off_flag"], dest=f.name, action="store_false", **common)
-        elif f.type in ("bool", bool):
+        elif str(f.type) == "bool":
             parser.add_argument(flag, dest=f.name, action="store_true", **common)
         elif meta.get("repeat"):
             parser.add_argument(flag, dest=f.name, action="append", default=[], metavar=meta.get("metavar"), **common)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), None)
-            extra = {"type": kind} if kind else {}
+            extra: Dict[str, Any] = {"type": _ARGUMENT_TYPES.get(str(f.type))}
             if meta.get("choices"):
                 extra["choices"] = list(meta["choices"])
             parser.add_argument(flag, dest=f.name, default=f.default, metavar=meta.get("metavar"), **extra, **common)
 
 
+# Field annotations (strings, with ``from __future__ import annotations``) -> argparse types.
+_ARGUMENT_TYPES = {"int": int, "float": float, "Path": Path, "Optional[Path]": Path}
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``nadtrain train``: the config's fields, plus what is not part of a run's options."""
-    add_config_arguments(parser)
+    add_dataclass_arguments(parser, TrainConfig)
     parser.add_argument("--ignore-manifest-holdout", action="store_true",
                         help="do not take the defaults from the dataset's manifest: by default its held-out "
                              "background is held out and the patients whose CT serves as a background are "
