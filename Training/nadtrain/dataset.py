@@ -21,14 +21,14 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from notadiagnosis.geometry import AIR_HU, PATCH_SIZE, PATCH_SPACING_MM
+
 from .errors import DatasetError
 from .files import json_default, write_atomic, write_json
 from .nodule_table import read_nodule_table, write_nodule_table
 
 FORMAT = "notadiagnosis-dataset/1"
 SOURCES = ("lidc", "insertion", "medmnist")
-PATCH_SIZE = 64
-SPACING_MM = 1.0
 DEFAULT_SHARD_SAMPLES = 256  # 256 x 512 KiB = 128 MiB per shard: few files, bounded memory
 ARRAY_NAMES = ("patches_hu", "labels", "nodule_ids", "patient_ids", "render_index", "background", "split")
 
@@ -156,7 +156,7 @@ class DatasetWriter:
         if patches.shape[1:] != (PATCH_SIZE,) * 3:
             raise DatasetError(f"patches must be (n,{PATCH_SIZE},{PATCH_SIZE},{PATCH_SIZE}), got {patches.shape}.")
         if np.issubdtype(patches.dtype, np.floating):
-            patches = np.rint(np.nan_to_num(patches, nan=-1000.0, posinf=-1000.0, neginf=-1000.0))  # as inference reads them
+            patches = np.rint(np.nan_to_num(patches, nan=AIR_HU, posinf=AIR_HU, neginf=AIR_HU))  # as inference reads them
         info = np.iinfo(np.int16)
         patches = np.clip(patches, info.min, info.max).astype(np.int16)
         columns = {
@@ -206,7 +206,7 @@ class DatasetWriter:
             "format": FORMAT,
             "source": self.source,
             "patch_size": PATCH_SIZE,
-            "spacing_mm": SPACING_MM,
+            "spacing_mm": PATCH_SPACING_MM,
             "shards": sorted(self._shards, key=_shard_index),
             "params": self.params,
             "complete": bool(complete),

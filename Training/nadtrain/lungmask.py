@@ -22,9 +22,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from notadiagnosis.geometry import PATCH_SIZE, PATCH_SPACING_MM
+
 AIR_THRESHOLD_HU = -400.0
 MIN_COMPONENT_FRACTION = 0.10
 PARENCHYMA_HU_RANGE = (-950.0, -650.0)
+PATCH_HALF_MM = PATCH_SIZE * PATCH_SPACING_MM / 2  # a centre this far from the CT's edges keeps its patch inside
 
 
 def lung_mask(array_hu: np.ndarray, threshold_hu: float = AIR_THRESHOLD_HU) -> np.ndarray:
@@ -81,7 +84,7 @@ class PlacementMap:
 def placement_map(array_hu: np.ndarray, spacing_zyx_mm: Sequence[float], mask: Optional[np.ndarray] = None,
                   min_clearance_mm: float = 2.0, exclude_zyx: Optional[np.ndarray] = None,
                   hu_range: Tuple[float, float] = PARENCHYMA_HU_RANGE, max_candidates: int = 400_000,
-                  border_mm: float = 32.0, seed: int = 0) -> Tuple[PlacementMap, np.ndarray]:
+                  border_mm: float = PATCH_HALF_MM, seed: int = 0) -> Tuple[PlacementMap, np.ndarray]:
     """Candidate centres in the lung parenchyma with their clearance (distance to the lung border, mm).
 
     Returns (placements, clearance volume). ``exclude_zyx`` is an optional boolean volume of regions

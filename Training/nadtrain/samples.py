@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from notadiagnosis.geometry import PATCH_SIZE, PATCH_SPACING_MM
 from notadiagnosis.preprocessing import HU_MAX, HU_MIN
 
 from .dataset import DatasetError, load_dataset, load_patches
@@ -80,7 +81,8 @@ def write_samples_png(datasets: Sequence[Path], out: Path, per_dataset: int = 8,
                              ha="right", va="center", fontsize=7)
         axes[2 * r + 1, 0].text(-0.08, 0.5, "coronal", transform=axes[2 * r + 1, 0].transAxes, rotation=90,
                                  ha="right", va="center", fontsize=7)
-    figure.suptitle("Sample 64 mm patches (window -1000..400 HU). Research software, not a diagnosis.", fontsize=9)
+    figure.suptitle(f"Sample {PATCH_SIZE * PATCH_SPACING_MM:g} mm patches (window {HU_MIN:g}..{HU_MAX:g} HU). "
+                    "Research software, not a diagnosis.", fontsize=9)
     figure.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from notadiagnosis.geometry import PATCH_SIZE, PATCH_SPACING_MM
 from notadiagnosis.preprocessing import HU_MAX, HU_MIN
 
 from . import ratings
@@ -34,7 +35,7 @@ def base_card(config: TrainConfig, temperature: float = 1.0, threshold: float = 
     return {
         "name": "nadtrain-run",
         "version": "0.0.0",
-        "preprocessing": {"patch_size": 64, "spacing_mm": 1.0, "hu_min": HU_MIN, "hu_max": HU_MAX,
+        "preprocessing": {"patch_size": PATCH_SIZE, "spacing_mm": PATCH_SPACING_MM, "hu_min": HU_MIN, "hu_max": HU_MAX,
                           "normalisation": "notadiagnosis.preprocessing.normalize_hu"},
         "calibration": {"temperature": float(temperature), "method": "temperature scaling on validation NLL"},
         "threshold": float(threshold),

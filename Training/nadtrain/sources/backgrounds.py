@@ -20,7 +20,7 @@ from notadiagnosis.errors import InputError
 from notadiagnosis.readers import read_ct as read_library_ct
 
 from ..errors import InsertionError
-from ..lungmask import PlacementMap, lung_mask, noise_std_hu, placement_map
+from ..lungmask import PATCH_HALF_MM, PlacementMap, lung_mask, noise_std_hu, placement_map
 
 BACKGROUND_CACHE_VERSION = "2"
 
@@ -132,7 +132,7 @@ def real_nodules_of_background(name: str, table: Sequence[Dict[str, Any]]) -> Li
     return out
 
 
-def real_nodule_view_boxes(name: str, table: Sequence[Dict[str, Any]], patch_half_mm: float = 32.0,
+def real_nodule_view_boxes(name: str, table: Sequence[Dict[str, Any]], patch_half_mm: float = PATCH_HALF_MM,
                            margin_mm: float = 5.0) -> List[Tuple[Sequence[float], float]]:
     """For ``--keep-out view``: around each real nodule of an LIDC-IDRI background, the LPS-aligned cube
     (centre, half-width mm) of placements whose 64 mm patch would show it: half the patch + half the

@@ -23,7 +23,9 @@ import numpy as np
 from notadiagnosis.errors import InputError
 from notadiagnosis.preprocessing import HU_MAX, HU_MIN
 
-from ..dataset import PATCH_SIZE, DatasetWriter, sample_key
+from notadiagnosis.geometry import PATCH_SIZE
+
+from ..dataset import DatasetWriter, sample_key
 
 SPLITS = ("train", "val", "test")
 CHUNK = 64
