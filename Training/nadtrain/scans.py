@@ -27,7 +27,7 @@ from typing import Dict
 import numpy as np
 import SimpleITK as sitk
 
-from notadiagnosis.readers import read_ct
+from notadiagnosis.ct_reader import read_ct
 
 from .nodules import SERIES_UID_TAG, LidcError, SliceGeometry, _dicom_tags, geometry_from_header
 

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from notadiagnosis.errors import InputError
-from notadiagnosis.readers import read_ct as read_library_ct
+from notadiagnosis.ct_reader import read_ct as read_library_ct
 
 from ..errors import InsertionError
 from ..lungmask import PATCH_HALF_MM, PlacementMap, lung_mask, noise_std_hu, placement_map
