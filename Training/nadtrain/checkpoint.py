@@ -7,8 +7,6 @@ half of each, even when the process is killed while writing.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -16,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from notadiagnosis.atomic import atomic_path
 from notadiagnosis.errors import InputError
 
 FORMAT = "nadtrain-checkpoint/1"
@@ -71,19 +70,12 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                     state: Dict[str, Any]) -> None:
     """Write model + optimizer tensors and the JSON ``state`` atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {_MODEL + k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = optimizer_state_to_flat(optimizer.state_dict())
     tensors.update(optim_tensors)
     metadata = {"format": FORMAT, "state": json.dumps(_json(state)), "optimizer": json.dumps(optim_meta)}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
 
 
 def load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Dict[str, Any]]:
@@ -107,13 +99,6 @@ def load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
 def save_weights(path: Path, model: torch.nn.Module) -> None:
     """Model tensors only (the best epoch so far), written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata={"format": "pt"})
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})

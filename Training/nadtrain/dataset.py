@@ -21,10 +21,11 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from notadiagnosis.atomic import write_atomic
 from notadiagnosis.geometry import AIR_HU, PATCH_SIZE, PATCH_SPACING_MM
 
 from .errors import DatasetError
-from .files import json_default, write_atomic, write_json
+from .files import json_default, write_json
 from .nodule_table import read_nodule_table, write_nodule_table
 
 FORMAT = "notadiagnosis-dataset/1"

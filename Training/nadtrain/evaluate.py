@@ -30,6 +30,7 @@ from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
 from . import calibration, metrics, plots, ratings
 from .dataset import Dataset, load_dataset, load_patches
+from .files import write_json
 from .nodules import TEXTURE_CLASSES, texture_class
 from .splits import Split, map_split
 
@@ -222,7 +223,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
                                             if len(backgrounds) > 1 else None)
     _write_predictions(out / "predictions.csv", data, idx, probs, unc, logits, base_probs)
     report["predictions"] = "predictions.csv"
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "report.json", report)
     report["written_to"] = str(out / "report.json")  # for the caller; not part of the file
     return report
 

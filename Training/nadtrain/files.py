@@ -1,38 +1,14 @@
-"""Files training writes: each one atomically (a crash leaves the previous file, or none), so an
-interrupted build or run is resumable and never holds a half-written file."""
+"""JSON files training writes (runs, manifests), atomically through the library's one writer
+(``notadiagnosis.atomic``): a crash leaves the previous file, or none."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 
-
-def write_atomic(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(binary file)`` on a new temporary file beside ``path``, flush it to disk, then
-    rename it over ``path``. The file is created 0644 less the umask (datasets are meant to be shared)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-
-
-def write_text(path: Union[str, Path], text: str) -> None:
-    """``text`` as UTF-8, atomically."""
-    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+from notadiagnosis.atomic import write_text_atomic
 
 
 def json_default(value: Any) -> Any:
@@ -48,4 +24,4 @@ def json_default(value: Any) -> Any:
 
 def write_json(path: Union[str, Path], value: Any) -> None:
     """``value`` as indented JSON, atomically."""
-    write_text(path, json.dumps(value, indent=2, default=json_default) + "\n")
+    write_text_atomic(path, json.dumps(value, indent=2, default=json_default) + "\n")

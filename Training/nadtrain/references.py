@@ -29,6 +29,7 @@ from notadiagnosis.errors import InputError
 
 from . import metrics, ratings
 from .dataset import load_dataset
+from .files import write_json
 from .nodule_table import parse_list
 from .shapes import nodule_shape
 from .splits import per_nodule, stratified_group_fold
@@ -180,6 +181,6 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"{key}: mean {s['mean']:.3f} over {s['n_folds']} folds (sd {sd}, {s['min']:.3f} to {s['max']:.3f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.out, result)
         print(f"written to {args.out}")
     return 0

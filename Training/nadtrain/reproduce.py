@@ -31,10 +31,11 @@ from notadiagnosis.weights import sha256_of
 from .dataset import load_dataset, read_manifest
 from .evaluate import evaluate_run
 from .export import export_model
-from .sizeonly import fit_size_only
+from .files import write_json
 from .nodules import load_or_build_nodule_table, select_labelled
 from .parallel import default_workers
 from .scans import index_scans
+from .sizeonly import fit_size_only
 from .sources import lidc
 from .train import train
 from .train_options import TrainConfig, add_dataclass_arguments, option
@@ -217,7 +218,7 @@ def reproduce(plan: Plan) -> Dict[str, Any]:
               "dataset": str(plan.dataset_dir), "layout": layout,
               "build": read_manifest(plan.dataset_dir).get("build", {}),
               "n_samples": len(load_dataset(plan.dataset_dir, load_patches=False))}
-    (plan.out / "reproduce.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(plan.out / "reproduce.json", result)
     print(closing_table(result))
     return result
 
