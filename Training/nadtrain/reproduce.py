@@ -100,11 +100,17 @@ class Stages:
         log = self.logs / f"{self.done}-{name.replace(' ', '-').replace('/', '-of-')}.log"
         started = time.perf_counter()
         note: Dict[str, str] = {"text": ""}
-        with open(log, "a", encoding="utf-8") as stream, contextlib.redirect_stdout(stream), \
-                contextlib.redirect_stderr(stream):
-            yield note
+        # The line starts when the stage does and ends with its outcome (a stage may take hours).
+        print(f"[{self.done}/{self.total}] {name}:", end="", flush=True)
+        try:
+            with open(log, "a", encoding="utf-8") as stream, contextlib.redirect_stdout(stream), \
+                    contextlib.redirect_stderr(stream):
+                yield note
+        except BaseException:
+            print(f" stopped (log {log})", flush=True)
+            raise
         seconds = time.perf_counter() - started
-        print(f"[{self.done}/{self.total}] {name}: {note['text']} ({_duration(seconds)}; log {log})", flush=True)
+        print(f" {note['text']} ({_duration(seconds)}; log {log})", flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -192,6 +198,9 @@ def reproduce(plan: Plan) -> Dict[str, Any]:
         note["text"] = (f"{built['samples']} patches ({built['benign']} benign, {built['malignant']} malignant), "
                         f"{built['failed_scans']} scans failed (see {plan.dataset_dir / 'manifest.json'}), "
                         f"{built['labelled_nodules_not_downloaded']} labelled nodules without a scan on disk")
+    if built["samples"] == 0:
+        raise lidc.LidcError(f"no patch could be cut: all {built['failed_scans']} scans failed; their reasons are in "
+                             f"{plan.dataset_dir / 'manifest.json'} (build.failures).")
 
     rows = []
     for k in range(plan.folds):
