@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-#: The reminder every output carries. Also in weights.DISCLAIMER, longer; repeated here so that
-#: ``--help`` and errors need not import the inference runtime.
-REMINDER = "Not a diagnosis: research use only; the model has not been validated on patients."
+from .disclaimer import REMINDER
+
 
 #: CSV columns of the nodule's measurement (the JSON ``measurement`` keys, the centre as three
 #: columns, and the label-map file); empty when nothing was measured or no nodule was found.

@@ -15,9 +15,9 @@ import importlib
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
+from notadiagnosis.disclaimer import REMINDER
 from notadiagnosis.errors import NotADiagnosisError
 
-DISCLAIMER = "Not a diagnosis: research software, never for clinical use."
 
 # name -> (module, help). Order is the order of the workflow.
 COMMANDS: Dict[str, Tuple[str, str]] = {
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
     parser = argparse.ArgumentParser(
         prog="nadtrain",
-        description="Reproduce the Not-a-Diagnosis lung nodule model from LIDC-IDRI. " + DISCLAIMER,
+        description="Reproduce the Not-a-Diagnosis lung nodule model from LIDC-IDRI. " + REMINDER,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = _load_command_module(module_name)
         if module is None:
             continue
-        sub = subparsers.add_parser(name, help=help_text, description=help_text + ". " + DISCLAIMER)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text + ". " + REMINDER)
         module.configure_parser(sub)
         sub.set_defaults(_run=module.run_cli)
     return parser

@@ -26,13 +26,15 @@ from tqdm.auto import tqdm
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.errors import InputError
 from notadiagnosis.preprocessing import normalize_hu
-from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
+from notadiagnosis.disclaimer import DISCLAIMER
+from notadiagnosis.weights import model_files, sha256_of
 
 from . import calibration, metrics, plots, ratings
 from .dataset import Dataset, load_dataset, load_patches
 from .files import write_json
 from .nodules import TEXTURE_CLASSES, texture_class
 from .splits import Split, map_split
+from .train_options import DEVICE_HELP
 
 
 def predict_probabilities(classifier: Classifier, patches_hu: np.ndarray, batch_size: int = 32,
@@ -271,7 +273,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "the same nodules, backgrounds and renders (e.g. another renderer) is scored on the run's split by sample key")
     parser.add_argument("--out", help="report directory (default: RUN/evaluation)")
     parser.add_argument("--split", default="test", choices=["test", "val", "train"])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
     parser.add_argument("--seed", type=int, default=0)

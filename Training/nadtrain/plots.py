@@ -11,11 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-FOOTNOTE = "Not a diagnosis: research use only."
+from notadiagnosis.disclaimer import REMINDER  # noqa: E402
 
 
 def _finish(fig, path: Path) -> str:
-    fig.text(0.99, 0.01, FOOTNOTE, ha="right", va="bottom", fontsize=7, color="gray")
+    fig.text(0.99, 0.01, REMINDER, ha="right", va="bottom", fontsize=7, color="gray")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,7 +26,7 @@ from .files import write_json
 from .finalize import finalize
 from .splits import Split
 from .train_card import TrainedRun
-from .train_options import CALIBRATION, TrainConfig
+from .train_options import CALIBRATION, DEVICE_HELP, TrainConfig
 
 
 def _finished_run(run_dir: Path) -> Dict[str, Any]:
@@ -99,7 +99,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "platt: fit temperature and offset on validation")
     parser.add_argument("--dataset", help="the run's dataset directory, if it moved since training "
                                           "(default: the path recorded in RUN/splits.json)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from notadiagnosis.disclaimer import REMINDER
 from notadiagnosis.model import ARCHITECTURES
 from notadiagnosis.weights import sha256_of
 
@@ -38,7 +39,7 @@ from .scans import index_scans
 from .sizeonly import fit_size_only
 from .sources import lidc
 from .train import train
-from .train_options import TrainConfig, add_dataclass_arguments, option
+from .train_options import DEVICE_HELP, TrainConfig, add_dataclass_arguments, option
 
 # The shipped model's architecture (its card's recipe); the other training options are TrainConfig's defaults.
 ARCHITECTURE = "resnet3d-tiny"
@@ -63,7 +64,7 @@ class Plan:
     epochs: int = option(TrainConfig.epochs, "maximum epochs per fold (early stopping)")
     batch_size: int = option(TrainConfig.batch_size)
     architecture: str = option(ARCHITECTURE, choices=sorted(ARCHITECTURES))
-    device: str = option("auto", "auto, cpu, cuda, gpu or mps")
+    device: str = option("auto", DEVICE_HELP)
     workers: int = option(default_workers(), "processes for the nodule table and the dataset (default: all CPUs)")
     min_readers: int = option(1, "only nodules with at least this many readers")
     bootstrap: int = option(2000, "bootstrap resamples for the CIs")
@@ -249,7 +250,7 @@ def closing_table(result: Dict[str, Any]) -> str:
                  f"{_fmt(mean['ece'])}")
     lines.append(f"exported model: {result['model']}")
     lines.append(f"sha256: {result['sha256']}")
-    lines.append("Not a diagnosis: research software, never for clinical use.")
+    lines.append(REMINDER)
     return "\n".join(lines)
 
 

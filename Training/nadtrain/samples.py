@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from notadiagnosis.disclaimer import REMINDER
 from notadiagnosis.geometry import PATCH_SIZE, PATCH_SPACING_MM
 from notadiagnosis.preprocessing import HU_MAX, HU_MIN
 
@@ -82,7 +83,7 @@ def write_samples_png(datasets: Sequence[Path], out: Path, per_dataset: int = 8,
         axes[2 * r + 1, 0].text(-0.08, 0.5, "coronal", transform=axes[2 * r + 1, 0].transAxes, rotation=90,
                                  ha="right", va="center", fontsize=7)
     figure.suptitle(f"Sample {PATCH_SIZE * PATCH_SPACING_MM:g} mm patches (window {HU_MIN:g}..{HU_MAX:g} HU). "
-                    "Research software, not a diagnosis.", fontsize=9)
+                    f"{REMINDER}", fontsize=9)
     figure.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

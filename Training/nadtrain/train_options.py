@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from notadiagnosis.device import DEVICE_CHOICES
 from notadiagnosis.errors import InputError
 from notadiagnosis.model import ARCHITECTURES
 
@@ -22,6 +23,7 @@ from .dataset import load_dataset, read_manifest
 BALANCE = ("weight", "sampler", "none")
 CALIBRATION = ("prior", "platt")  # see calibration.py: prior shift only (default) or Platt on validation
 SPLIT_MODES = ("patient", "source", "annotation")
+DEVICE_HELP = f"{', '.join(DEVICE_CHOICES)}, or cuda:N"  # the library's torch device choices
 
 
 def option(default: Any = MISSING, help: Optional[str] = None, *, flag: Optional[str] = None,
@@ -68,7 +70,7 @@ class TrainConfig:
     balance: str = option("weight", choices=BALANCE)
     augment: bool = option(True, off_flag="--no-augment")
     amp: bool = option(True, "disable mixed precision on CUDA", off_flag="--no-amp")
-    device: str = option("auto", "auto, cpu, cuda, gpu or mps")
+    device: str = option("auto", DEVICE_HELP)
     num_workers: int = option(0)
     val_tta: bool = option(False, "flip TTA in per-epoch validation too (4x slower)")
     calibration_tta: bool = option(True, cli=False)
