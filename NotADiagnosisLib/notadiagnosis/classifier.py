@@ -288,9 +288,3 @@ def patch_warnings_for(outside_fraction: float, patch_hu: np.ndarray) -> List[st
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=np.float64)))
-
-
-# Kept for readers of the card: log-odds threshold equivalent of a probability threshold.
-def probability_to_logit(probability: float) -> float:
-    """Log-odds of a probability in (0, 1)."""
-    return math.log(probability / (1.0 - probability))
