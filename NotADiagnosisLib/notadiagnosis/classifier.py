@@ -12,7 +12,6 @@ training's patches are, so the answer does not move with the click.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
