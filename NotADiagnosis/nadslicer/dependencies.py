@@ -35,8 +35,8 @@ from .errors import DependenciesMissingInTesting, DependencyError
 REQUESTER = "Not a Diagnosis"
 #: The one list of packages the module installs (relative to the module folder).
 REQUIREMENTS_FILE = Path("Resources") / "requirements.txt"
-#: What importing proves the runtime works: the library's classifier imports its inference runtime.
-RUNTIME_MODULE = "notadiagnosis.classifier"
+#: What importing proves the inference runtime works (the library loads it only when a model loads).
+RUNTIME_MODULE = "onnxruntime"
 
 #: Distributions that provide the same importable package: onnxruntime-gpu is ONNX Runtime with CUDA.
 #: Installing onnxruntime next to it would break both, so either one satisfies a requirement on the other.

@@ -1,7 +1,8 @@
 """Where the model runs in Slicer: the panel's Device choice turned into the library's device name.
 
-- **Auto**: an NVIDIA GPU when one is usable (through ``onnxruntime-gpu``'s CUDA execution provider,
-  or through torch's CUDA if torch is installed), otherwise the CPU. Never Apple MPS: the operators
+- **Auto**: an NVIDIA GPU when one is usable — through ``onnxruntime-gpu``'s CUDA execution provider
+  (the library's default runtime), or else through torch's CUDA if torch happens to be installed
+  (then the library's torch runtime runs the model) — otherwise the CPU with ONNX Runtime. Never Apple MPS: the operators
   3D networks need are incomplete there (TotalSegmentator disables it for the same reason), and it
   cannot be tested here, so it is not picked behind the user's back.
 - **GPU**: the same GPU, or a message saying how to get one.
@@ -13,6 +14,7 @@ Probing imports the runtimes only when asked (at Classify), never when the panel
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Optional
 
 from .errors import InputError
@@ -32,25 +34,48 @@ def _optional_import(name: str):
         return None
 
 
-def gpu_description() -> Optional[str]:
-    """Which GPU the model would run on, e.g. ``CUDA via ONNX Runtime``, or None when there is none."""
+@dataclass(frozen=True)
+class Placement:
+    """Where the library runs the model: its ``runtime`` (auto, onnx, torch) and ``device`` (cuda, cpu)."""
+
+    runtime: str
+    device: str
+    description: str
+
+
+CPU = Placement("auto", "cpu", "CPU")
+
+
+def gpu_placement() -> Optional[Placement]:
+    """The NVIDIA GPU the model would run on, and through which runtime; None when there is none."""
     onnxruntime = _optional_import("onnxruntime")
     if onnxruntime is not None and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return "CUDA via ONNX Runtime (onnxruntime-gpu)"
+        return Placement("onnx", "cuda", "CUDA via ONNX Runtime (onnxruntime-gpu)")
     torch = _optional_import("torch")
     if torch is not None and torch.cuda.is_available():
-        return f"CUDA via torch ({torch.cuda.get_device_name(0)})"
+        return Placement("torch", "cuda", f"CUDA via torch ({torch.cuda.get_device_name(0)})")
     return None
 
 
-def device_name(choice: str) -> str:
-    """The library's device name ("cuda" or "cpu") for a panel choice ("Auto", "CPU", "GPU")."""
+def gpu_description() -> Optional[str]:
+    """Which GPU the model would run on, e.g. ``CUDA via ONNX Runtime``, or None when there is none."""
+    placement = gpu_placement()
+    return None if placement is None else placement.description
+
+
+def placement_for(choice: str) -> Placement:
+    """The runtime and device for a panel choice ("Auto", "CPU", "GPU")."""
     key = (choice or "Auto").strip().lower()
     if key not in {option.lower() for option in DEVICE_CHOICES}:
         raise InputError(f"Unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
     if key == "cpu":
-        return "cpu"
-    has_gpu = gpu_description() is not None
-    if key == "gpu" and not has_gpu:
+        return CPU
+    gpu = gpu_placement()
+    if key == "gpu" and gpu is None:
         raise InputError(_NO_GPU_MESSAGE)
-    return "cuda" if has_gpu else "cpu"
+    return gpu or CPU
+
+
+def device_name(choice: str) -> str:
+    """The library's device name ("cuda" or "cpu") for a panel choice ("Auto", "CPU", "GPU")."""
+    return placement_for(choice).device

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from notadiagnosis.geometry import is_inside, ras_to_lps
 
-from .devices import DEVICE_CHOICES, device_name
+from .devices import DEVICE_CHOICES, device_name, placement_for
 from .errors import CancelledError, PointOutsideVolumeError
 from .measurements import (
     MEASUREMENT_COLUMNS,
@@ -57,9 +57,9 @@ __all__ = [
 #: ``progress(done, total, message)``; returning ``False`` cancels the run.
 ProgressCallback = Callable[[int, int, str], Optional[bool]]
 
-# Loaded classifiers, one per (model path, device, pinned sha256): loading verifies a sha256 and
+# Loaded classifiers, one per (model path, runtime, device, pinned sha256): loading verifies a sha256 and
 # builds the network, which is worth doing once per session rather than per click.
-_CLASSIFIERS: Dict[Tuple[str, str, str], Any] = {}
+_CLASSIFIERS: Dict[Tuple[str, str, str, str], Any] = {}
 _CLASSIFIERS_LOCK = threading.Lock()
 
 
@@ -197,11 +197,12 @@ def get_classifier(model_path: Optional[str] = None, device: str = "Auto", expec
     from notadiagnosis.classifier import Classifier
 
     path_key = "<default>" if model_path is None else str(Path(model_path).expanduser().resolve())
-    key = (path_key, device_name(device), (expected_sha256 or "").strip().lower())
+    placement = placement_for(device)
+    key = (path_key, placement.runtime, placement.device, (expected_sha256 or "").strip().lower())
     with _CLASSIFIERS_LOCK:
         if key not in _CLASSIFIERS:
-            _CLASSIFIERS[key] = Classifier.load(None if model_path is None else path_key, device=key[1],
-                                                expected_sha256=key[2] or None)
+            _CLASSIFIERS[key] = Classifier.load(None if model_path is None else path_key, device=placement.device,
+                                                expected_sha256=key[3] or None, runtime=placement.runtime)
         return _CLASSIFIERS[key]
 
 

@@ -40,20 +40,21 @@ def bundled_model_summary(package_dir: Optional[Path] = None) -> str:
 def model_summary(model_path: Optional[str] = None) -> str:
     """Name, version and sha256 of the model the panel would use: the bundled one (None) or a file.
 
-    The sha256 is the tensors file's, the digest a pinned sha256 is compared with (it also covers
-    the card, whose digest is inside the file). Reads the card and hashes the file (about 1 MB); the
-    full verification happens when the model loads.
+    The sha256 is that of the file ONNX Runtime loads (``<stem>.onnx``), the digest a pinned sha256 is
+    compared with (it also covers the card, whose digest is inside the file); a model exported before
+    ONNX files existed shows its ``.safetensors`` file's. Reads the card and hashes the file (about
+    1 MB); the full verification happens when the model loads.
     """
     from notadiagnosis.errors import NotADiagnosisError
-    from notadiagnosis.weights import bundled_models_dir, model_files, read_card, sha256_of
-    from notadiagnosis.weights import DEFAULT_MODEL_NAME
+    from notadiagnosis.weights import DEFAULT_MODEL_NAME, bundled_models_dir, model_files, onnx_files, read_card, sha256_of
 
     path = Path(model_path).expanduser() if model_path else bundled_models_dir() / f"{DEFAULT_MODEL_NAME}.json"
     tensors_path, card_path = model_files(path)
     origin = "bundled" if not model_path else str(card_path)
     try:
         card = read_card(card_path)
-        digest = sha256_of(tensors_path)
+        pinned_file = onnx_files(card_path)[0] if isinstance(card.get("onnx"), dict) else tensors_path
+        digest = sha256_of(pinned_file)
     except (NotADiagnosisError, OSError) as error:
         return f"The model {origin} cannot be read: {error}"
-    return f"Model {card.get('name', 'model')} {card.get('version', '')} ({origin}); sha256 {digest}"
+    return f"Model {card.get('name', 'model')} {card.get('version', '')} ({origin}); sha256 of {pinned_file.name}: {digest}"

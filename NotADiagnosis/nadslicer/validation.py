@@ -102,7 +102,7 @@ def model_problem(use_bundled: bool, model_path: Optional[str]) -> Optional[str]
     if use_bundled:
         return None
     if not model_path or model_path.strip() in ("", "."):
-        return "Choose a model file (.safetensors with its .json card beside it) or tick 'Use the bundled model'."
+        return "Choose a model file (its .onnx or .json card, the model's other files beside it) or tick 'Use the bundled model'."
     import os
 
     if not os.path.isfile(os.path.expanduser(model_path)):

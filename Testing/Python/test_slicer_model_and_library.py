@@ -15,16 +15,19 @@ from nadslicer.validation import model_problem
 
 
 def test_the_model_summary_names_version_and_sha256(tmp_path):
-    from notadiagnosis.weights import bundled_models_dir, model_files, read_card, sha256_of
+    from notadiagnosis.weights import bundled_models_dir, model_files, onnx_files, read_card, sha256_of
 
     card_path = save_random_model(tmp_path, seed=2)
     tensors_path, _ = model_files(card_path)
     summary = model_summary(str(tensors_path))
-    assert "random-test-model" in summary and sha256_of(tensors_path) in summary and str(card_path) in summary
+    assert "random-test-model" in summary and str(card_path) in summary
+    pinned = onnx_files(card_path)[0] if onnx_files(card_path)[0].is_file() else tensors_path
+    assert f"sha256 of {pinned.name}: {sha256_of(pinned)}" in summary
     bundled = bundled_models_dir() / "default.json"
     bundled_summary = model_summary(None)
     assert "(bundled)" in bundled_summary and read_card(bundled)["version"] in bundled_summary
-    assert sha256_of(model_files(bundled)[0]) in bundled_summary
+    # The bundled model's pin is its ONNX file, the file ONNX Runtime loads.
+    assert f"sha256 of default.onnx: {sha256_of(onnx_files(bundled)[0])}" in bundled_summary
     assert "cannot be read" in model_summary(str(tmp_path / "missing.safetensors"))
 
 

@@ -160,21 +160,25 @@ def _fake_torch(cuda: bool, mps: bool):
     )
 
 
-@pytest.mark.parametrize("providers, torch_cuda, expected", [
-    (["CPUExecutionProvider"], False, "cpu"),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], False, "cuda"),
-    (["CoreMLExecutionProvider", "CPUExecutionProvider"], False, "cpu"),
-    (["CPUExecutionProvider"], True, "cuda"),
+@pytest.mark.parametrize("providers, torch_cuda, runtime, device", [
+    (["CPUExecutionProvider"], False, "auto", "cpu"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], False, "onnx", "cuda"),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], True, "onnx", "cuda"),
+    (["CoreMLExecutionProvider", "CPUExecutionProvider"], False, "auto", "cpu"),
+    (["CPUExecutionProvider"], True, "torch", "cuda"),
 ])
-def test_auto_uses_an_nvidia_gpu_when_a_runtime_provides_one_and_never_mps(monkeypatch, providers, torch_cuda, expected):
+def test_auto_uses_an_nvidia_gpu_when_a_runtime_provides_one_and_never_mps(monkeypatch, providers, torch_cuda, runtime, device):
     monkeypatch.setitem(sys.modules, "onnxruntime", _fake_module("onnxruntime", get_available_providers=lambda: providers))
     monkeypatch.setitem(sys.modules, "torch", _fake_torch(cuda=torch_cuda, mps=True))
-    assert devices.device_name("Auto") == expected
-    assert devices.device_name("CPU") == "cpu"
+    placement = devices.placement_for("Auto")
+    assert (placement.runtime, placement.device) == (runtime, device)
+    assert devices.placement_for("CPU") == devices.CPU
     description = devices.gpu_description()
-    assert (description is None) == (expected == "cpu")
-    if description:
-        assert ("ONNX Runtime" in description) != torch_cuda or "torch" in description
+    assert (description is None) == (device == "cpu")
+    if runtime == "onnx":
+        assert "ONNX Runtime" in description
+    elif runtime == "torch":
+        assert "torch (Fake GPU)" in description
 
 
 def test_gpu_without_one_is_refused_in_the_panels_words(monkeypatch):
