@@ -128,8 +128,6 @@ def test_module_requirements_contain_no_torch():
     assert "torch" not in _module_requirements()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 switches the Slicer module's installation from torch to onnxruntime; "
-                                      "remove this mark with that change")
 def test_module_requirements_install_what_inference_needs_beyond_slicer():
     from notadiagnosis.runtime import INFERENCE_REQUIREMENTS
 
