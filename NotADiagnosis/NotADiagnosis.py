@@ -135,6 +135,7 @@ class NotADiagnosisParameterNode:
     computeSaliency - also compute the saliency overlay.
     measureNodules - find, segment and measure the nodule at each point (segmentation, refined centres,
       measurement columns).
+    classifyAtClick - classify at the points as placed instead of at the centres of the nodules found near them.
     useBundledModel - the model shipped with the extension; otherwise modelPath (a .safetensors file
       with its .json card).
     modelSha256 - optional pinned sha256 of the model file; loading refuses any other file.
@@ -148,6 +149,7 @@ class NotADiagnosisParameterNode:
     testTimeAugmentation: bool = True
     computeSaliency: bool = True
     measureNodules: bool = True
+    classifyAtClick: bool = False
     useBundledModel: bool = True
     modelPath: pathlib.Path
     modelSha256: str = ""
@@ -393,6 +395,7 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             tta=parameterNode.testTimeAugmentation,
             saliency=parameterNode.computeSaliency,
             measure=parameterNode.measureNodules,
+            at_click=parameterNode.classifyAtClick,
             model_path=None if parameterNode.useBundledModel else str(parameterNode.modelPath),
             expected_sha256=parameterNode.modelSha256.strip(),
         )
@@ -506,15 +509,17 @@ class NotADiagnosisLogic(ScriptedLoadableModuleLogic):
         modelSha256: str = "",
         previous=None,
         measure: bool = True,
+        atClick: bool = False,
     ):
         """Classify every placed point (synchronously); returns ``nadslicer.logic.ClassificationResult``.
 
-        ``previous``: an earlier result's ``outputs``, removed once the new ones are written.
+        Each point is classified at the centre of the nodule found near it, or at the point itself with
+        ``atClick``. ``previous``: an earlier result's ``outputs``, removed once the new ones are written.
         """
         from nadslicer.logic import ClassificationOptions, classify
 
         options = ClassificationOptions(device=device, tta=tta, saliency=saliency, model_path=modelPath,
-                                        expected_sha256=modelSha256, measure=measure)
+                                        expected_sha256=modelSha256, measure=measure, at_click=atClick)
         return classify(volumeNode, pointListNode, options, progress=progress, classifier=classifier, previous=previous)
 
 
@@ -608,6 +613,9 @@ class NotADiagnosisTest(ScriptedLoadableModuleTest):
             self.assertAlmostEqual(row["S"], lps[2], places=4)
             self.assertTrue(0.0 <= row["Probability"] <= 1.0)
             self.assertTrue(math.isfinite(row["Uncertainty"]) and row["Uncertainty"] >= 0.0)
+            # Classified at the centre of the nodule found near the point (within the 10 mm search radius).
+            shift = math.dist([row["Classified R"], row["Classified A"], row["Classified S"]], [row["R"], row["A"], row["S"]])
+            self.assertLess(shift, 10.0)
         self.assertIsNotNone(result.saliency_node)
         saliency = slicer.util.arrayFromVolume(result.saliency_node)
         self.assertGreaterEqual(float(saliency.min()), 0.0)

@@ -4,9 +4,10 @@ Three steps, so that the slow part can run off Slicer's main thread while the wi
 
 1. :func:`prepare` (main thread): reads the inputs from MRML into a SimpleITK image and world
    points, checks them; nothing is modified.
-2. :func:`compute` (any thread, no MRML): loads the model (first use), classifies point by point,
-   finds, segments and measures the nodule at each point (``notadiagnosis.measure_nodule``) and
-   computes the saliency maps, reporting to a :class:`Job` and stopping within one point's work when
+2. :func:`compute` (any thread, no MRML): loads the model (first use), finds, segments and measures
+   the nodule at each point (``notadiagnosis.measure_nodule``), classifies each point at the centre
+   of the nodule found (or at the point: ``at_click``, or when none is found) and computes the
+   saliency maps of the classified cubes, reporting to a :class:`Job` and stopping within one point's work when
    the job is cancelled.
 3. :func:`write` (main thread): only when everything succeeded, writes the new nodes (results table
    with the measurements, a results point list whose labels carry the probabilities, the nodules'
@@ -75,6 +76,7 @@ class ClassificationOptions:
     expected_sha256: str = ""
     show_overlay: bool = True
     measure: bool = True
+    at_click: bool = False  # classify at the points as placed, not at the centres of the nodules found near them
 
 
 @dataclass
@@ -243,30 +245,39 @@ def compute(prepared: PreparedInputs, options: ClassificationOptions, job: Job, 
     job.update(0, total, "Loading the model (first use: verifying its sha256)" if classifier is None else "Classifying")
     if classifier is None:
         classifier = get_classifier(options.model_path, options.device, options.expected_sha256)
-    job.update(0, total, f"Classifying {len(points)} point(s)")
+    done = 0
+    nodules = centrings = None
+    if options.measure:
+        from notadiagnosis import measure_nodule
+        from notadiagnosis.centring import from_measurements
+        from notadiagnosis.references import SizeOnlyModel
 
-    def after_point(done: int, _total: int) -> bool:
-        job.update(done, total, f"Classified {done} of {len(points)}")
+        size_only = SizeOnlyModel.from_card(classifier.card)
+        nodules = []
+        for index, point_lps in enumerate(prepared.points_lps):
+            job.update(done, total, f"Measuring {points.labels[index]}")
+            nodules.append(measure_nodule(prepared.image, point_lps, model_card=classifier.card, size_only=size_only))
+            done += 1
+        if not options.at_click:
+            # Classified at the centres the measurements found: each nodule is found once.
+            centrings = from_measurements(prepared.image, prepared.points_lps, nodules)
+    job.update(done, total, f"Classifying {len(points)} point(s)")
+    measured = done
+
+    def after_point(classified: int, _total: int) -> bool:
+        job.update(measured + classified, total, f"Classified {classified} of {len(points)}")
         return True
 
     # One point per batch: Cancel (raised by job.update) is honoured after each point, not after many.
     predictions = classifier.predict(prepared.image, prepared.points_lps, batch_size=1, tta=options.tta,
-                                     callback=after_point)
-    done = len(points)
-    nodules = None
-    if options.measure:
-        from notadiagnosis import measure_nodule
-
-        nodules = []
-        for index, point_lps in enumerate(prepared.points_lps):
-            job.update(done, total, f"Measuring {points.labels[index]}")
-            nodules.append(measure_nodule(prepared.image, point_lps, model_card=classifier.card))
-            done += 1
+                                     callback=after_point, at_click=options.at_click, centrings=centrings)
+    done += len(points)
     maps = []
     if options.saliency:
-        for index, point_lps in enumerate(prepared.points_lps):
+        # The saliency of the cube that was classified (centred on the nodule unless at the click).
+        for index, prediction in enumerate(predictions):
             job.update(done, total, f"Saliency for {points.labels[index]}")
-            maps.append(classifier.saliency(prepared.image, point_lps))
+            maps.append(classifier.saliency(prepared.image, prediction.centre_lps))
             done += 1
     job.update(total, total, "Writing results")
     return Computed(list(predictions), maps, dict(classifier.card), classifier.device_description, nodules)

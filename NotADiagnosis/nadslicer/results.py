@@ -15,16 +15,22 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 
+from notadiagnosis.geometry import lps_to_ras
+
 from .validation import OUTPUT_ATTRIBUTE, is_output
 from .volumes import ijk_to_ras, set_volume_from_image
 
-#: Columns of the results table, in order. R, A, S are world coordinates in mm.
-COLUMNS = ("Point", "R", "A", "S", "Probability", "Uncertainty", "Warning")
+#: Columns of the results table, in order. R, A, S and the classified centre are world coordinates in mm.
+CLASSIFIED_COLUMNS = ("Classified R", "Classified A", "Classified S")
+COLUMNS = ("Point", "R", "A", "S", *CLASSIFIED_COLUMNS, "Probability", "Uncertainty", "Warning")
 COLUMN_DESCRIPTIONS = {
     "Point": "Control point label",
     "R": "Right coordinate of the point (world RAS)",
     "A": "Anterior coordinate of the point (world RAS)",
     "S": "Superior coordinate of the point (world RAS)",
+    **{name: f"{axis} coordinate of the centre of the classified cube (world RAS): the nodule's refined centre, "
+             "or the point itself when no nodule was found or classification at the point was chosen"
+       for name, axis in zip(CLASSIFIED_COLUMNS, ("Right", "Anterior", "Superior"))},
     "Probability": "Calibrated probability that LIDC-IDRI radiologists would rate the nodule malignant (not a diagnosis)",
     "Uncertainty": "Spread (standard deviation) of the probability over flip test-time augmentation; nan when it is off",
     "Warning": "Why this result may be unreliable (empty when nothing was noticed)",
@@ -79,6 +85,7 @@ def write_results_table(
         "R": vtk.vtkDoubleArray(),
         "A": vtk.vtkDoubleArray(),
         "S": vtk.vtkDoubleArray(),
+        **{name: vtk.vtkDoubleArray() for name in CLASSIFIED_COLUMNS},
         "Probability": vtk.vtkDoubleArray(),
         "Uncertainty": vtk.vtkDoubleArray(),
         "Warning": vtk.vtkStringArray(),
@@ -89,6 +96,9 @@ def write_results_table(
         columns["Point"].InsertNextValue(str(label))
         for axis, value in zip("RAS", ras):
             columns[axis].InsertNextValue(float(value))
+        centre_ras = lps_to_ras(np.asarray(prediction.centre_lps, dtype=np.float64))
+        for name, value in zip(CLASSIFIED_COLUMNS, centre_ras):
+            columns[name].InsertNextValue(float(value))
         columns["Probability"].InsertNextValue(float(prediction.probability))
         columns["Uncertainty"].InsertNextValue(float(prediction.uncertainty))
     for row, prediction in enumerate(predictions):
@@ -117,7 +127,7 @@ def write_results_table(
         table_node.SetColumnDescription(column_name, description)
         if unit:
             table_node.SetColumnUnitLabel(column_name, unit)
-    for axis in "RAS":
+    for axis in ("R", "A", "S", *CLASSIFIED_COLUMNS):
         table_node.SetColumnUnitLabel(axis, "mm")
     # Results are a record of what the model said: not to be edited in the table view.
     table_node.SetLocked(True)

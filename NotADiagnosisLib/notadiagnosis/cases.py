@@ -12,9 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .centring import from_segmentation
+from .centring import from_measurements
 from .ct_reader import check_ct_values, read_ct
-from .finder import looks_like_ct
 from .errors import InputError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
 from .points import LabelledPoint, parse_point, read_points
@@ -55,8 +54,7 @@ def classify_case(classifier, image: sitk.Image, points: Sequence[LabelledPoint]
     nodules = measure_points(image, points, classifier.card, progress=progress) if measure else None
     centrings = None
     if nodules is not None and not at_click:
-        looks_like_a_ct = looks_like_ct(image)
-        centrings = [from_segmentation(p.point_lps, n.segmentation, looks_like_a_ct) for p, n in zip(points, nodules)]
+        centrings = from_measurements(image, [p.point_lps for p in points], nodules)
     predictions = classifier.predict(image, [p.point_lps for p in points], batch_size=batch_size, tta=tta,
                                      progress=progress, at_click=at_click, centrings=centrings)
     saliency = (write_saliency_maps(classifier, image, points, saliency_dir, progress=progress,

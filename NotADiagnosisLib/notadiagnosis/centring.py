@@ -9,7 +9,7 @@ placed, with a warning that says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,6 +55,13 @@ def from_segmentation(point_lps: ArrayLike, segmentation: Optional[NoduleSegment
     return Centring(click_lps=point, centre_lps=tuple(float(v) for v in segmentation.centre_lps), centred=True)
 
 
+def from_measurements(image: sitk.Image, points_lps: Sequence[ArrayLike], nodules: Sequence) -> List[Centring]:
+    """One centring per point from its :func:`notadiagnosis.measure_nodule` result (same order), so a
+    nodule measured is not searched for again to be classified."""
+    looks_like_a_ct = looks_like_ct(image)
+    return [from_segmentation(point_lps, nodule.segmentation, looks_like_a_ct) for point_lps, nodule in zip(points_lps, nodules)]
+
+
 def centre_for_classification(image: sitk.Image, point_lps: ArrayLike) -> Centring:
     """Find the nodule near ``point_lps`` (LPS mm) and return where to classify it. The image is not modified."""
     if not looks_like_ct(image):
@@ -65,4 +72,5 @@ def centre_for_classification(image: sitk.Image, point_lps: ArrayLike) -> Centri
     return from_segmentation(point_lps, segmentation)
 
 
-__all__ = ["Centring", "NOT_CENTRED_WARNING", "at_click", "centre_for_classification", "from_segmentation"]
+__all__ = ["Centring", "NOT_CENTRED_WARNING", "at_click", "centre_for_classification", "from_measurements",
+           "from_segmentation"]

@@ -187,7 +187,10 @@ def test_saliency_volume_lies_in_the_ct_space_and_is_shown_as_overlay(scene, ct_
     index = np.array(ct_world.TransformPhysicalPointToContinuousIndex(map_world.GetOrigin()))
     np.testing.assert_allclose(index, np.round(index), atol=1e-6)
     # Each point's own map, from the library, is contained voxel for voxel.
-    for point_lps in ras_to_lps(np.array([[r["R"], r["A"], r["S"]] for r in read_results_table(result.table_node)])):
+    # Each map is of the cube that was classified (centred on the nodule found near the point).
+    rows = read_results_table(result.table_node)
+    assert any(row["Classified R"] != row["R"] for row in rows)
+    for point_lps in ras_to_lps(np.array([[r["Classified R"], r["Classified A"], r["Classified S"]] for r in rows])):
         own = classifier.saliency(ct_world, point_lps)
         start = np.round(map_world.TransformPhysicalPointToContinuousIndex(own.GetOrigin())).astype(int)
         size = own.GetSize()
@@ -489,3 +492,49 @@ def test_status_says_the_warnings_that_make_results_unreliable(scene, ct_image, 
     for prediction in ct_result.predictions + result.predictions:
         for warning in prediction.warnings:
             assert warning in (ct_result.status + result.status)
+
+
+def _offset_points(scene, offset_ras):
+    return add_points(scene, lps_to_ras(NODULES_LPS) + np.asarray(offset_ras), ["N1", "N2", "N3"])
+
+
+def test_points_are_classified_at_the_nodules_found_each_found_once(scene, ct_image, classifier, monkeypatch):
+    """Measuring finds each nodule once: the classification reuses those centres (the library's own
+    search, ``centre_for_classification``, is not run again) and gives what the library gives when it
+    centres the points itself; the table keeps the points and the centres used."""
+    import notadiagnosis.classifier as library_classifier
+
+    volume = add_volume_from_image(scene, ct_image, "CT")
+    points = _offset_points(scene, [1.5, -1.0, 1.0])
+    expected = classifier.predict(ct_image, ras_to_lps(lps_to_ras(NODULES_LPS) + [1.5, -1.0, 1.0]), tta=True)
+
+    def searched_again(*_args, **_kwargs):
+        raise AssertionError("the nodule was searched for again to be classified")
+
+    monkeypatch.setattr(library_classifier, "centre_for_classification", searched_again)
+    result = logic.classify(volume, points, _options(saliency=False, measure=True), classifier=classifier)
+
+    rows = read_results_table(result.table_node)
+    assert all(p.centred for p in expected)
+    for row, prediction, nodule in zip(rows, expected, result.nodules):
+        centre_ras = lps_to_ras(np.asarray(prediction.centre_lps))
+        np.testing.assert_allclose([row["Classified R"], row["Classified A"], row["Classified S"]], centre_ras, atol=1e-6)
+        np.testing.assert_allclose(lps_to_ras(np.asarray(nodule.segmentation.centre_lps)), centre_ras, atol=1e-6)
+        assert row["Probability"] == pytest.approx(prediction.probability, abs=1e-6)
+        assert np.linalg.norm(np.subtract([row["Classified R"], row["Classified A"], row["Classified S"]],
+                                          [row["R"], row["A"], row["S"]])) > 0.5
+
+
+def test_classify_at_click_keeps_the_points_as_placed(scene, ct_image, classifier):
+    volume = add_volume_from_image(scene, ct_image, "CT")
+    points = _offset_points(scene, [1.5, -1.0, 1.0])
+    clicks_lps = ras_to_lps(lps_to_ras(NODULES_LPS) + [1.5, -1.0, 1.0])
+
+    result = logic.classify(volume, points, _options(saliency=False, measure=True, at_click=True), classifier=classifier)
+
+    rows = read_results_table(result.table_node)
+    expected = classifier.predict(ct_image, clicks_lps, tta=True, at_click=True)
+    for row, prediction in zip(rows, expected):
+        assert [row["Classified R"], row["Classified A"], row["Classified S"]] == [row["R"], row["A"], row["S"]]
+        assert row["Probability"] == pytest.approx(prediction.probability, abs=1e-6)
+    assert all(nodule.measurement is not None for nodule in result.nodules)  # still measured
