@@ -113,7 +113,7 @@ def _inputs(scene, hu_offset=0.0):
 
 def _parameters(volume, points, **changes):
     values = dict(inputVolume=volume, pointList=points, device="CPU", testTimeAugmentation=True, computeSaliency=False,
-                  measureNodules=False, useBundledModel=True, modelPath=None, modelSha256="", replacePreviousResults=True,
+                  measureNodules=False, classifyAtClick=False, useBundledModel=True, modelPath=None, modelSha256="", replacePreviousResults=True,
                   resultsTable=None, saliencyVolume=None, resultPoints=None, nodulesSegmentation=None, refinedCentres=None)
     values.update(changes)
     return types.SimpleNamespace(**values)
