@@ -4,11 +4,18 @@ Everything here works in patient millimetres. DICOM and ITK speak LPS (x to the 
 Posterior, z to Superior); 3D Slicer speaks RAS. A patch is the cube of ``size`` voxels at ``spacing``
 mm centred on a point, axis-aligned to the patient's LPS axes whatever the CT's own direction, so the
 model always sees the same anatomy orientation. Only the cube is resampled, never the whole CT.
+
+Resampling is ITK's linear interpolation (``sitk.Resample``). When the CT's axes are the patch's
+axes (direction matrix diagonal with entries ±1, as almost every CT's is), the same interpolation is
+done separably in numpy on the few voxels the cube needs: the same neighbours, the same clamping at
+the CT's faces and the same arithmetic in the same order, in double precision, so the values are
+ITK's (a test compares them), at about a third of ITK's CPU time. Anything else goes to ITK.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,15 +52,31 @@ class Patch:
     """A resampled cube around a point.
 
     ``array_hu`` is float32 (z, y, x) in Hounsfield units; ``image`` carries the same voxels with
-    their geometry (origin, 1 mm spacing, identity direction), so a map computed on the patch can be
-    resampled back into the CT's space. ``outside_fraction`` is the share of the cube that fell
-    outside the CT and was filled with air (-1000 HU).
+    their geometry (origin, ``spacing_mm`` spacing, identity direction), so a map computed on the
+    patch can be resampled back into the CT's space (built on first use: classification never needs
+    it). ``outside_fraction`` is the share of the cube that fell outside the CT and was filled with
+    air (-1000 HU).
     """
 
     array_hu: np.ndarray
-    image: sitk.Image
     outside_fraction: float
     point_lps: np.ndarray
+    spacing_mm: float = field(default=PATCH_SPACING_MM)
+
+    @cached_property
+    def image(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array_hu)
+        origin, spacing, direction = _patch_grid(self.point_lps, self.array_hu.shape[0], self.spacing_mm)
+        image.SetOrigin(origin)
+        image.SetSpacing(spacing)
+        image.SetDirection(direction)
+        return image
+
+
+def _patch_grid(point_lps: np.ndarray, size: int, spacing: float) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
+    """Origin, spacing and direction of the ``size``³ LPS-aligned grid whose voxel ``size // 2`` is ``point_lps``."""
+    origin = tuple((np.asarray(point_lps, dtype=np.float64) - (int(size) // 2) * float(spacing)).tolist())
+    return origin, (float(spacing),) * 3, tuple(np.eye(3).ravel().tolist())
 
 
 def patch_reference(point_lps: ArrayLike, size: int = PATCH_SIZE, spacing: float = PATCH_SPACING_MM) -> sitk.Image:
@@ -61,11 +84,11 @@ def patch_reference(point_lps: ArrayLike, size: int = PATCH_SIZE, spacing: float
 
     The voxel of index ``size // 2`` along each axis sits exactly on ``point_lps``.
     """
-    point = _as_point(point_lps)
+    origin, spacings, direction = _patch_grid(_as_point(point_lps), size, spacing)
     reference = sitk.Image([int(size)] * 3, sitk.sitkFloat32)
-    reference.SetSpacing([float(spacing)] * 3)
-    reference.SetDirection(np.eye(3).ravel().tolist())
-    reference.SetOrigin((point - (size // 2) * float(spacing)).tolist())
+    reference.SetSpacing(spacings)
+    reference.SetDirection(direction)
+    reference.SetOrigin(origin)
     return reference
 
 
@@ -106,13 +129,16 @@ def extract_patch(
             f"The point (LPS {point[0]:.1f}, {point[1]:.1f}, {point[2]:.1f} mm) lies outside the CT; "
             "place it inside the image (and check RAS vs LPS)."
         )
-    reference = patch_reference(point, size, spacing)
-    # Voxels outside the CT get a sentinel no CT can hold, so ITK's own inside/outside decision
-    # gives the outside fraction for free; they then become air.
-    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, _OUTSIDE_SENTINEL, sitk.sitkFloat32)
-    array_hu = sitk.GetArrayFromImage(resampled)
+    origin, spacings, direction = _patch_grid(point, size, spacing)
+    # Voxels outside the CT get a sentinel no CT can hold, so the inside/outside decision gives the
+    # outside fraction for free; they then become air.
+    array_hu = _resample_axis_aligned(image, np.array(origin), int(size), float(spacing))
+    if array_hu is None:
+        resampled = sitk.Resample(image, [int(size)] * 3, sitk.Transform(), sitk.sitkLinear, origin, spacings,
+                                  direction, _OUTSIDE_SENTINEL, sitk.sitkFloat32)
+        array_hu = sitk.GetArrayFromImage(resampled)
     outside = array_hu == np.float32(_OUTSIDE_SENTINEL)
-    outside_fraction = float(outside.mean())
+    outside_fraction = float(np.count_nonzero(outside)) / outside.size
     if outside_fraction == 1.0:
         # The point is inside, so at least its own voxel must be: ITK could not invert the geometry.
         raise InputError(
@@ -121,9 +147,69 @@ def extract_patch(
     not_finite = ~np.isfinite(array_hu)
     if outside_fraction > 0.0 or not_finite.any():
         array_hu[outside | not_finite] = AIR_HU
-        resampled = sitk.GetImageFromArray(array_hu)
-        resampled.CopyInformation(reference)
-    return Patch(array_hu=array_hu, image=resampled, outside_fraction=outside_fraction, point_lps=point)
+    return Patch(array_hu=array_hu, outside_fraction=outside_fraction, point_lps=point, spacing_mm=float(spacing))
+
+
+def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int, spacing: float) -> Optional[np.ndarray]:
+    """ITK's linear resampling of the cube (float32 (z, y, x), outside voxels set to the sentinel), done
+    separably in numpy, or ``None`` when the CT's axes are not the patch's or the voxels it needs are not
+    all finite (ITK then resamples).
+
+    Per axis: the continuous index of each cube voxel, inside when in [-0.5, n - 0.5) as ITK's
+    ``IsInsideBuffer``; the lower neighbour ``floor`` clamped to the CT, the upper one clamped too (a
+    neighbour beyond the face repeats the face, as ITK's interpolator does). Then ITK's order of
+    operations, ``a + (b - a) * d`` in double along x, then y, then z.
+    """
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    signs = np.diag(direction)
+    if not (np.array_equal(np.abs(direction), np.eye(3)) and np.all(np.abs(signs) == 1.0)):
+        return None
+    voxels = sitk.GetArrayViewFromImage(image)  # (z, y, x)
+    scale = signs / np.array(image.GetSpacing(), dtype=np.float64)
+    cube_mm = origin_lps[:, None] + spacing * np.arange(size, dtype=np.float64)[None, :]
+    index = (cube_mm - np.array(image.GetOrigin(), dtype=np.float64)[:, None]) * scale[:, None]  # (3, size): x, y, z
+    axes = [_axis_neighbours(index[axis], image.GetSize()[axis]) for axis in range(3)]
+    (x0, x1, dx, inside_x), (y0, y1, dy, inside_y), (z0, z1, dz, inside_z) = axes
+    box = tuple(slice(int(low.min()), int(high.max()) + 1) for low, high in ((z0, z1), (y0, y1), (x0, x1)))
+    block = voxels[box]
+    if not np.issubdtype(block.dtype, np.integer) and not np.isfinite(block).all():
+        return None  # ITK does not read a neighbour it weighs by zero; a NaN there must not spread
+    x0, x1 = x0 - box[2].start, x1 - box[2].start
+    y0, y1 = y0 - box[1].start, y1 - box[1].start
+    z0, z1 = z0 - box[0].start, z1 - box[0].start
+    # Slice by slice of the CT, then of the cube: small temporaries only (fresh large arrays cost more in
+    # page faults than the arithmetic), and the double arithmetic cast once into the float32 cube.
+    along_xy = np.empty((block.shape[0], size, size), dtype=np.float64)
+    for k, ct_slice in enumerate(block):
+        ct_slice = ct_slice.astype(np.float64)  # ITK reads each voxel as a double
+        along_x = _lerp(ct_slice[:, x0], ct_slice[:, x1], dx)
+        _lerp(along_x[y0], along_x[y1], dy[:, None], out=along_xy[k])
+    cube = np.empty((size, size, size), dtype=np.float32)
+    upper = np.empty((size, size), dtype=np.float64)
+    for k in range(size):
+        np.copyto(upper, along_xy[z1[k]])
+        _lerp(along_xy[z0[k]], upper, dz[k], out=cube[k])
+    inside = inside_z[:, None, None] & inside_y[None, :, None] & inside_x[None, None, :]
+    if not inside.all():
+        cube[~inside] = np.float32(_OUTSIDE_SENTINEL)
+    return cube
+
+
+def _axis_neighbours(index: np.ndarray, length: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper neighbours, weight of the upper one and inside mask of continuous indices along one axis."""
+    inside = (index >= -0.5) & (index < length - 0.5)
+    lower = np.clip(np.floor(index), 0, length - 1).astype(np.intp)
+    upper = np.minimum(lower + 1, length - 1)
+    weight = np.maximum(index - lower, 0.0)  # below the first voxel ITK reads the face voxel alone
+    return lower, upper, weight, inside
+
+
+def _lerp(low: np.ndarray, high: np.ndarray, weight: Union[float, np.ndarray], out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``low + (high - low) * weight`` (ITK's expression) in double; ``high`` (a double array of its own)
+    is overwritten, the result is written into ``out`` (cast once) or returned in ``high``."""
+    np.subtract(high, low, out=high)
+    np.multiply(high, weight, out=high)
+    return np.add(high, low, out=high if out is None else out)
 
 
 def _as_point(point_lps: ArrayLike) -> np.ndarray:
