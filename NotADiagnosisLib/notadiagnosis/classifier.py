@@ -12,6 +12,7 @@ training's patches are, so the answer does not move with the click.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +33,11 @@ from .weights import default_model_path, model_files, read_card
 # Flip TTA: identity, then left-right (x), anterior-posterior (y), superior-inferior (z).
 # Axes of a (N, 1, z, y, x) batch.
 TTA_FLIPS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,))
+# When the backend runs several forward passes at once (``backend.executor``), a batch is cut into
+# sub-batches of this many points: the next sub-batch's patches are extracted while the network runs on
+# the previous one's. ONNX Runtime's cost per patch is the same from batch 1 to 64 (measured), so small
+# sub-batches cost nothing.
+PIPELINE_POINTS = 8
 OUTSIDE_WARNING_FRACTION = 0.10
 MAX_SLICE_THICKNESS_MM = 5.0
 
@@ -64,7 +70,8 @@ class Classifier:
 
     ``backend`` runs the network: ``logits(batch)`` on normalised (N, 1, D, H, W) float32 arrays, and
     ``layer_cam_cells(batch)`` (ONNX Runtime) or ``layer_cam(patch)`` (torch) for saliency; it has
-    ``runtime``, ``device`` and ``description`` attributes.
+    ``runtime``, ``device`` and ``description`` attributes, and may have an ``executor`` (a
+    ``concurrent.futures`` one) on which several ``logits`` runs go at once.
     """
 
     def __init__(self, backend: Any, card: Dict[str, Any]) -> None:
@@ -188,24 +195,33 @@ class Classifier:
     def _predict_batch(
         self, image: sitk.Image, chunk: Sequence[Centring], tta: bool, image_warnings: List[str], predictions: List[Prediction]
     ) -> None:
-        """Classify one batch of points at their centrings and append their predictions."""
-        patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in chunk]
-        normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
-        probabilities, uncertainties, logits = self.predict_patches(normalized, tta=tta)
-        for centring, patch, probability, uncertainty, logit in zip(chunk, patches, probabilities, uncertainties, logits):
-            warnings = list(image_warnings) + centring.warnings + patch_warnings_for(patch.outside_fraction, patch.array_hu)
-            predictions.append(
-                Prediction(
-                    point_lps=tuple(float(v) for v in centring.click_lps),
-                    probability=float(probability),
-                    uncertainty=float(uncertainty),
-                    outside_fraction=float(patch.outside_fraction),
-                    logit=float(logit),
-                    warnings=warnings,
-                    centre_lps=tuple(float(v) for v in patch.point_lps),
-                    centred=centring.centred,
+        """Classify one batch of points at their centrings and append their predictions.
+
+        With a backend that runs several passes at once, sub-batch by sub-batch: this thread extracts
+        the next patches while the backend's threads run the network on the previous ones."""
+        step = PIPELINE_POINTS if getattr(self.backend, "executor", None) is not None else len(chunk)
+        started = []
+        for start in range(0, len(chunk), step):
+            centrings = chunk[start : start + step]
+            patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in centrings]
+            normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
+            started.append((centrings, patches, self._start_tta(normalized, tta)))
+        for centrings, patches, finish in started:
+            probabilities, uncertainties, logits = finish()
+            for centring, patch, probability, uncertainty, logit in zip(centrings, patches, probabilities, uncertainties, logits):
+                warnings = list(image_warnings) + centring.warnings + patch_warnings_for(patch.outside_fraction, patch.array_hu)
+                predictions.append(
+                    Prediction(
+                        point_lps=tuple(float(v) for v in centring.click_lps),
+                        probability=float(probability),
+                        uncertainty=float(uncertainty),
+                        outside_fraction=float(patch.outside_fraction),
+                        logit=float(logit),
+                        warnings=warnings,
+                        centre_lps=tuple(float(v) for v in patch.point_lps),
+                        centred=centring.centred,
+                    )
                 )
-            )
 
     def predict_patches(self, normalized: np.ndarray, tta: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classify normalised patches (N, D, H, W) → (probabilities, uncertainties, mean logits).
@@ -213,10 +229,28 @@ class Classifier:
         Training's evaluation calls this too, so temperature fitting and inference see the same
         TTA-mean logits.
         """
+        return self._start_tta(normalized, tta)()
+
+    def _start_tta(self, normalized: np.ndarray, tta: bool) -> Callable[[], Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Start the forward passes of every TTA flip of normalised patches (N, D, H, W), at once when the
+        backend can; returns the function that waits for them and gives what :meth:`predict_patches` gives."""
         batch = np.asarray(normalized, dtype=np.float32)[:, None]
         flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
-        logits = np.stack([self.backend.logits(np.flip(batch, dims) if dims else batch) for dims in flips])
-        logits = logits.astype(np.float32)  # (flips, N)
+        runs = [self._logits_async(np.flip(batch, dims) if dims else batch) for dims in flips]
+        return lambda: self._tta_result(np.stack([run.result() for run in runs]).astype(np.float32), tta)
+
+    def _logits_async(self, batch: np.ndarray) -> "Future[np.ndarray]":
+        """``backend.logits(batch)`` started on the backend's executor, or run now when it has none (a flip
+        view is copied by ``logits``, so in the executor's thread)."""
+        executor = getattr(self.backend, "executor", None)
+        if executor is not None:
+            return executor.submit(self.backend.logits, batch)
+        done: "Future[np.ndarray]" = Future()
+        done.set_result(self.backend.logits(batch))
+        return done
+
+    def _tta_result(self, logits: np.ndarray, tta: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, uncertainties and mean logits from the logits of each flip, (flips, N)."""
         mean_logit = logits.mean(axis=0)
         probabilities = _sigmoid(mean_logit / self.temperature)
         if tta:

@@ -7,12 +7,16 @@ cannot read it, when it needs an operator the installed ONNX Runtime lacks (the 
 versions), when it was exported with another card (the card's digest in its ``metadata_props``)
 or when its inputs and outputs are not the ones the library feeds and reads.
 
-Threads: one intra-op thread by default and no spin-waiting (:data:`DEFAULT_THREADS`; measured in
-``Testing/Benchmarks/benchmark_runtimes.py``, README "Performance"): a spinning pool with a thread per core collapses
-when another process holds a core (Slicer's GUI, another job), one thread does not.
+Threads: on the CPU, ``threads`` runs go at once, each on one thread of its own (the backend's
+:attr:`OnnxBackend.executor`), and no ONNX Runtime intra-op pool. Independent runs never wait
+for one another, so when another process holds a core (Slicer's GUI, another job) one run slows down
+and the others go on; an intra-op pool waits at every operator for its slowest thread, and a spinning
+one collapses (measured in ``Testing/Benchmarks/benchmark_runtimes.py``, README "Performance").
+:data:`DEFAULT_THREADS` is the measured choice.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -34,7 +38,9 @@ DEFAULT_THREADS = 1
 
 class OnnxBackend:
     """Runs the exported graphs: ``logits`` for classification, ``layer_cam_cells`` for saliency (its graph
-    is verified and loaded at the first saliency call, so classification alone never pays for it)."""
+    is verified and loaded at the first saliency call, so classification alone never pays for it).
+    :attr:`executor` runs ``logits`` on ``threads`` threads at once (ONNX Runtime releases the GIL while it
+    runs); ``None`` with one thread or on a GPU, where runs go one after another in the caller's thread."""
 
     runtime = "onnxruntime"
 
@@ -49,6 +55,8 @@ class OnnxBackend:
         self.device = "cuda" if provider == CUDA_PROVIDER else "cpu"
         where = f"{threads} thread{'s' if threads != 1 else ''}" if provider == CPU_PROVIDER else "GPU"
         self.description = f"{self.device} ({where}), ONNX Runtime {onnxruntime.__version__} {provider}"
+        concurrent = provider == CPU_PROVIDER and threads > 1
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="notadiagnosis-onnx") if concurrent else None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N,) of normalised patches (N, 1, D, H, W)."""
@@ -67,8 +75,8 @@ def _float32(batch: np.ndarray) -> np.ndarray:
 
 def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto",
                       expected_sha256: Optional[str] = None, threads: Optional[int] = None) -> OnnxBackend:
-    """A session on the card's verified ONNX file; ``device`` auto, cpu, cuda or gpu; ``threads`` intra-op
-    threads on the CPU (default :data:`DEFAULT_THREADS`). ``expected_sha256`` pins the classification
+    """A session on the card's verified ONNX file; ``device`` auto, cpu, cuda or gpu; ``threads`` runs at once
+    on the CPU, one thread each (default :data:`DEFAULT_THREADS`). ``expected_sha256`` pins the classification
     file ``<stem>.onnx``, which binds the card, which holds the saliency file's sha256."""
     import onnxruntime
 
@@ -88,7 +96,7 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
         if not path.is_file():
             raise WeightsError(f"Model file {path} not found beside its card {Path(card_path).name}.")
         data = verified_bytes(path, file_block, pin)
-        session = _session(onnxruntime, data, path.name, card, providers, threads)
+        session = _session(onnxruntime, data, path.name, card, providers)
         if session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY) != card_digest(card):
             raise WeightsError(
                 f"{Path(card_path).name} is not the card {path.name} was exported with (its calibration, threshold, "
@@ -98,10 +106,21 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
         return session
 
     session = session_for(classify_path, block, LOGIT_OUTPUT, expected_sha256)
+    provider = session.get_providers()[0]
+    if _provider_name(providers[0]) == CUDA_PROVIDER and provider != CUDA_PROVIDER and (device or "auto").lower() != "auto":
+        # ONNX Runtime falls back to the CPU with a log line when its CUDA provider cannot start.
+        raise InputError(
+            f"A GPU was asked for but ONNX Runtime {onnxruntime.__version__} could not start its CUDA provider "
+            "(CUDA or cuDNN libraries missing or not matching onnxruntime-gpu, or no such GPU); use --device cpu."
+        )
     # The saliency file must be the one the (verified, possibly pinned) classification file names.
     saliency_sha256 = session.get_modelmeta().custom_metadata_map.get(SALIENCY_DIGEST_KEY)
-    return OnnxBackend(session, session.get_providers()[0], threads,
+    return OnnxBackend(session, provider, threads,
                        lambda: session_for(saliency_path, block["saliency"], LAYER_CAM_OUTPUT, saliency_sha256 or "-"))
+
+
+def _provider_name(provider: Any) -> str:
+    return provider[0] if isinstance(provider, tuple) else provider
 
 
 def _providers(device: str, available: Any) -> list:
@@ -123,9 +142,10 @@ def _providers(device: str, available: Any) -> list:
     raise InputError(f"Unknown device {device!r}; choose auto, cpu, cuda or gpu.")
 
 
-def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], providers: list, threads: int) -> Any:
+def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], providers: list) -> Any:
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
+    # Each run on the thread that calls it (see the module docstring): parallel runs, not an intra-op pool.
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -288,8 +288,76 @@ def test_unknown_runtime_and_gpu_without_a_provider_are_refused(trained_like_mod
 
 
 def test_threads_are_the_callers_choice(trained_like_model):
-    assert "(1 thread)" in Classifier.load(trained_like_model, runtime="onnx", device="cpu").device_description
-    assert "(2 threads)" in Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=2).device_description
+    one = Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=1)
+    two = Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=2)
+    assert "(1 thread)" in one.device_description and one.backend.executor is None
+    assert "(2 threads)" in two.device_description and two.backend.executor._max_workers == 2
+
+
+def test_runs_on_several_threads_give_the_same_predictions_in_the_same_order(trained_like_model):
+    # Sub-batches (PIPELINE_POINTS) run while the next patches are extracted: any mix-up of points,
+    # flips or sub-batches would change a probability.
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(5)
+    ct = sitk.GetImageFromArray(rng.integers(-1000, 400, size=(40, 80, 90)).astype(np.int16))
+    ct.SetSpacing((0.8, 0.8, 2.0))
+    ct.SetOrigin((-36.0, -32.0, -40.0))
+    points = rng.uniform([-20.0, -18.0, -20.0], [20.0, 18.0, 20.0], size=(19, 3))
+    serial = Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=1)
+    concurrent = Classifier.load(trained_like_model, runtime="onnx", device="cpu", threads=2)
+    expected = serial.predict(ct, points, batch_size=19, at_click=True)
+    assert len({round(p.probability, 6) for p in expected}) > 10  # the points differ, so an order error would show
+    for batch_size in (1, 10, 19):
+        got = concurrent.predict(ct, points, batch_size=batch_size, at_click=True)
+        assert [p.point_lps for p in got] == [p.point_lps for p in expected]
+        np.testing.assert_array_equal([p.logit for p in got], [p.logit for p in expected])
+        np.testing.assert_array_equal([p.uncertainty for p in got], [p.uncertainty for p in expected])
+
+
+class _SessionSpy:
+    """onnxruntime.InferenceSession, recording the providers it was asked for (the CPU build here runs
+    on the CPU whatever it is asked, as it does on a machine whose CUDA libraries are missing)."""
+
+    def __init__(self, real):
+        self.real, self.asked = real, []
+
+    def __call__(self, data, options=None, providers=None):
+        self.asked.append(providers)
+        return self.real(data, options, providers=providers)
+
+
+@pytest.fixture()
+def cuda_listed(monkeypatch):
+    """ONNX Runtime as onnxruntime-gpu reports itself: CUDA listed among the available providers."""
+    import onnxruntime
+
+    spy = _SessionSpy(onnxruntime.InferenceSession)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    return spy
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")  # ONNX Runtime's own notice of the fallback
+def test_the_cuda_provider_is_asked_for_first_when_onnx_runtime_has_it(cuda_listed, trained_like_model):
+    classifier = Classifier.load(trained_like_model, runtime="onnx")  # device auto
+    assert cuda_listed.asked[0] == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    # What ran is what the session reports, not what was asked: here the CPU, and the description says so.
+    assert classifier.device == "cpu" and "CPUExecutionProvider" in classifier.device_description
+    with pytest.raises(InputError, match="could not start its CUDA provider") as error:
+        Classifier.load(trained_like_model, runtime="onnx", device="cuda:1")
+    assert cuda_listed.asked[-1][0] == ("CUDAExecutionProvider", {"device_id": "1"})
+    _assert_one_sentence(error)
+
+
+def test_without_a_cuda_provider_auto_runs_on_the_cpu_and_a_gpu_request_says_what_to_install(monkeypatch, trained_like_model):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert "CPUExecutionProvider" in Classifier.load(trained_like_model, runtime="onnx").device_description
+    for device in ("cuda", "gpu"):
+        with pytest.raises(InputError, match="install onnxruntime-gpu"):
+            Classifier.load(trained_like_model, runtime="onnx", device=device)
 
 
 # ------------------------------------------------------------------------------------------------ pins
