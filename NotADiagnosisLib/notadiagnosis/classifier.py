@@ -130,7 +130,7 @@ class Classifier:
     @property
     def device_description(self) -> str:
         """Device, threads, runtime and its execution provider, e.g.
-        ``cpu (1 thread), ONNX Runtime 1.31.1 CPUExecutionProvider`` or ``cpu (2 threads), torch 2.13.0``."""
+        ``cpu (2 threads), ONNX Runtime 1.31.1 CPUExecutionProvider`` or ``cpu (2 threads), torch 2.13.0``."""
         return self.backend.description
 
     @property

@@ -157,7 +157,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute device (default auto: a CUDA GPU when the runtime has one, then Apple MPS "
                              "on torch, else the CPU)")
     parser.add_argument("--threads", type=_whole_number(1), metavar="N",
-                        help="CPU threads of the runtime (default: ONNX Runtime 1, chosen by measurement; torch its own)")
+                        help="CPU threads of the runtime (default: ONNX Runtime 2, chosen by measurement; torch its own)")
 
 
 def check_argument_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

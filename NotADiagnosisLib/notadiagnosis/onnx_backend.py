@@ -32,8 +32,9 @@ ONNX_FORMAT = "notadiagnosis-onnx/1"
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 # How ONNX Runtime says that a model needs an operator (or an operator's version) it does not have.
 MISSING_OPERATOR_SIGNS = ("Could not find an implementation", "is not a registered function/op")
-# Chosen by measurement (README, "Performance"): see the module docstring.
-DEFAULT_THREADS = 1
+# Chosen by measurement on 2 cores (README, "Performance"), quiet and with one core busy: two runs at
+# once halve the wall time on a quiet machine and still gain when another process holds a core.
+DEFAULT_THREADS = 2
 
 
 class OnnxBackend:

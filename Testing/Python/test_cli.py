@@ -288,7 +288,7 @@ def test_info_prints_versions_device_and_the_given_model_card(capsys, model_path
 
     assert f"torch {torch.__version__}" in out and f"SimpleITK {sitk.Version_VersionString()}" in out
     assert f"numpy {np.__version__}" in out and "python " in out
-    assert "Runtime: onnxruntime" in out and "Device: cpu (1 thread), ONNX Runtime" in out and "CPUExecutionProvider" in out
+    assert "Runtime: onnxruntime" in out and "Device: cpu (2 threads), ONNX Runtime" in out and "CPUExecutionProvider" in out
     assert '"name": "random-test-model"' in out and "sha256" in out
 
 
