@@ -3,7 +3,8 @@
 Module, Widget, Logic and Test in one file, as Slicer's scripted-module template lays them out. The
 computation lives in the Qt-free package ``nadslicer`` (tested in CI on real MRML with slicer-core)
 and in the library ``notadiagnosis``; both are imported inside functions so that loading this module
-at Slicer start-up costs nothing (no numpy, SimpleITK or torch at file scope).
+at Slicer start-up costs nothing (no numpy, SimpleITK or torch at file scope). The one exception is
+``nadslicer.devices``, which imports only the standard library and states the panel's Device choices.
 
 Target: Slicer 5.8 and later. Python packages (one list, ``Resources/requirements.txt``) are installed
 at first use with ``slicer.packaging.pip_ensure`` on Slicer 5.12+ or, before 5.12, with
@@ -37,12 +38,10 @@ from slicer.util import VTKObservationMixin
 from vtkSlicerMarkupsModuleMRMLPython import vtkMRMLMarkupsFiducialNode
 from vtkSlicerSegmentationsModuleMRMLPython import vtkMRMLSegmentationNode
 
-MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The panel's Device choices, stated once in the logic package (its devices file imports nothing heavy).
+from nadslicer.devices import DEVICE_CHOICES
 
-DISCLAIMER = (
-    "Not a diagnosis: research use only. The probability estimates how LIDC-IDRI radiologists would rate "
-    "a nodule's malignancy; the model has not been validated on patients and must not guide patient care."
-)
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 #
 # NotADiagnosis
@@ -145,7 +144,7 @@ class NotADiagnosisParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     pointList: vtkMRMLMarkupsFiducialNode
-    device: Annotated[str, Choice(["Auto", "CPU", "GPU"])] = "Auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     testTimeAugmentation: bool = True
     computeSaliency: bool = True
     measureNodules: bool = True
@@ -196,11 +195,12 @@ class NotADiagnosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = NotADiagnosisLogic()
 
-        self.ui.disclaimerLabel.text = DISCLAIMER
         self.ui.placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         from nadslicer.library import library_in_use
-        from nadslicer.model_info import bundled_model_summary
+        from nadslicer.model_info import bundled_model_summary, library_disclaimer
 
+        # The library's wording; without the library the .ui's own short statement stays (and the status says why).
+        self.ui.disclaimerLabel.text = library_disclaimer() or self.ui.disclaimerLabel.text
         self.ui.statusLabel.text = bundled_model_summary()
         self.ui.statusLabel.toolTip = library_in_use(MODULE_DIR)
 

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from notadiagnosis import Classifier  # noqa: E402
+from notadiagnosis.disclaimer import REMINDER  # noqa: E402
 from notadiagnosis.synthetic import make_synthetic_chest_ct  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots" / "NotADiagnosis-results.png"
@@ -55,8 +56,7 @@ def main() -> Path:
     table.auto_set_column_width([0, 1, 2, 3])
     table.scale(1.0, 1.6)
     table_axis.set_title(f"Results table — model {classifier.name} on {classifier.device_description}", color="white")
-    figure.text(0.5, 0.03, "Not a diagnosis: research use only; the model has not been validated on patients.",
-                ha="center", color="#ff8080", fontsize=11)
+    figure.text(0.5, 0.03, REMINDER, ha="center", color="#ff8080", fontsize=11)
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(OUTPUT, dpi=100, facecolor=figure.get_facecolor())
     return OUTPUT

@@ -9,7 +9,10 @@
 - **CPU**: the CPU.
 
 :func:`gpu_description` says which GPU and through which runtime, for the tooltip and the status.
-Probing imports the runtimes only when asked (at Classify), never when the panel opens.
+Probing imports the runtimes only when asked (at Classify), never when the panel opens; the module file
+imports :data:`DEVICE_CHOICES` for its panel, so this file imports nothing beyond the standard library
+when it is loaded. The runtime and device names a choice maps to are the library's
+(``notadiagnosis.runtime.RUNTIMES`` and ``DEVICE_CHOICES``).
 """
 from __future__ import annotations
 
@@ -17,8 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import InputError
-
+#: The panel's Device choices (the module file's parameter node offers these).
 DEVICE_CHOICES = ("Auto", "CPU", "GPU")
 
 _NO_GPU_MESSAGE = (
@@ -65,6 +67,8 @@ def gpu_description() -> Optional[str]:
 
 def placement_for(choice: str) -> Placement:
     """The runtime and device for a panel choice ("Auto", "CPU", "GPU")."""
+    from .errors import InputError  # the library's error types: imported at Classify, not with the panel
+
     key = (choice or "Auto").strip().lower()
     if key not in {option.lower() for option in DEVICE_CHOICES}:
         raise InputError(f"Unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}.")

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.geometry import is_inside, ras_to_lps
 
 from .devices import DEVICE_CHOICES, device_name, placement_for
@@ -300,7 +301,7 @@ def write(
         "TestTimeAugmentation": str(bool(options.tta)),
         "InputVolume": volume_node.GetID(),
         "PointList": markups_node.GetID(),
-        "Disclaimer": str(card.get("disclaimer", "Not a diagnosis: research use only.")),
+        "Disclaimer": str(card.get("disclaimer", DISCLAIMER)),
     }
     created = []
     nodules = computed.nodules

@@ -20,6 +20,19 @@ def library_dir() -> Optional[Path]:
     return Path(spec.origin).parent if spec is not None and spec.origin else None
 
 
+def library_disclaimer(package_dir: Optional[Path] = None) -> Optional[str]:
+    """The library's disclaimer (long form), read from its one home ``notadiagnosis/disclaimer.py``
+    without importing the library (whose package loads numpy and SimpleITK); None when it is missing."""
+    package_dir = package_dir or library_dir()
+    source = Path(package_dir) / "disclaimer.py" if package_dir is not None else None
+    if source is None or not source.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("_notadiagnosis_disclaimer", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # standard library only: the file states two strings
+    return module.DISCLAIMER
+
+
 def bundled_model_summary(package_dir: Optional[Path] = None) -> str:
     """One line naming the bundled model and its version, or saying that none is bundled."""
     package_dir = package_dir or library_dir()

@@ -31,7 +31,7 @@ _LAZY = {
     "save_model": "weights",
     "load_model": "weights",
     "select_device": "device",
-    "DISCLAIMER": "weights",
+    "DISCLAIMER": "disclaimer",
     "INFERENCE_REQUIREMENTS": "runtime",
 }
 

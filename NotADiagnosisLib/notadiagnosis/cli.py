@@ -30,7 +30,7 @@ from .results import (
     results_document,
     results_table,
 )
-from .runtime import RUNTIMES
+from .runtime import DEVICE_CHOICES, RUNTIMES
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
 DEMO_CT_NAME = "synthetic-chest-ct.nrrd"
@@ -153,7 +153,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "with it): MODEL.onnx on ONNX Runtime, MODEL.safetensors on torch")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="auto (default: ONNX Runtime when installed, else torch), onnx or torch")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "gpu", "mps"),
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="compute device (default auto: a CUDA GPU when the runtime has one, then Apple MPS "
                              "on torch, else the CPU)")
     parser.add_argument("--threads", type=_whole_number(1), metavar="N",

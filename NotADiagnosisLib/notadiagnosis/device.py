@@ -7,8 +7,7 @@ from typing import Tuple
 import torch
 
 from .errors import InputError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "gpu", "mps")
+from .runtime import DEVICE_CHOICES
 
 
 def select_device(name: str = "auto") -> Tuple[torch.device, str]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from .errors import InputError, WeightsError
+from .runtime import DEVICE_CHOICES
 from .weights import CARD_DIGEST_KEY, SALIENCY_DIGEST_KEY, card_digest, onnx_files, verified_bytes
 
 INPUT_NAME = "patches"
@@ -140,7 +141,8 @@ def _providers(device: str, available: Any) -> list:
         return [CPU_PROVIDER]
     if choice == "mps":
         raise InputError("Apple MPS is a torch device; with ONNX Runtime use --device cpu, or --runtime torch for MPS.")
-    raise InputError(f"Unknown device {device!r}; choose auto, cpu, cuda or gpu.")
+    onnx_choices = [name for name in DEVICE_CHOICES if name != "mps"]
+    raise InputError(f"Unknown device {device!r}; choose one of {', '.join(onnx_choices)}.")
 
 
 def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], providers: list) -> Any:

@@ -13,6 +13,11 @@ from typing import Any, Dict
 from .errors import InputError
 
 RUNTIMES = ("auto", "onnx", "torch")
+#: Where the model runs, on either runtime: ``auto`` (a CUDA GPU when the runtime has one, then Apple MPS on
+#: torch, else the CPU), ``cpu``, ``gpu`` (a GPU, or an error that says how to get one), ``cuda`` (``cuda:N``
+#: for the N-th; not a command-line choice) or ``mps`` (torch only). The CLI, Training and the Slicer module
+#: take their choices from here.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "gpu", "mps")
 #: What inference needs, installed by ``pip install notadiagnosis`` (pyproject's dependencies; a test keeps
 #: them equal). For a CUDA GPU, install ``onnxruntime-gpu`` (:data:`GPU_REQUIREMENT`) instead of onnxruntime.
 INFERENCE_REQUIREMENTS = ("numpy>=1.21", "SimpleITK>=2.2", "onnxruntime>=1.14", "tqdm>=4.62")

@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
+from .atomic import PathLike, atomic_path
+from .disclaimer import DISCLAIMER
 from .errors import NoDefaultModelError, WeightsError
 
 if TYPE_CHECKING:  # torch is imported only by the functions that need it: reading a card stays light.
@@ -48,12 +48,6 @@ FILE_BLOCKS = ("weights", "onnx")
 #: The files a model is given by: its card, its ONNX file or its tensors (the others lie beside it).
 MODEL_SUFFIXES = (".json", ".safetensors", ".onnx")
 SALIENCY_ONNX_SUFFIX = ".saliency.onnx"
-DISCLAIMER = (
-    "Not a diagnosis: research use only. The probability estimates how LIDC-IDRI radiologists would "
-    "rate the nodule's malignancy; the model has not been validated on patients."
-)
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def sha256_of(path: PathLike) -> str:
@@ -118,7 +112,7 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_ops
     digest = card_digest(completed)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: digest}
-    with _atomic_path(tensors_path) as temporary:
+    with atomic_path(tensors_path) as temporary:
         temporary.write_bytes(_sorted_header(serialize(state, metadata=metadata)))
     completed["weights"] = file_block(tensors_path, "safetensors")
     classify_path, saliency_path = onnx_files(path)
@@ -126,13 +120,13 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_ops
     blocks = {}
     # The saliency file first: the classification file records its sha256, so a pin on it covers both.
     for onnx_path, saliency in ((saliency_path, True), (classify_path, False)):
-        with _atomic_path(onnx_path) as temporary:
+        with atomic_path(onnx_path) as temporary:
             details = write_onnx(model, temporary, metadata, int(completed["preprocessing"]["patch_size"]), saliency,
                                  ONNX_OPSET if onnx_opset is None else onnx_opset)
         blocks[saliency] = file_block(onnx_path, "onnx") | details
         metadata = metadata | {SALIENCY_DIGEST_KEY: blocks[True]["sha256"]}
     completed["onnx"] = blocks[False] | {"saliency": blocks[True]}
-    with _atomic_path(card_path) as temporary:
+    with atomic_path(card_path) as temporary:
         temporary.write_text(json.dumps(completed, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     return card_path
 
@@ -347,26 +341,3 @@ def default_model_path() -> Path:
             "train one with Training/ and pass it with --model PATH (or Classifier.load(path))."
         )
     return card_path
-
-
-class _atomic_path:
-    """Context manager giving a temporary path that replaces ``target`` only on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> Path:
-        handle, name = tempfile.mkstemp(prefix=f".{self.target.name}.", dir=str(self.target.parent))
-        os.close(handle)
-        self.temporary = Path(name)
-        return self.temporary
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            # mkstemp creates files readable by their owner only; give the usual umask-based mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.temporary, 0o666 & ~umask)
-            os.replace(self.temporary, self.target)
-        else:
-            self.temporary.unlink(missing_ok=True)

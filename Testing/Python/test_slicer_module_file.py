@@ -49,11 +49,12 @@ CUSTOM_WIDGET_BASES = {
 QT_CLASSES = {"QLabel", "QPushButton", "QCheckBox", "QComboBox", "QLineEdit", "QWidget"}
 MRML_SCENE_AWARE = {"qMRMLNodeComboBox", "qMRMLTableView", "qSlicerMarkupsPlaceWidget", "qMRMLWidget"}
 
-# Modules that may be imported when Slicer loads the module file (all already loaded by Slicer itself).
+# Modules that may be imported when Slicer loads the module file: all already loaded by Slicer itself, and the
+# logic's devices file, which loads only the standard library (test_logic_package_imports_neither_torch_nor_qt).
 ALLOWED_FILE_SCOPE_IMPORTS = {
     "contextlib", "logging", "os", "pathlib", "typing", "vtk", "slicer", "slicer.i18n", "slicer.parameterNodeWrapper",
     "slicer.ScriptedLoadableModule", "slicer.util", "vtkSlicerMarkupsModuleMRMLPython",
-    "vtkSlicerSegmentationsModuleMRMLPython",
+    "vtkSlicerSegmentationsModuleMRMLPython", "nadslicer.devices",
 }
 
 
@@ -186,12 +187,20 @@ def test_bound_widgets_can_show_their_parameter_type(module_tree):
             raise AssertionError(f"no widget rule for {name}: {annotation}")
 
 
-def test_device_choices_are_the_logics(module_tree):
-    from nadslicer.devices import DEVICE_CHOICES
+def test_every_panel_device_choice_runs_on_a_library_runtime_and_device():
+    from nadslicer.devices import DEVICE_CHOICES, placement_for
+    from notadiagnosis.errors import InputError
+    from notadiagnosis.runtime import DEVICE_CHOICES as LIBRARY_DEVICES, RUNTIMES
 
-    annotation = _parameters(module_tree)["device"]
-    choices = ast.literal_eval(annotation.split("Choice(", 1)[1].rsplit(")", 2)[0])
-    assert tuple(choices) == DEVICE_CHOICES
+    placed = 0
+    for choice in DEVICE_CHOICES:
+        try:
+            placement = placement_for(choice)
+        except InputError:  # GPU on a machine without one: refused with a fix, never a wrong device
+            continue
+        assert placement.runtime in RUNTIMES and placement.device in LIBRARY_DEVICES, choice
+        placed += 1
+    assert placed >= 2  # Auto and CPU place everywhere
 
 
 def _file_scope_imports(tree: ast.Module) -> set:
@@ -227,7 +236,7 @@ def test_logic_package_imports_neither_torch_nor_qt():
     loads not even those. torch arrives with the first classifier."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import nadslicer.validation, nadslicer.model_info, nadslicer.library;"
+        "import nadslicer.validation, nadslicer.model_info, nadslicer.library, nadslicer.devices;"
         "heavy = {'numpy', 'SimpleITK', 'torch', 'notadiagnosis'} & set(sys.modules);"
         "assert not heavy, heavy;"
         "import nadslicer.logic, nadslicer.results, nadslicer.volumes, nadslicer.points, nadslicer.dependencies, nadslicer.errors,"
@@ -256,15 +265,21 @@ def test_help_says_not_a_diagnosis_and_how_to_cite_lidc(module_tree):
 
 
 def test_disclaimer_is_visible_in_the_panel(module_tree, ui_widgets):
+    from nadslicer.model_info import library_disclaimer
+    from notadiagnosis.disclaimer import DISCLAIMER, REMINDER
+
     assert ui_widgets["disclaimerLabel"] == "QLabel"
-    disclaimer = next(
-        ast.literal_eval(node.value) for node in module_tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DISCLAIMER"
-    )
-    assert disclaimer.startswith("Not a diagnosis")
+    # The panel shows the library's wording, read from its one home without importing the library.
+    disclaimer = library_disclaimer()
+    assert disclaimer == DISCLAIMER and disclaimer.startswith("Not a diagnosis")
+    setup = next(node for node in ast.walk(_class(module_tree, "NotADiagnosisWidget"))
+                 if isinstance(node, ast.FunctionDef) and node.name == "setup")
+    assert any(isinstance(node, ast.Call) and getattr(node.func, "id", "") == "library_disclaimer"
+               for node in ast.walk(setup))
+    # Before (or without) the library, the .ui shows the short form.
     root = ElementTree.parse(UI_FILE).getroot()
     label = next(e for e in root.iter("widget") if e.get("name") == "disclaimerLabel")
-    assert "Not a diagnosis" in label.find("property[@name='text']").findtext("string")
+    assert label.find("property[@name='text']").findtext("string") == REMINDER
 
 
 def test_self_test_runs_every_test_and_nothing_else_looks_like_one(module_tree):

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from notadiagnosis.classifier import Classifier
+from notadiagnosis.disclaimer import REMINDER
 from notadiagnosis.errors import InputError, WeightsError
 from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, onnx_files, save_model, sha256_of
@@ -55,7 +56,7 @@ LABEL_STATEMENT = ("Labels: the median of the LIDC-IDRI radiologists' malignancy
                    "impressions, not pathology.")
 RETRAIN_STATEMENT = ("To retrain on the real LIDC-IDRI pixels: see Training/README.md "
                      "(nadtrain build lidc --lidc-root PATH --out DIR, then nadtrain train, evaluate and export).")
-VALIDATION_STATEMENT = "This model has not been validated on patients. Not a diagnosis: research use only."
+VALIDATION_STATEMENT = REMINDER  # the project's one wording (notadiagnosis.disclaimer)
 
 
 def reference_patches(size: int = 64) -> Tuple[List[str], np.ndarray]:

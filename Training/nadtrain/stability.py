@@ -40,8 +40,9 @@ import numpy as np
 
 from notadiagnosis import centring
 from notadiagnosis.classifier import Classifier
+from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.errors import InputError
-from notadiagnosis.weights import DISCLAIMER, model_files, sha256_of
+from notadiagnosis.weights import model_files, sha256_of
 
 from .nodule_table import parse_list
 from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table

@@ -14,16 +14,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from notadiagnosis.device import DEVICE_CHOICES
 from notadiagnosis.errors import InputError
 from notadiagnosis.model import ARCHITECTURES
+from notadiagnosis.runtime import DEVICE_CHOICES
 
 from .dataset import load_dataset, read_manifest
 
 BALANCE = ("weight", "sampler", "none")
 CALIBRATION = ("prior", "platt")  # see calibration.py: prior shift only (default) or Platt on validation
 SPLIT_MODES = ("patient", "source", "annotation")
-DEVICE_HELP = f"{', '.join(DEVICE_CHOICES)}, or cuda:N"  # the library's torch device choices
+DEVICE_HELP = f"{', '.join(DEVICE_CHOICES)}, or cuda:N"  # the library's device choices
 
 
 def option(default: Any = MISSING, help: Optional[str] = None, *, flag: Optional[str] = None,
