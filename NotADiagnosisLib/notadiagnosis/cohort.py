@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import re
 import signal
-import tempfile
 import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .atomic import write_text_atomic
 from .cases import classify_case, read_case
 from .errors import InputError, NotADiagnosisError, show_warning
 from .points import parse_point, read_points
@@ -273,7 +273,7 @@ class CohortOutput:
                 )
             current = self.path.read_text(encoding="utf-8")
             if current != self._kept:  # a CT cut off mid-write: rewrite without it, atomically
-                _replace(self.path, self._kept)
+                write_text_atomic(self.path, self._kept)
             return
         if self.suffix == ".csv":
             buffer = io.StringIO()
@@ -282,7 +282,7 @@ class CohortOutput:
             head = buffer.getvalue()
         else:
             head = json.dumps({_OPTIONS_MARK: options, "disclaimer": REMINDER}, sort_keys=True) + "\n"
-        _replace(self.path, head)
+        write_text_atomic(self.path, head)
 
     def write_done(self, row: CohortRow, rows: Sequence[Dict[str, Any]]) -> None:
         if self.suffix == ".csv":
@@ -343,20 +343,6 @@ def _exclusive(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _replace(path: Path, text: str) -> None:
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temporary:
-            temporary.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(name, 0o666 & ~umask)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------- the run

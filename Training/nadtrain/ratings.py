@@ -31,11 +31,10 @@ from notadiagnosis.errors import InputError
 
 from .nodule_table import RATED_CHARACTERISTICS, parse_list
 
-# Per-reader characteristic columns of the nodule table (malignancy is the label, never a feature).
-CHARACTERISTICS = RATED_CHARACTERISTICS
-# Feature names, in column order: log size first, then the medians, then "calcified" (LIDC's
+# Feature names, in column order: log size first, then the medians of the readers' characteristic ratings
+# (malignancy is the label, never a feature), then "calcified" (LIDC's
 # calcification rating 6 means absent; 1-5 are calcification patterns, nearly always benign).
-FEATURES = ("log_diameter_mm",) + tuple(f"{name}_median" for name in CHARACTERISTICS) + ("calcified",)
+FEATURES = ("log_diameter_mm",) + tuple(f"{name}_median" for name in RATED_CHARACTERISTICS) + ("calcified",)
 
 
 def _ratings_of(value: Any) -> np.ndarray:
@@ -61,8 +60,8 @@ def nodule_features(row: Mapping[str, Any]) -> np.ndarray:
         diameter = float("nan")
     # Per-reader strings when present, else a precomputed median column (``texture_median``...).
     medians = [_median_of_ratings(row.get(name) if row.get(name) not in (None, "", []) else row.get(f"{name}_median"))
-               for name in CHARACTERISTICS]
-    calcification = medians[CHARACTERISTICS.index("calcification")]
+               for name in RATED_CHARACTERISTICS]
+    calcification = medians[RATED_CHARACTERISTICS.index("calcification")]
     calcified = float(calcification < 6) if np.isfinite(calcification) else float("nan")
     log_diameter = np.log(diameter) if np.isfinite(diameter) and diameter > 0 else float("nan")
     return np.array([log_diameter, *medians, calcified], dtype=np.float64)
