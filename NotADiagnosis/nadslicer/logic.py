@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from notadiagnosis.card import ModelCard
 from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.geometry import is_inside, ras_to_lps
 
@@ -141,7 +142,7 @@ class Computed:
 
     predictions: List[Any]
     maps: List[sitk.Image]
-    card: Dict[str, Any]
+    card: ModelCard
     device_description: str
     nodules: Optional[List[Any]] = None  # measure_nodule results, one per point, when measured
 
@@ -281,7 +282,7 @@ def compute(prepared: PreparedInputs, options: ClassificationOptions, job: Job, 
             maps.append(classifier.saliency(prepared.image, prediction.centre_lps))
             done += 1
     job.update(total, total, "Writing results")
-    return Computed(list(predictions), maps, dict(classifier.card), classifier.device_description, nodules)
+    return Computed(list(predictions), maps, classifier.card, classifier.device_description, nodules)
 
 
 def write(
@@ -295,13 +296,13 @@ def write(
     scene = volume_node.GetScene()
     card = computed.card
     metadata = {
-        "Model": str(card.get("name", "model")),
-        "ModelVersion": str(card.get("version", "")),
+        "Model": card.name,
+        "ModelVersion": card.version,
         "Device": computed.device_description,
         "TestTimeAugmentation": str(bool(options.tta)),
         "InputVolume": volume_node.GetID(),
         "PointList": markups_node.GetID(),
-        "Disclaimer": str(card.get("disclaimer", DISCLAIMER)),
+        "Disclaimer": card.disclaimer or DISCLAIMER,
     }
     created = []
     nodules = computed.nodules

@@ -66,8 +66,8 @@ def model_summary(model_path: Optional[str] = None) -> str:
     origin = "bundled" if not model_path else str(card_path)
     try:
         card = read_card(card_path)
-        pinned_file = onnx_files(card_path)[0] if isinstance(card.get("onnx"), dict) else tensors_path
+        pinned_file = onnx_files(card_path)[0] if card.onnx is not None else tensors_path
         digest = sha256_of(pinned_file)
     except (NotADiagnosisError, OSError) as error:
         return f"The model {origin} cannot be read: {error}"
-    return f"Model {card.get('name', 'model')} {card.get('version', '')} ({origin}); sha256 of {pinned_file.name}: {digest}"
+    return f"Model {card.title} ({origin}); sha256 of {pinned_file.name}: {digest}"

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .card import ModelCard
 from .ct_reader import check_ct_values
 from .centring import Centring, centre_for_classification
 from .centring import at_click as click_centring
@@ -74,18 +75,15 @@ class Classifier:
     ``concurrent.futures`` one) on which several ``logits`` runs go at once.
     """
 
-    def __init__(self, backend: Any, card: Dict[str, Any]) -> None:
+    def __init__(self, backend: Any, card: ModelCard) -> None:
         self.backend = backend
-        self.card = card
-        preprocessing = card.get("preprocessing", {})
-        self.patch_size = int(preprocessing.get("patch_size", 64))
-        self.spacing_mm = float(preprocessing.get("spacing_mm", 1.0))
-        self.hu_min = float(preprocessing.get("hu_min", -1000.0))
-        self.hu_max = float(preprocessing.get("hu_max", 400.0))
-        self.temperature = float(card.get("calibration", {}).get("temperature", 1.0))
-        self.threshold = float(card.get("threshold", 0.5))
-        if not self.temperature > 0:
-            raise InputError(f"The model card's temperature must be positive, got {self.temperature}.")
+        self.card = card  # parsed and checked (ModelCard.parse): nothing here re-checks it
+        self.patch_size = card.preprocessing.patch_size
+        self.spacing_mm = card.preprocessing.spacing_mm
+        self.hu_min = card.preprocessing.hu_min
+        self.hu_max = card.preprocessing.hu_max
+        self.temperature = card.temperature
+        self.threshold = card.threshold
 
     @classmethod
     def load(cls, path: Optional[str] = None, device: str = "auto", expected_sha256: Optional[str] = None,
@@ -111,10 +109,15 @@ class Classifier:
         return cls(backend, card)
 
     @classmethod
-    def from_model(cls, model: Any, card: Dict[str, Any], device: Any = "cpu") -> "Classifier":
-        """Wrap an in-memory torch model and card (training, evaluation, tests); needs torch."""
+    def from_model(cls, model: Any, card: Union[ModelCard, Mapping[str, Any]], device: Any = "cpu") -> "Classifier":
+        """Wrap an in-memory torch model and its card (training, evaluation, tests); needs torch.
+
+        The card goes through the same parse as a loaded one (:meth:`.ModelCard.parse`), without the
+        file blocks an unexported model lacks; its architecture defaults to the model's."""
         from .torch_backend import TorchBackend
 
+        if not isinstance(card, ModelCard):
+            card = ModelCard.parse({"architecture": dict(model.architecture), **card}, "The model card", files=False)
         return cls(TorchBackend(model, device), card)
 
     @property
@@ -136,7 +139,7 @@ class Classifier:
     @property
     def name(self) -> str:
         """Model name and version, e.g. ``default 1.0.0``."""
-        return f"{self.card.get('name', 'model')} {self.card.get('version', '')}".strip()
+        return self.card.title
 
     def predict(
         self,

@@ -317,7 +317,7 @@ def run_info(args: argparse.Namespace) -> int:
         model_note = str(Path(args.model) if args.model else default_model_path())
     except NoDefaultModelError as error:
         model_note = str(error)
-    card = classifier.card if classifier else None
+    card = classifier.card.to_dict() if classifier else None
     runtime = classifier.runtime if classifier else None
     device_description = classifier.device_description if classifier else None
     if args.json:
@@ -332,7 +332,7 @@ def run_info(args: argparse.Namespace) -> int:
     if card is None:
         print(f"Model: none. {model_note}")
     else:
-        print(f"Model: {card.get('name')} {card.get('version')} ({model_note}; sha256 verified)")
+        print(f"Model: {classifier.name} ({model_note}; sha256 verified)")
         print("Model card:")
         print(json.dumps(card, indent=2))
     print(REMINDER)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .card import FileBlock, ModelCard
 from .errors import InputError, WeightsError
 from .runtime import DEVICE_CHOICES
 from .weights import CARD_DIGEST_KEY, SALIENCY_DIGEST_KEY, card_digest, onnx_files, verified_bytes
@@ -75,15 +76,15 @@ def _float32(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto",
+def load_onnx_backend(card: ModelCard, card_path: Path, device: str = "auto",
                       expected_sha256: Optional[str] = None, threads: Optional[int] = None) -> OnnxBackend:
     """A session on the card's verified ONNX file; ``device`` auto, cpu, cuda or gpu; ``threads`` runs at once
     on the CPU, one thread each (default :data:`DEFAULT_THREADS`). ``expected_sha256`` pins the classification
     file ``<stem>.onnx``, which binds the card, which holds the saliency file's sha256."""
     import onnxruntime
 
-    block = card.get("onnx")
-    if not isinstance(block, dict) or not isinstance(block.get("sha256"), str) or not isinstance(block.get("saliency"), dict):
+    block = card.onnx
+    if block is None or block.sha256 is None or block.saliency is None:
         raise WeightsError(
             f"The model card {Path(card_path).name} lists no ONNX files (exported before ONNX Runtime was the runtime); "
             "re-export the model with `nadtrain export` or run it with the torch runtime (--runtime torch)."
@@ -94,7 +95,7 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
         raise InputError("The number of threads must be at least 1.")
     classify_path, saliency_path = onnx_files(card_path)
 
-    def session_for(path: Path, file_block: Dict[str, Any], output: str, pin: Optional[str]) -> Any:
+    def session_for(path: Path, file_block: FileBlock, output: str, pin: Optional[str]) -> Any:
         if not path.is_file():
             raise WeightsError(f"Model file {path} not found beside its card {Path(card_path).name}.")
         data = verified_bytes(path, file_block, pin)
@@ -118,7 +119,7 @@ def load_onnx_backend(card: Dict[str, Any], card_path: Path, device: str = "auto
     # The saliency file must be the one the (verified, possibly pinned) classification file names.
     saliency_sha256 = session.get_modelmeta().custom_metadata_map.get(SALIENCY_DIGEST_KEY)
     return OnnxBackend(session, provider, threads,
-                       lambda: session_for(saliency_path, block["saliency"], LAYER_CAM_OUTPUT, saliency_sha256 or "-"))
+                       lambda: session_for(saliency_path, block.saliency, LAYER_CAM_OUTPUT, saliency_sha256 or "-"))
 
 
 def _provider_name(provider: Any) -> str:
@@ -145,7 +146,7 @@ def _providers(device: str, available: Any) -> list:
     raise InputError(f"Unknown device {device!r}; choose one of {', '.join(onnx_choices)}.")
 
 
-def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], providers: list) -> Any:
+def _session(onnxruntime: Any, data: bytes, name: str, card: ModelCard, providers: list) -> Any:
     options = onnxruntime.SessionOptions()
     # Each run on the thread that calls it (see the module docstring): parallel runs, not an intra-op pool.
     options.intra_op_num_threads = 1
@@ -160,7 +161,7 @@ def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], pro
         text = str(error).strip().splitlines()[0] if str(error).strip() else kind
         if kind == "NotImplemented" or any(sign in text for sign in MISSING_OPERATOR_SIGNS) or "opset" in text.lower():
             raise WeightsError(
-                f"{name} needs an operator or opset (card: opset {card['onnx'].get('opset')}) that the installed "
+                f"{name} needs an operator or opset (card: opset {card.onnx.opset}) that the installed "
                 f"ONNX Runtime {onnxruntime.__version__} lacks ({text[:200]}); upgrade onnxruntime "
                 "(pip install -U onnxruntime) or use --runtime torch."
             ) from None
@@ -170,15 +171,15 @@ def _session(onnxruntime: Any, data: bytes, name: str, card: Dict[str, Any], pro
         ) from None
 
 
-def _check_signature(session: Any, name: str, card: Dict[str, Any], output: str) -> None:
-    size = int(card["preprocessing"]["patch_size"])
+def _check_signature(session: Any, name: str, card: ModelCard, output: str) -> None:
+    size = card.preprocessing.patch_size
     inputs = {item.name: item for item in session.get_inputs()}
     patches = inputs.get(INPUT_NAME)
     if (
         patches is None
         or len(inputs) != 1
         or patches.type != "tensor(float)"
-        or list(patches.shape[1:]) != [int(card["architecture"].get("in_channels", 1)), size, size, size]
+        or list(patches.shape[1:]) != [int(card.architecture.get("in_channels", 1)), size, size, size]
         or output not in {item.name for item in session.get_outputs()}
     ):
         raise WeightsError(

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .card import ModelCard
 from .disclaimer import REMINDER
 
 
@@ -111,15 +112,15 @@ def _measurement_cells(m: Optional[Dict[str, Any]]) -> List[str]:
             m["type"], "n/a" if size_only is None else f"{size_only:.3f}", m["lung_rads"]]
 
 
-def size_only_note(card: Dict[str, Any]) -> str:
+def size_only_note(card: ModelCard) -> str:
     """What the size-only probability is, or that the model's card has none."""
-    if card.get("size_only") is None:
+    if card.size_only is None:
         return ("This model's card has no size-only model (it was exported before the reference existed): no size-only "
                 "probability; the bundled model's card has one.")
     return "Size-only: the probability from the long axis alone (the model card's logistic reference)."
 
 
-def measurement_note(card: Dict[str, Any]) -> str:
+def measurement_note(card: ModelCard) -> str:
     """The line printed under a table with measurements: what was measured and what the references are."""
     from .references import LUNG_RADS_STATEMENT
 
@@ -130,9 +131,9 @@ def model_summary(classifier) -> Dict[str, Any]:
     """The model's identity as outputs record it: name, version, the loaded file and its sha256 (what
     ``--model-sha256`` pins), threshold."""
     card = classifier.card
-    block = card.get("onnx" if classifier.runtime == "onnxruntime" else "weights", {})
-    return {"name": card.get("name"), "version": card.get("version"), "file": block.get("file"),
-            "sha256": block.get("sha256"), "threshold": card.get("threshold")}
+    block = card.onnx if classifier.runtime == "onnxruntime" else card.weights  # None: a model not exported yet
+    return {"name": card.name, "version": card.version, "file": block and block.file,
+            "sha256": block and block.sha256, "threshold": card.threshold}
 
 
 def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
@@ -152,7 +153,7 @@ def results_document(rows, classifier, ct: str, tta: bool) -> Dict[str, Any]:
 
         card = classifier.card
         document["measurement_notes"] = {"lung_rads": LUNG_RADS_STATEMENT, "size_only": size_only_note(card),
-                                         "size_only_model": card.get("size_only")}
+                                         "size_only_model": card.size_only}
     return document
 
 

@@ -8,9 +8,12 @@ read the requirement constants here rather than repeating them.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Dict
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .card import ModelCard
 
 RUNTIMES = ("auto", "onnx", "torch")
 #: Where the model runs, on either runtime: ``auto`` (a CUDA GPU when the runtime has one, then Apple MPS on
@@ -35,7 +38,7 @@ def installed(module: str) -> bool:
         return False
 
 
-def choose_runtime(runtime: str, card: Dict[str, Any]) -> str:
+def choose_runtime(runtime: str, card: "ModelCard") -> str:
     """``onnx`` or ``torch`` for the requested ``runtime`` (auto, onnx, torch) and the model's card."""
     choice = (runtime or "auto").lower()
     if choice not in RUNTIMES:
@@ -43,7 +46,7 @@ def choose_runtime(runtime: str, card: Dict[str, Any]) -> str:
     onnx_ready = installed("onnxruntime")
     torch_ready = installed("torch") and installed("safetensors")
     if choice == "auto":
-        if onnx_ready and isinstance(card.get("onnx"), dict):
+        if onnx_ready and card.onnx is not None:
             return "onnx"
         if torch_ready:
             return "torch"

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
+from .card import ModelCard
 from .device import select_device
 from .model import ResNet3D
 from .saliency import layer_cam
@@ -46,7 +47,7 @@ class TorchBackend:
 
 
 def load_torch_backend(path: Any, device: str = "auto", expected_sha256: Optional[str] = None,
-                       threads: Optional[int] = None) -> Tuple[TorchBackend, Dict[str, Any]]:
+                       threads: Optional[int] = None) -> Tuple[TorchBackend, ModelCard]:
     """The model's verified safetensors file on ``device``; ``threads`` sets torch's intra-op threads."""
     if threads is not None:
         torch.set_num_threads(int(threads))

@@ -19,16 +19,16 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .atomic import PathLike, atomic_path
+from .card import CARD_FORMAT, FILE_BLOCKS, FileBlock, ModelCard
 from .disclaimer import DISCLAIMER
 from .errors import NoDefaultModelError, WeightsError
 
 if TYPE_CHECKING:  # torch is imported only by the functions that need it: reading a card stays light.
     from .model import ResNet3D
 
-CARD_FORMAT = "notadiagnosis-model-card/1"
 DEFAULT_MODEL_NAME = "default"
 #: sha256 of the bundled default model's files, pinned in the code: every load of a model from the package's
 #: models folder must match them, so a model altered inside the installed package (a file and a re-hashed card
@@ -37,14 +37,10 @@ DEFAULT_MODEL_NAME = "default"
 #: classification file. Change them together with the bundled files (`make bundled-model` prints them), and only then.
 BUNDLED_MODEL_SHA256 = "1b05215a360264a27e230bdfd0dbdeeb304885891782152396c398d2f7c6ed13"
 BUNDLED_ONNX_SHA256 = "a4c9bb534182a639cdc5ba78bf92864aa379202b38989f2e57ac9f8cab485fef"
-REQUIRED_CARD_KEYS = ("format", "name", "version", "architecture", "preprocessing", "calibration", "threshold", "weights")
 # Key, in the safetensors header's and the ONNX file's metadata, of the digest that binds the card to the file.
 CARD_DIGEST_KEY = "card_sha256"
 # Key, in the classification ONNX file's metadata, of the saliency ONNX file's sha256.
 SALIENCY_DIGEST_KEY = "saliency_onnx_sha256"
-# Card blocks that describe the model files (name, format, sha256, size): left out of the card's digest,
-# since the files' hashes can only be known after the digest is written into the files.
-FILE_BLOCKS = ("weights", "onnx")
 #: The files a model is given by: its card, its ONNX file or its tensors (the others lie beside it).
 MODEL_SUFFIXES = (".json", ".safetensors", ".onnx")
 SALIENCY_ONNX_SUFFIX = ".saliency.onnx"
@@ -85,7 +81,7 @@ def file_block(path: Path, file_format: str) -> Dict[str, Any]:
     return {"file": path.name, "format": file_format, "sha256": sha256_of(path), "bytes": path.stat().st_size}
 
 
-def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_opset: Optional[int] = None) -> Path:
+def save_model(model: "ResNet3D", path: PathLike, card: Mapping[str, Any], onnx_opset: Optional[int] = None) -> Path:
     """Write ``model`` as ``<stem>.safetensors``, ``<stem>.onnx`` and ``<stem>.saliency.onnx`` (see
     :mod:`.onnx_export`) and its card ``<stem>.json``; return the card's path.
 
@@ -102,13 +98,14 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_ops
     tensors_path, card_path = model_files(path)
     tensors_path.parent.mkdir(parents=True, exist_ok=True)
     # A deep copy that also proves the card is JSON-able; JSON has no NaN or infinity: they become null.
-    completed = _finite_or_null(json.loads(json.dumps(card)))
+    completed = _finite_or_null(json.loads(json.dumps(dict(card))))
     completed["format"] = CARD_FORMAT
     completed["architecture"] = dict(model.architecture)
     completed.setdefault("disclaimer", DISCLAIMER)
     for block in FILE_BLOCKS:
         completed.pop(block, None)
-    check_card(completed | {"weights": {"sha256": ""}}, "the model card to export")  # the files' hashes come later
+    # The files' hashes come later; everything else is checked now, before any file is written.
+    checked = ModelCard.parse(completed | {"weights": {"sha256": ""}}, "the model card to export")
     digest = card_digest(completed)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"format": "pt", "card": card_path.name, CARD_DIGEST_KEY: digest}
@@ -121,7 +118,7 @@ def save_model(model: "ResNet3D", path: PathLike, card: Dict[str, Any], onnx_ops
     # The saliency file first: the classification file records its sha256, so a pin on it covers both.
     for onnx_path, saliency in ((saliency_path, True), (classify_path, False)):
         with atomic_path(onnx_path) as temporary:
-            details = write_onnx(model, temporary, metadata, int(completed["preprocessing"]["patch_size"]), saliency,
+            details = write_onnx(model, temporary, metadata, checked.preprocessing.patch_size, saliency,
                                  ONNX_OPSET if onnx_opset is None else onnx_opset)
         blocks[saliency] = file_block(onnx_path, "onnx") | details
         metadata = metadata | {SALIENCY_DIGEST_KEY: blocks[True]["sha256"]}
@@ -144,7 +141,7 @@ def given_model_files(path: PathLike) -> Tuple[Path, Path]:
     return model_files(path)
 
 
-def read_card(path: PathLike) -> Dict[str, Any]:
+def read_card(path: PathLike) -> ModelCard:
     """Read and check a model card (JSON) without loading tensors."""
     _, card_path = given_model_files(path)
     if not card_path.is_file():
@@ -155,47 +152,10 @@ def read_card(path: PathLike) -> Dict[str, Any]:
         raise WeightsError(f"Model card {card_path} is not valid JSON ({error}); re-export or re-download the model.") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise WeightsError(f"{card_path} is not a Not-a-Diagnosis model card (format {CARD_FORMAT!r} expected).")
-    check_card(card, f"Model card {card_path}")
-    return card
+    return ModelCard.parse(card, f"Model card {card_path}")
 
 
-def check_card(card: Dict[str, Any], where: str) -> None:
-    """Raise :class:`WeightsError` unless the card has every field inference reads, of the right type and range."""
-
-    def fail(problem: str) -> None:
-        raise WeightsError(f"{where} {problem}; re-export the model with Training/ (nadtrain export).")
-
-    missing = [key for key in REQUIRED_CARD_KEYS if key not in card]
-    if missing:
-        fail(f"lacks {', '.join(missing)}")
-    for key in ("architecture", "preprocessing", "calibration", "weights"):
-        if not isinstance(card[key], dict):
-            fail(f"has a {key!r} that is not a JSON object")
-    preprocessing, calibration = card["preprocessing"], card["calibration"]
-    numbers = {
-        "preprocessing.patch_size": preprocessing.get("patch_size"),
-        "preprocessing.spacing_mm": preprocessing.get("spacing_mm"),
-        "preprocessing.hu_min": preprocessing.get("hu_min"),
-        "preprocessing.hu_max": preprocessing.get("hu_max"),
-        "calibration.temperature": calibration.get("temperature"),
-        "threshold": card["threshold"],
-    }
-    for name, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            fail(f"has no finite number for {name} (found {value!r})")
-    if numbers["preprocessing.patch_size"] != int(numbers["preprocessing.patch_size"]) or numbers["preprocessing.patch_size"] < 8:
-        fail(f"has patch_size {numbers['preprocessing.patch_size']!r}; a whole number of at least 8 voxels is needed")
-    if numbers["preprocessing.spacing_mm"] <= 0 or numbers["calibration.temperature"] <= 0:
-        fail("has a spacing or temperature that is not positive")
-    if numbers["preprocessing.hu_min"] >= numbers["preprocessing.hu_max"]:
-        fail("has hu_min not below hu_max")
-    if not 0.0 <= numbers["threshold"] <= 1.0:
-        fail(f"has threshold {numbers['threshold']!r}, not a probability")
-    if not isinstance(card["weights"].get("sha256"), str):
-        fail("has no sha256 of its tensors file")
-
-
-def card_digest(card: Dict[str, Any]) -> str:
+def card_digest(card: Mapping[str, Any]) -> str:
     """sha256 of the card without its file blocks (``weights``, ``onnx``), over canonical JSON (sorted keys,
     no spaces, whole-valued floats as integers so that a tool rewriting ``1.0`` as ``1`` does not change it)."""
     bound = _canonical_numbers({key: value for key, value in card.items() if key not in FILE_BLOCKS})
@@ -247,7 +207,7 @@ def header_metadata(data: bytes) -> Dict[str, str]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["ResNet3D", Dict[str, Any]]:
+def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["ResNet3D", ModelCard]:
     """Load a model (eval mode, CPU) and its card, verifying the sha256 of the tensors file.
 
     ``expected_sha256`` pins the tensors file to a hash the caller trusts (e.g. one published with
@@ -264,7 +224,7 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
     card = read_card(path)
     if not tensors_path.is_file():
         raise WeightsError(f"Model tensors {tensors_path} not found beside its card {card_path.name}.")
-    data = verified_bytes(tensors_path, card["weights"], expected_sha256)
+    data = verified_bytes(tensors_path, card.weights, expected_sha256)
     try:
         metadata = header_metadata(data)
         state = load_tensors(data)
@@ -282,20 +242,20 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
             "preprocessing or another field was changed); restore the original card or re-export the model."
         )
     try:
-        model = build_model(card["architecture"])
+        model = build_model(card.architecture)
         model.load_state_dict(state, strict=True)
     except (ValueError, KeyError, RuntimeError) as error:
         raise WeightsError(f"The tensors in {tensors_path.name} do not fit the architecture in its card ({error}).") from None
     return model.eval(), card
 
 
-def verified_bytes(path: Path, block: Dict[str, Any], expected_sha256: Optional[str] = None) -> bytes:
+def verified_bytes(path: Path, block: FileBlock, expected_sha256: Optional[str] = None) -> bytes:
     """The bytes of a model file, read once (the bytes hashed are the bytes loaded), after checking them
     against the sha256 in the card's ``block`` for the file, the bundled model's pin (a file in the package's
     models folder) and, when given, the sha256 the caller pins."""
     data = Path(path).read_bytes()
     actual = hashlib.sha256(data).hexdigest()
-    recorded = str(block.get("sha256", "")).lower()
+    recorded = (block.sha256 or "").lower()
     if actual != recorded:
         raise WeightsError(
             f"{path.name} does not match the sha256 in its card (file {actual[:12]}…, card {recorded[:12]}…): "

@@ -372,7 +372,8 @@ def _reexported_with_opset(card_path: Path, folder: Path, opset: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for suffix in MODEL_FILE_SUFFIXES:
         shutil.copy(card_path.with_name(f"{card_path.stem}{suffix}"), folder / f"{card_path.stem}{suffix}")
-    network, card = load_model(card_path.with_suffix(".safetensors"))
+    network, loaded = load_model(card_path.with_suffix(".safetensors"))
+    card = loaded.to_dict()  # the card's JSON, to re-hash and write
     metadata = {"card": card_path.name, CARD_DIGEST_KEY: card_digest(card)}
     saliency = folder / f"{card_path.stem}.saliency.onnx"
     write_onnx(network, saliency, metadata, 64, saliency=True, opset=opset)

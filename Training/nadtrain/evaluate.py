@@ -186,8 +186,8 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     report: Dict[str, Any] = {
         "disclaimer": DISCLAIMER,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"card": str(model_path.resolve()), "name": card.get("name"), "version": card.get("version"),
-                  "sha256": sha256_of(model_files(model_path)[0]), "architecture": card.get("architecture"),
+        "model": {"card": str(model_path.resolve()), "name": card.name, "version": card.version,
+                  "sha256": sha256_of(model_files(model_path)[0]), "architecture": card.architecture,
                   "temperature": classifier.temperature, "threshold": threshold,
                   "threshold_source": "validation split (Youden's J)", "tta": tta},
         "dataset": {"path": str(dataset.resolve()), "source": data.manifest.get("source"),
@@ -218,7 +218,7 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     report["by_size"] = metrics.breakdown(labels, probs, base_probs, sizes, patients, max(n_boot // 4, 0), seed, size_order)
     report["by_texture"] = metrics.breakdown(labels, probs, base_probs, textures, patients, max(n_boot // 4, 0), seed,
                                              list(TEXTURE_CLASSES) + ["unknown"])
-    report["validation"] = card.get("metrics", {}).get("validation")
+    report["validation"] = card.metrics.get("validation")
 
     report["figures"] = plots.write_figures(out, labels, probs, base_probs, threshold, report,
                                             {name: data.background[idx] == name for name in backgrounds}

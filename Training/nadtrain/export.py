@@ -29,7 +29,7 @@ from notadiagnosis.classifier import Classifier
 from notadiagnosis.disclaimer import REMINDER
 from notadiagnosis.errors import InputError, WeightsError
 from notadiagnosis.preprocessing import normalize_hu
-from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, onnx_files, save_model, sha256_of
+from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, onnx_files, read_card, save_model, sha256_of
 
 REFERENCE_GENERATOR = "nadtrain.export.reference_patches/1"
 # (name, diameter_mm, nodule_hu): a spread of looks, from a faint small ground-glass nodule to a
@@ -133,9 +133,9 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
     report_path = Path(report_path) if report_path else run_dir / "evaluation" / "report.json"
     if not report_path.is_file():
         raise InputError(f"no evaluation report at {report_path}; run `nadtrain evaluate {run_dir}` first.")
-    model, card = load_model(run_dir / "model.json")
+    model, loaded = load_model(run_dir / "model.json")
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    if report.get("model", {}).get("sha256") != card["weights"]["sha256"]:
+    if report.get("model", {}).get("sha256") != loaded.weights.sha256:
         raise InputError(f"{report_path} evaluates another model than {run_dir / 'model.safetensors'}; "
                          "re-run `nadtrain evaluate` on this run.")
     if report.get("split", {}).get("name") != "test":
@@ -146,18 +146,18 @@ def export_model(run_dir: Path, out: Path, report_path: Optional[Path] = None, n
     if report.get("warnings") and not allow_leaky_split:
         raise InputError("the report warns of a leak-prone split; its numbers must not go into a model card "
                          "(pass --allow-leaky-split only for a demonstration).")
-    data_record = card.get("training", {}).get("data", {}) or {}
+    data_record = loaded.training.get("data") or {}
     source = "toy" if data_record.get("build_params", {}).get("toy") else data_record.get("source")
-    card = json.loads(json.dumps(card))
+    card = loaded.to_dict()  # the document to export: the run's card, completed below
     card.update(name=name, version=version)
     card.pop("weights", None)
     card.pop("format", None)
     card["description"] = description or (
-        f"3D ResNet ({card['architecture'].get('widths')}) estimating the probability that LIDC-IDRI "
+        f"3D ResNet ({loaded.architecture.get('widths')}) estimating the probability that LIDC-IDRI "
         "radiologists would rate a lung nodule malignant, from the 64 mm cube around a point.")
     card["training"]["data"]["statement"] = " ".join(
         s for s in (DATA_STATEMENTS.get(source, ""), LABEL_STATEMENT, VALIDATION_STATEMENT, RETRAIN_STATEMENT) if s)
-    card["metrics"] = {"validation": card.get("metrics", {}).get("validation"), "test": metrics_from_report(report),
+    card["metrics"] = {"validation": loaded.metrics.get("validation"), "test": metrics_from_report(report),
                        "report_sha256": sha256_of(report_path)}
     if extra_metrics:
         card["metrics"]["extra"] = extra_metrics
@@ -183,16 +183,17 @@ def reexport_model(model: Path, out: Path, card_path: Optional[Path] = None, ver
     architecture must be the model's. ``version`` and ``description`` override the card's. The card's
     reference predictions are kept, and checked: the network must still give them.
     """
-    network, card = load_model(model)
+    network, loaded = load_model(model)
+    document = loaded.to_dict()
     if card_path is not None:
         try:
             replacement = json.loads(Path(card_path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"--card {card_path} is not a readable JSON file ({error}).") from None
-        if not isinstance(replacement, dict) or replacement.get("architecture") != card["architecture"]:
+        if not isinstance(replacement, dict) or replacement.get("architecture") != loaded.architecture:
             raise InputError(f"--card {card_path} is not a card of this network (its architecture differs or is missing).")
-        card = replacement
-    card = {key: value for key, value in json.loads(json.dumps(card)).items() if key not in FILE_BLOCKS}
+        document = replacement
+    card = {key: value for key, value in document.items() if key not in FILE_BLOCKS}
     if version:
         card["version"] = version
     if description:
@@ -260,9 +261,9 @@ def run_cli(args: argparse.Namespace) -> int:
                                  args.name, args.version or "1.0.0", args.allow_leaky_split, args.description, extra,
                                  size_only)
     tensors, _ = model_files(card_path)
-    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card = read_card(card_path)
     onnx_file, saliency_file = onnx_files(card_path)
-    print(f"exported {onnx_file} (ONNX opset {card['onnx']['opset']}, sha256 {card['onnx']['sha256']}), "
-          f"{saliency_file} (sha256 {card['onnx']['saliency']['sha256']}), "
-          f"{tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card['weights']['sha256']}) and its card {card_path}")
+    print(f"exported {onnx_file} (ONNX opset {card.onnx.opset}, sha256 {card.onnx.sha256}), "
+          f"{saliency_file} (sha256 {card.onnx.saliency.sha256}), "
+          f"{tensors} ({tensors.stat().st_size / 1e6:.1f} MB, sha256 {card.weights.sha256}) and its card {card_path}")
     return 0

@@ -37,7 +37,7 @@ def predict_logits(model: torch.nn.Module, data: Dataset, indices: np.ndarray, d
     """Mean-TTA logits (temperature 1) through the library's ``Classifier.predict_patches`` —
     the very code path inference uses, so temperature and threshold fit what users will see.
     Leaves the model in eval mode."""
-    classifier = Classifier.from_model(model, {"calibration": {"temperature": 1.0}}, device)
+    classifier = Classifier.from_model(model, base_card(temperature=1.0), device)
     out = np.empty(len(indices), dtype=np.float64)
     starts = range(0, len(indices), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
@@ -104,7 +104,7 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
         "nll_calibrated": calibration.nll_platt(val_logits, val_labels, temperature, offset),
         "tta": config.calibration_tta,
     }
-    card = base_card(config, temperature, threshold)
+    card = base_card(temperature, threshold)
     card["calibration"].update(method=method, logit_offset_folded_into_weights=offset)
     card["threshold_method"] = "Youden's J on validation probabilities"
     card["training"] = training_record(config, data, split_description, trained)

@@ -16,9 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from notadiagnosis.card import ModelCard
 from notadiagnosis.device import select_device
 from notadiagnosis.errors import InputError
 from notadiagnosis.model import build_model
+from notadiagnosis.weights import read_card
 
 from .checkpoint import load_checkpoint
 from .dataset import load_dataset
@@ -29,13 +31,13 @@ from .train_card import TrainedRun
 from .train_options import CALIBRATION, DEVICE_HELP, TrainConfig
 
 
-def _finished_run(run_dir: Path) -> Dict[str, Any]:
+def _finished_run(run_dir: Path) -> ModelCard:
     needed = ["checkpoint.safetensors", "best.safetensors", "splits.json", "model.json"]
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
         raise InputError(f"{run_dir} is not a finished training run (missing {', '.join(missing)}); "
                          "run `nadtrain train` to the end first.")
-    return json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    return read_card(run_dir / "model.json")
 
 
 def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto", progress: bool = True,
@@ -69,7 +71,7 @@ def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto",
     partial.mkdir(parents=True)
     config = TrainConfig(**{**options, "dataset": str(data_path), "out": str(partial), "calibration": method,
                             "device": device, "progress": progress})
-    old_training = old_card.get("training", {})
+    old_training = old_card.training
     # The card keeps the training run's own record (device and wall time are passed to finalize,
     # train time comes from the checkpoint's state); calibration and threshold are new, and it says so.
     kept = {k: old_training[k] for k in ("processes", "finished") if k in old_training}

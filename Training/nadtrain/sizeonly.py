@@ -60,7 +60,7 @@ def add_block(card: Dict[str, Any], block: Dict[str, Any]) -> Dict[str, Any]:
     """A copy of ``card`` with the size-only block."""
     if block.get("feature") != SIZE_ONLY_FEATURE:
         raise InputError(f"the size-only block's feature must be {SIZE_ONLY_FEATURE!r}; refit with `nadtrain sizeonly`.")
-    updated = json.loads(json.dumps(card))
+    updated = json.loads(json.dumps(dict(card)))
     updated[SIZE_ONLY_CARD_KEY] = block
     return updated
 
@@ -79,13 +79,13 @@ def resave_with_block(card_path: Path, block: Dict[str, Any], version: str, note
     bound to them (the tensors file's header carries the card's digest)."""
     from notadiagnosis.weights import load_model, save_model
 
-    model, card = load_model(card_path)
-    card = add_block(card, block)
+    model, loaded = load_model(card_path)
+    card = add_block(loaded, block)
     card.pop("weights", None)
     card.pop("format", None)
     card["version"] = version
     if note:
-        card["description"] = f"{card.get('description', '')}; {version}: {note}".lstrip("; ")
+        card["description"] = f"{loaded.description}; {version}: {note}".lstrip("; ")
     return save_model(model, card_path, card)
 
 

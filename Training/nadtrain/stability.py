@@ -42,7 +42,7 @@ from notadiagnosis import centring
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.errors import InputError
-from notadiagnosis.weights import model_files, sha256_of
+from notadiagnosis.weights import model_files, read_card, sha256_of
 
 from .nodule_table import parse_list
 from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table
@@ -381,7 +381,7 @@ def _model_block(classifier: Classifier, model: Optional[Path]) -> Dict[str, Any
     from notadiagnosis.weights import default_model_path
 
     tensors, card = model_files(default_model_path() if model is None else model)
-    return {"name": classifier.card.get("name"), "version": classifier.card.get("version"),
+    return {"name": classifier.card.name, "version": classifier.card.version,
             "card": str(card), "sha256": sha256_of(tensors), "bundled": model is None}
 
 
@@ -402,7 +402,7 @@ def card_with_stability(card: Dict[str, Any], report: Dict[str, Any]) -> Dict[st
     if (card.get("name"), card.get("version")) != (measured["name"], measured["version"]):
         raise InputError(f"the stability report was measured on {measured['name']} {measured['version']}, not on this card's "
                          f"{card.get('name')} {card.get('version')}; measure this model.")
-    updated = json.loads(json.dumps(card))
+    updated = json.loads(json.dumps(dict(card)))
     updated.setdefault("metrics", {})["stability"] = {
         "measured_on": {"name": measured["name"], "version": measured["version"], "sha256": measured["sha256"]},
         **card_block(report)}
@@ -410,7 +410,7 @@ def card_with_stability(card: Dict[str, Any], report: Dict[str, Any]) -> Dict[st
 
 
 def write_card_copy(card_path: Path, report: Dict[str, Any], out: Path) -> None:
-    card = json.loads(Path(card_path).read_text(encoding="utf-8"))
+    card = read_card(card_path)
     Path(out).write_text(json.dumps(card_with_stability(card, report), indent=2) + "\n", encoding="utf-8")
 
 

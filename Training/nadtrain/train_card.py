@@ -30,8 +30,9 @@ class TrainedRun:
     wall_seconds: float
 
 
-def base_card(config: TrainConfig, temperature: float = 1.0, threshold: float = 0.5) -> Dict[str, Any]:
-    """The model card's fixed parts (the library completes architecture and weights)."""
+def base_card(temperature: float = 1.0, threshold: float = 0.5) -> Dict[str, Any]:
+    """The model card's fixed parts (the library completes architecture and weights): the library's
+    patch geometry and HU window, the calibration and the threshold."""
     return {
         "name": "nadtrain-run",
         "version": "0.0.0",
