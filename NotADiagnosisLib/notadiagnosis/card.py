@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Mapping, NoReturn, Optional
 
 from .errors import WeightsError
+from .geometry import PATCH_SIZE, PATCH_SPACING_MM
+from .preprocessing import HU_MAX, HU_MIN
 
 CARD_FORMAT = "notadiagnosis-model-card/1"
 #: What inference reads; a card read from disk also needs ``format`` and ``weights`` (:data:`FILE_KEYS`).
@@ -28,6 +30,13 @@ FILE_KEYS = ("format", "weights")
 # since the files' hashes can only be known after the digest is written into the files.
 FILE_BLOCKS = ("weights", "onnx")
 _FIX = "re-export the model with Training/ (nadtrain export)"
+
+
+def preprocessing_block() -> Dict[str, Any]:
+    """The card's ``preprocessing`` block for the library's own patch geometry and HU window (what
+    Training writes into every card it makes)."""
+    return {"patch_size": PATCH_SIZE, "spacing_mm": PATCH_SPACING_MM, "hu_min": HU_MIN, "hu_max": HU_MAX,
+            "normalisation": "notadiagnosis.preprocessing.normalize_hu"}
 
 
 @dataclass(frozen=True)

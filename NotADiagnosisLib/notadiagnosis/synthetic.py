@@ -11,10 +11,11 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .geometry import AIR_HU
+
 __all__ = ["make_synthetic_chest_ct", "NODULE_KINDS"]
 
 # HU values of the tissues (typical unenhanced CT).
-AIR_HU = -1000.0
 LUNG_HU = -850.0
 FAT_HU = -100.0
 SOFT_TISSUE_HU = 40.0

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 import torch
 
 from notadiagnosis import Classifier, build_model, extract_patch
+from notadiagnosis.card import preprocessing_block
 from notadiagnosis.model import ARCHITECTURES, count_parameters
 from notadiagnosis.weights import NoDefaultModelError, default_model_path, save_model
 
@@ -39,7 +40,7 @@ SHARED_CT = Path(os.environ.get("NOTADIAGNOSIS_SHARED", REPO.parent / "shared"))
 CARD = {
     "name": "benchmark",
     "version": "0",
-    "preprocessing": {"patch_size": 64, "spacing_mm": 1.0, "hu_min": -1000.0, "hu_max": 400.0},
+    "preprocessing": preprocessing_block(),
     "calibration": {"temperature": 1.0},
     "threshold": 0.5,
 }

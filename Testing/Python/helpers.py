@@ -64,6 +64,7 @@ def save_random_model(directory: Path, architecture: str = "resnet3d-tiny", temp
     """Save a random-initialised model with a complete card; returns the card path (tests only)."""
     import torch
 
+    from notadiagnosis.card import preprocessing_block
     from notadiagnosis.model import build_model
     from notadiagnosis.weights import save_model
 
@@ -72,7 +73,7 @@ def save_random_model(directory: Path, architecture: str = "resnet3d-tiny", temp
     card = {
         "name": "random-test-model",
         "version": "0.0.0-test",
-        "preprocessing": {"patch_size": 64, "spacing_mm": 1.0, "hu_min": -1000.0, "hu_max": 400.0},
+        "preprocessing": preprocessing_block(),
         "calibration": {"temperature": temperature},
         "threshold": 0.5,
         "training": {"data": "none: random weights for tests"},

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from helpers import save_random_model
 from nadtrain.export import reexport_model, reference_patches
+from notadiagnosis.card import preprocessing_block
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.errors import InputError, WeightsError
 from notadiagnosis.model import build_model
@@ -51,7 +52,7 @@ def trained_like_model(tmp_path_factory) -> Path:
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 2.0)
     card = {"name": "bn-test-model", "version": "0.0.0-test",
-            "preprocessing": {"patch_size": 64, "spacing_mm": 1.0, "hu_min": -1000.0, "hu_max": 400.0},
+            "preprocessing": preprocessing_block(),
             "calibration": {"temperature": 1.3}, "threshold": 0.5}
     return save_model(model, tmp_path_factory.mktemp("bn") / "model", card)
 

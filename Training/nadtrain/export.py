@@ -28,6 +28,7 @@ import numpy as np
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.disclaimer import REMINDER
 from notadiagnosis.errors import InputError, WeightsError
+from notadiagnosis.geometry import PATCH_SIZE
 from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.weights import FILE_BLOCKS, load_model, model_files, onnx_files, read_card, save_model, sha256_of
 
@@ -59,7 +60,7 @@ RETRAIN_STATEMENT = ("To retrain on the real LIDC-IDRI pixels: see Training/READ
 VALIDATION_STATEMENT = REMINDER  # the project's one wording (notadiagnosis.disclaimer)
 
 
-def reference_patches(size: int = 64) -> Tuple[List[str], np.ndarray]:
+def reference_patches(size: int = PATCH_SIZE) -> Tuple[List[str], np.ndarray]:
     """Fixed, RNG-free HU patches (names, (n, size, size, size) float32): a sphere per
     ``REFERENCE_NODULES`` entry in lung (-850 HU) with a deterministic sinusoidal texture."""
     grid = np.indices((size,) * 3, dtype=np.float64) - size // 2

@@ -10,12 +10,14 @@ from typing import Optional, Union
 
 import numpy as np
 
+from notadiagnosis.geometry import PATCH_SIZE
+
 from .dataset import DatasetWriter
 
 TEXTURES = (5.0, 3.0, 1.0)  # solid, part-solid, ground-glass (LIDC texture ratings)
 
 
-def sphere_patch(diameter_mm: float, nodule_hu: float, rng: np.random.Generator, size: int = 64,
+def sphere_patch(diameter_mm: float, nodule_hu: float, rng: np.random.Generator, size: int = PATCH_SIZE,
                  offset_vox: np.ndarray = np.zeros(3), noise_hu: float = 30.0) -> np.ndarray:
     """A (size,)*3 HU patch: lung (-850 HU) with Gaussian noise and a soft-edged sphere near the centre."""
     grid = np.indices((size,) * 3, dtype=np.float32) - (size // 2)

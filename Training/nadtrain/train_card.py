@@ -10,8 +10,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from notadiagnosis.geometry import PATCH_SIZE, PATCH_SPACING_MM
-from notadiagnosis.preprocessing import HU_MAX, HU_MIN
+from notadiagnosis.card import preprocessing_block
 
 from . import ratings
 from .augment import AugmentConfig
@@ -36,8 +35,7 @@ def base_card(temperature: float = 1.0, threshold: float = 0.5) -> Dict[str, Any
     return {
         "name": "nadtrain-run",
         "version": "0.0.0",
-        "preprocessing": {"patch_size": PATCH_SIZE, "spacing_mm": PATCH_SPACING_MM, "hu_min": HU_MIN, "hu_max": HU_MAX,
-                          "normalisation": "notadiagnosis.preprocessing.normalize_hu"},
+        "preprocessing": preprocessing_block(),
         "calibration": {"temperature": float(temperature), "method": "temperature scaling on validation NLL"},
         "threshold": float(threshold),
     }
