@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -176,22 +176,12 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
     started = time.time()
 
     data = load_dataset(config.dataset)
-    split = make_split(data.patient_ids, data.nodule_ids, data.labels, mode=config.split, seed=config.seed,
-                       test_fraction=config.test_fraction, n_folds=config.n_folds, fold=config.fold,
-                       source_split=data.split, background=data.background,
-                       holdout_backgrounds=config.holdout_backgrounds,
-                       exclude_patients=config.exclude_patients, test_fold=config.test_fold)
-    split_description = split.describe(data.patient_ids, data.nodule_ids, data.labels)
-    split_description["dataset"] = str(Path(config.dataset).resolve())
-    # The split is sample indices: evaluate checks a moved or rebuilt dataset still orders its samples alike.
-    split_description["sample_keys_sha256"] = data.sample_keys_sha256()
+    split, split_description = split_of(config, data)
 
     # Model and optimisation. The seed fixes the initial weights.
     torch.manual_seed(config.seed)
     model = build_model(config.architecture).to(device)
-    parts = build_training_network(config, model, data, split, device)
-    net, aux_targets, ema_model, checkpointed, evaluated = (
-        parts.net, parts.aux_targets, parts.ema, parts.checkpointed, parts.evaluated)
+    network = build_training_network(config, model, data, split, device)
     groups = training_groups(data, split.indices["train"], config.one_render_per_epoch)
     train_set = NoduleEpochSet(data.patches_hu, data.labels, groups, config.seed)
     # Every validation sample (all renderings): a steadier AUC for early stopping than one per
@@ -203,51 +193,31 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         raise InputError("the training split holds one class only; the dataset needs benign and malignant nodules.")
     pos_weight = torch.tensor(n_neg / n_pos if config.balance == "weight" else 1.0, device=device)
     soft_targets = _soft_targets(data, split.indices["train"], device) if config.soft_labels else None
-    criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-
-    per_rank_items = math.ceil(len(train_set) / ddp.world_size)
-    drop_last = per_rank_items > config.batch_size  # avoid a 1-sample batch (batch norm needs 2)
-    steps_per_epoch = per_rank_items // config.batch_size if drop_last else math.ceil(per_rank_items / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    # bfloat16 has float32's range: the loss scaler is only needed (and only on) for float16.
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    optimisation = build_optimisation(config, network.net, len(train_set), pos_weight, ddp.world_size, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     state: Dict[str, Any] = {"epoch": -1, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0,
                              "stopped": None, "history": [], "train_seconds": 0.0}
     if resume:
-        model_state, optim_state, saved = _load_resume(checkpoint_path, config, split_description)
-        checkpointed.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-        scheduler.load_state_dict(saved["scheduler"])
-        if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        state = saved["train_state"]
+        state = _resume(checkpoint_path, config, split_description, network, optimisation)
         if ddp.main:
             tqdm.write(f"resuming after epoch {state['epoch'] + 1} (best val AUC {state['best_auc']:.4f})")
     if ddp.main:  # only once the run is known to be new or a matching resume
         write_json(out / "splits.json", split_description)
 
-    train_model: torch.nn.Module = net
+    train_model: torch.nn.Module = network.net
     if ddp.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            network.net, device_ids=[device.index] if device.type == "cuda" else None)
 
     if ddp.main:
         tqdm.write(
             f"training {config.architecture} ({count_parameters(model):,} parameters) on {device_description}"
             f"{f' x {ddp.world_size} processes' if ddp.enabled else ''}: {len(train_set)} training items "
             f"({n_pos} malignant), {len(val_idx)} validation samples, {config.epochs} epochs max"
-            f"{', AMP ' + str(amp_dtype).replace('torch.', '') if use_amp else ''}")
-    augment_config = AugmentConfig()
-    first_epoch = state["epoch"] + 1
-    for epoch in range(first_epoch, config.epochs):
+            f"{', AMP ' + str(optimisation.amp_dtype).replace('torch.', '') if optimisation.use_amp else ''}")
+    for epoch in range(state["epoch"] + 1, config.epochs):
         if state["stopped"]:
             break
         epoch_started = time.time()
@@ -255,82 +225,16 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         torch.manual_seed(_epoch_seed(config.seed, epoch, ddp.rank, 0))  # dropout
         loader_gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, ddp.rank, 1))
         aug_gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, ddp.rank, 2))
-        if ddp.enabled:
-            sampler = DistributedSampler(train_set, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True,
-                                         seed=config.seed, drop_last=False)
-            sampler.set_epoch(epoch)
-        elif config.balance == "sampler":
-            weights = np.where(item_labels == 1, 0.5 / n_pos, 0.5 / n_neg)
-            sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(train_set),
-                                            replacement=True, generator=loader_gen)
-        else:
-            sampler = RandomSampler(train_set, generator=loader_gen)
-        loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=drop_last,
-                            collate_fn=collate_normalized, num_workers=config.num_workers,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        train_model.train()
-        loss_total, loss_count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-                   disable=not (config.progress and ddp.main))
-        for x, y, sample_idx in bar:
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True) if soft_targets is None else soft_targets[sample_idx.to(device)]
-            if config.augment:
-                x = augment_batch(x, augment_config, aug_gen)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                output = train_model(x)
-            if aux_targets is not None:
-                logits, aux_prediction = output
-                loss = criterion(logits.float(), y) + config.aux_ratings * masked_mse(
-                    aux_prediction.float(), aux_targets[sample_idx.to(device)])
-            else:
-                loss = criterion(output.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema_model is not None:
-                ema_model.update_parameters(model)
-            loss_value = loss.item()  # one sync per step; the progress bar shows it anyway
-            loss_total += loss_value * len(y)
-            loss_count += len(y)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-        if ddp.enabled:  # (float64 is fine on CUDA and CPU, the only DDP devices; MPS lacks it)
-            sums = torch.tensor([loss_total, float(loss_count)], dtype=torch.float64, device=device)
-            dist.all_reduce(sums)
-            loss_total, loss_count = float(sums[0]), int(sums[1])
-        train_loss = loss_total / max(loss_count, 1)
+        loader = epoch_loader(config, train_set, item_labels, epoch, ddp, optimisation.drop_last, loader_gen, device)
+        train_loss = train_epoch(config, train_model, loader, network, model, optimisation, soft_targets, aug_gen,
+                                 ddp, device, desc=f"epoch {epoch + 1}/{config.epochs}")
 
         # Validation, best weights, early stopping and the checkpoint on rank 0; the decision to
         # stop is broadcast so every rank leaves the loop together.
         stop = torch.zeros(1, device=device)
         if ddp.main:
-            val_logits = predict_logits(evaluated, data, val_idx, device, tta=config.val_tta,
-                                        batch_size=config.batch_size, progress=False)
-            val_auc = safe_auc(data.labels[val_idx], val_logits)
-            val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
-                torch.as_tensor(val_logits), torch.as_tensor(data.labels[val_idx], dtype=torch.float64)))
-            improved = np.isfinite(val_auc) and val_auc > state["best_auc"] + 1e-6
-            if improved:
-                state.update(best_auc=val_auc, best_epoch=epoch, bad_epochs=0)
-                save_weights(out / "best.safetensors", evaluated)
-            else:
-                state["bad_epochs"] += 1
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
-                      "lr": scheduler.get_last_lr()[0], "seconds": time.time() - epoch_started}
-            state["history"].append(record)
-            state["epoch"] = epoch
-            state["train_seconds"] += record["seconds"]
-            if state["bad_epochs"] >= config.patience:
-                state["stopped"] = f"early stop: no validation AUC gain for {config.patience} epochs"
-            save_checkpoint(checkpoint_path, checkpointed, optimizer, {
-                "config": asdict(config), "recipe": config.recipe(), "split": _split_key(split_description),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "train_state": state})
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                       f"val AUC {val_auc:.4f} (best {state['best_auc']:.4f} at epoch {state['best_epoch'] + 1}), "
-                       f"{record['seconds']:.0f} s")
+            record = validate_and_checkpoint(config, epoch, train_loss, epoch_started, data, val_idx, network,
+                                             optimisation, state, split_description, device)
             stop[0] = 1.0 if state["stopped"] else 0.0
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
@@ -340,7 +244,7 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
             dist.broadcast(stop, src=0)
             if stop.item() > 0:
                 state["stopped"] = "early stop"
-            net.train()
+            network.net.train()
         if stop.item() > 0:
             break
 
@@ -352,6 +256,160 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def split_of(config: TrainConfig, data: Dataset) -> Tuple[Split, Dict[str, Any]]:
+    """The run's split of ``data`` and its description (written to ``splits.json``, checked on resume)."""
+    split = make_split(data.patient_ids, data.nodule_ids, data.labels, mode=config.split, seed=config.seed,
+                       test_fraction=config.test_fraction, n_folds=config.n_folds, fold=config.fold,
+                       source_split=data.split, background=data.background,
+                       holdout_backgrounds=config.holdout_backgrounds,
+                       exclude_patients=config.exclude_patients, test_fold=config.test_fold)
+    description = split.describe(data.patient_ids, data.nodule_ids, data.labels)
+    description["dataset"] = str(Path(config.dataset).resolve())
+    # The split is sample indices: evaluate checks a moved or rebuilt dataset still orders its samples alike.
+    description["sample_keys_sha256"] = data.sample_keys_sha256()
+    return split, description
+
+
+@dataclass
+class Optimisation:
+    """What a training step needs besides the network and the batch: the loss, the optimiser, the
+    learning-rate schedule (per step) and mixed precision."""
+
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    drop_last: bool  # the loader drops a last, partial batch (a 1-sample batch would break batch norm)
+
+
+def build_optimisation(config: TrainConfig, net: torch.nn.Module, n_items: int, pos_weight: torch.Tensor,
+                       world_size: int, device: torch.device) -> Optimisation:
+    """BCE (with the positive-class weight), AdamW, linear warm-up then cosine decay per step, and AMP on CUDA."""
+    per_rank_items = math.ceil(n_items / world_size)
+    drop_last = per_rank_items > config.batch_size  # avoid a 1-sample batch (batch norm needs 2)
+    steps_per_epoch = per_rank_items // config.batch_size if drop_last else math.ceil(per_rank_items / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    # bfloat16 has float32's range: the loss scaler is only needed (and only on) for float16.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return Optimisation(torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), optimizer, scheduler, scaler, use_amp,
+                        amp_dtype, drop_last)
+
+
+def _resume(checkpoint_path: Path, config: TrainConfig, split_description: Dict[str, Any], network: TrainingNetwork,
+            optimisation: Optimisation) -> Dict[str, Any]:
+    """Load a matching checkpoint into the network and the optimisation; return the run's state."""
+    model_state, optim_state, saved = _load_resume(checkpoint_path, config, split_description)
+    network.checkpointed.load_state_dict(model_state)
+    optimisation.optimizer.load_state_dict(optim_state)
+    optimisation.scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        optimisation.scaler.load_state_dict(saved["scaler"])
+    return saved["train_state"]
+
+
+def epoch_loader(config: TrainConfig, train_set: NoduleEpochSet, item_labels: np.ndarray, epoch: int, ddp: Dist,
+                 drop_last: bool, generator: torch.Generator, device: torch.device) -> DataLoader:
+    """One epoch's batches: shuffled (``generator``), class-balanced with ``--balance sampler``, or this
+    rank's share under DDP."""
+    if ddp.enabled:
+        sampler = DistributedSampler(train_set, num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True,
+                                     seed=config.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+    elif config.balance == "sampler":
+        n_pos, n_neg = int(item_labels.sum()), int((1 - item_labels).sum())
+        weights = np.where(item_labels == 1, 0.5 / n_pos, 0.5 / n_neg)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(train_set),
+                                        replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(train_set, generator=generator)
+    return DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=drop_last,
+                      collate_fn=collate_normalized, num_workers=config.num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def train_epoch(config: TrainConfig, train_model: torch.nn.Module, loader: DataLoader, network: TrainingNetwork,
+                model: torch.nn.Module, optimisation: Optimisation, soft_targets: Optional[torch.Tensor],
+                aug_gen: torch.Generator, ddp: Dist, device: torch.device, desc: str) -> float:
+    """One pass over ``loader`` (augmentation drawn from ``aug_gen``); the mean training loss over all ranks."""
+    train_model.train()
+    augment_config = AugmentConfig()
+    loss_total, loss_count = 0.0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not (config.progress and ddp.main))
+    for x, y, sample_idx in bar:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True) if soft_targets is None else soft_targets[sample_idx.to(device)]
+        if config.augment:
+            x = augment_batch(x, augment_config, aug_gen)
+        with torch.autocast(device_type=device.type, dtype=optimisation.amp_dtype, enabled=optimisation.use_amp):
+            output = train_model(x)
+        if network.aux_targets is not None:
+            logits, aux_prediction = output
+            loss = optimisation.criterion(logits.float(), y) + config.aux_ratings * masked_mse(
+                aux_prediction.float(), network.aux_targets[sample_idx.to(device)])
+        else:
+            loss = optimisation.criterion(output.float(), y)
+        optimisation.optimizer.zero_grad(set_to_none=True)
+        optimisation.scaler.scale(loss).backward()
+        optimisation.scaler.step(optimisation.optimizer)
+        optimisation.scaler.update()
+        optimisation.scheduler.step()
+        if network.ema is not None:
+            network.ema.update_parameters(model)
+        loss_value = loss.item()  # one sync per step; the progress bar shows it anyway
+        loss_total += loss_value * len(y)
+        loss_count += len(y)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+    if ddp.enabled:  # (float64 is fine on CUDA and CPU, the only DDP devices; MPS lacks it)
+        sums = torch.tensor([loss_total, float(loss_count)], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        loss_total, loss_count = float(sums[0]), int(sums[1])
+    return loss_total / max(loss_count, 1)
+
+
+def validate_and_checkpoint(config: TrainConfig, epoch: int, train_loss: float, epoch_started: float, data: Dataset,
+                            val_idx: np.ndarray, network: TrainingNetwork, optimisation: Optimisation,
+                            state: Dict[str, Any], split_description: Dict[str, Any], device: torch.device
+                            ) -> Dict[str, Any]:
+    """After an epoch (rank 0): validation AUC and loss, the best weights kept, early stopping decided in
+    ``state``, the checkpoint written; returns the epoch's history record (its seconds: training and
+    validation, since ``epoch_started``)."""
+    out = Path(config.out)
+    val_logits = predict_logits(network.evaluated, data, val_idx, device, tta=config.val_tta,
+                                batch_size=config.batch_size, progress=False)
+    val_auc = safe_auc(data.labels[val_idx], val_logits)
+    val_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.as_tensor(val_logits), torch.as_tensor(data.labels[val_idx], dtype=torch.float64)))
+    improved = np.isfinite(val_auc) and val_auc > state["best_auc"] + 1e-6
+    if improved:
+        state.update(best_auc=val_auc, best_epoch=epoch, bad_epochs=0)
+        save_weights(out / "best.safetensors", network.evaluated)
+    else:
+        state["bad_epochs"] += 1
+    record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
+              "lr": optimisation.scheduler.get_last_lr()[0], "seconds": time.time() - epoch_started}
+    state["history"].append(record)
+    state["epoch"] = epoch
+    state["train_seconds"] += record["seconds"]
+    if state["bad_epochs"] >= config.patience:
+        state["stopped"] = f"early stop: no validation AUC gain for {config.patience} epochs"
+    scaler = optimisation.scaler
+    save_checkpoint(out / "checkpoint.safetensors", network.checkpointed, optimisation.optimizer, {
+        "config": asdict(config), "recipe": config.recipe(), "split": _split_key(split_description),
+        "scheduler": optimisation.scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "train_state": state})
+    tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+               f"val AUC {val_auc:.4f} (best {state['best_auc']:.4f} at epoch {state['best_epoch'] + 1}), "
+               f"{record['seconds']:.0f} s")
+    return record
 
 
 def _split_key(description: dict) -> dict:
