@@ -207,7 +207,9 @@ class Classifier:
         for start in range(0, len(chunk), step):
             centrings = chunk[start : start + step]
             patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in centrings]
-            normalized = np.stack([normalize_hu(p.array_hu, self.hu_min, self.hu_max) for p in patches])
+            normalized = np.empty((len(patches),) + patches[0].array_hu.shape, dtype=np.float32)
+            for patch, batch_item in zip(patches, normalized):
+                normalize_hu(patch.array_hu, self.hu_min, self.hu_max, out=batch_item)
             started.append((centrings, patches, self._start_tta(normalized, tta)))
         for centrings, patches, finish in started:
             probabilities, uncertainties, logits = finish()

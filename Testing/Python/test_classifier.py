@@ -45,6 +45,17 @@ def test_batch_and_single_prediction_agree(classifier, chest):
         assert a.point_lps == b.point_lps
 
 
+def test_predict_classifies_exactly_the_patches_training_would_see(classifier, chest):
+    # predict normalises each patch into its batch; training normalises whole arrays: the same bits.
+    from notadiagnosis.geometry import extract_patch
+    from notadiagnosis.preprocessing import normalize_hu
+
+    patches = np.stack([extract_patch(chest, point).array_hu for point in POINTS])
+    _, _, logits = classifier.predict_patches(normalize_hu(patches, classifier.hu_min, classifier.hu_max))
+    predicted = classifier.predict(chest, POINTS, batch_size=len(POINTS), at_click=True)
+    np.testing.assert_array_equal([p.logit for p in predicted], logits)
+
+
 def test_probabilities_use_the_card_temperature(classifier, chest):
     result = classifier.predict(chest, POINTS[:2], tta=False)
     for prediction in result:
