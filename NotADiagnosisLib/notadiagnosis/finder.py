@@ -165,9 +165,16 @@ def looks_like_ct(image: sitk.Image) -> bool:
     at its voxels is enough; NaN and infinity left out)."""
     check_image(image)
     sample = sitk.GetArrayViewFromImage(image)[::2, ::4, ::4]
-    if np.issubdtype(sample.dtype, np.floating):
-        sample = sample[np.isfinite(sample)]
-    return not (sample.size and float(np.min(sample)) > NOT_CT_MIN_HU)
+    floating = np.issubdtype(sample.dtype, np.floating)
+    seen = False
+    for plane in sample:  # plane by plane: a CT shows its air in the first one, no need to look further
+        if floating:
+            plane = plane[np.isfinite(plane)]
+        if plane.size:
+            seen = True
+            if float(np.min(plane)) <= NOT_CT_MIN_HU:
+                return True
+    return not seen
 
 
 # -- stage 1: find -----------------------------------------------------------------------------------
@@ -425,12 +432,13 @@ def _on_ct_grid(fine_labels: sitk.Image, image: sitk.Image) -> sitk.Image:
     crop.SetSpacing(image.GetSpacing())
     crop.SetDirection(image.GetDirection())
     crop.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in low]))
-    nodule = _as_image((array > 0).astype(np.float32), fine_labels)
-    solid = _as_image((array == LABEL_SOLID).astype(np.float32), fine_labels)
-    on_crop = [sitk.GetArrayFromImage(sitk.Resample(m, crop, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
-               for m in (nodule, solid)]
-    labels = np.where(on_crop[0], LABEL_NON_SOLID, 0).astype(np.uint8)
-    labels[on_crop[0] & on_crop[1]] = LABEL_SOLID
+    on_crop = lambda mask: sitk.GetArrayFromImage(sitk.Resample(  # noqa: E731
+        _as_image(mask.astype(np.float32), fine_labels), crop, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
+    nodule = on_crop(array > 0)
+    labels = np.where(nodule, LABEL_NON_SOLID, 0).astype(np.uint8)
+    solid = array == LABEL_SOLID
+    if solid.any():  # all of a solid nodule is its solid component: one resampling is enough
+        labels[nodule & (nodule if np.array_equal(solid, array > 0) else on_crop(solid))] = LABEL_SOLID
     result = sitk.GetImageFromArray(labels)
     result.CopyInformation(crop)
     return result
@@ -531,7 +539,31 @@ JUXTAPLEURAL_RING_MM = 2.0
 def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image) -> bool:
     """True when at least ``JUXTAPLEURAL_MIN_CONTACT`` of the ring of ``JUXTAPLEURAL_RING_MM`` around the
     nodule is wall (chest wall, mediastinum, diaphragm: tissue outside the lung)."""
-    ring = (-_signed_distance(mask, reference) <= JUXTAPLEURAL_RING_MM) & ~mask
+    # The ring lies within the mask's box grown by the ring's width: the distance map on that crop is
+    # the full grid's there (the mask lies inside it), and with no wall in it there is no contact.
+    box = _box_around(mask, int(np.ceil(JUXTAPLEURAL_RING_MM / min(reference.GetSpacing()))) + 1)
+    mask, wall = mask[box], wall[box]
+    if not wall.any():
+        return False
+    ring = (-_signed_distance(mask, _crop_reference(reference, box)) <= JUXTAPLEURAL_RING_MM) & ~mask
     if not ring.any():
         return False
     return bool(np.count_nonzero(ring & wall) >= JUXTAPLEURAL_MIN_CONTACT * np.count_nonzero(ring))
+
+
+def _box_around(mask: np.ndarray, margin_voxels: int) -> Tuple[slice, ...]:
+    """The (z, y, x) slices of the mask's bounding box grown by ``margin_voxels``, within the array."""
+    indices = np.argwhere(mask)
+    low = np.maximum(indices.min(axis=0) - margin_voxels, 0)
+    high = np.minimum(indices.max(axis=0) + margin_voxels + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def _crop_reference(reference: sitk.Image, box: Sequence[slice]) -> sitk.Image:
+    """An image with ``reference``'s geometry over the (z, y, x) crop ``box`` (for the distance maps' spacing)."""
+    size = [b.stop - b.start for b in box][::-1]
+    crop = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+    crop.SetSpacing(reference.GetSpacing())
+    crop.SetDirection(reference.GetDirection())
+    crop.SetOrigin(reference.TransformIndexToPhysicalPoint([int(b.start) for b in box][::-1]))
+    return crop
