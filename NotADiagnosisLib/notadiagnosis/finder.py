@@ -22,12 +22,17 @@ the grid spacing in LPS mm), so the same nodule gives the same grid whatever the
    e. the nodule is the nodule-like component nearest to the click within ``SEARCH_RADIUS_MM``
       (at least ``MIN_DIAMETER_MM``; compact: principal-axis ratio at most ``MAX_ELONGATION`` and no
       voxel beyond ``MAX_EXTENT_RATIO`` × its depth + ``EXTENT_MARGIN_MM`` from its deepest voxel;
-      at least ``MIN_AIR_CONTACT`` of its surface on the lung's air); none: no nodule.
+      at least ``MIN_AIR_CONTACT`` of its surface on the lung's air);
+   f. none: once more for faint ground glass (thick slices blur it below ``FIND_TISSUE_HU``), with tissue
+      ``FAINT_CONTRAST_HU`` above the lung's median, a nodule of at least ``FAINT_MIN_DIAMETER_MM`` within
+      ``FAINT_SEARCH_RADIUS_MM`` that looks like ground glass (median below ``FAINT_MAX_MEDIAN_HU``,
+      ``FAINT_RING_CONTRAST_HU`` above the lung around it); none again: no nodule.
 2. **Segment** (a grid as fine as the CT's in-plane voxels, at most ``REFINE_MAX_VOXELS`` a side,
    over the nodule's box plus ``REFINE_MARGIN_MM``): the threshold moves to halfway between the
    nodule's outer tissue (25th percentile of its smoothed HU, the ground glass of a part-solid
-   nodule) and the lung around it, clamped to ``TISSUE_HU_RANGE``: the partial-volume edge of a solid
-   nodule and the faint edge of ground glass alike. The find stage's lung and opening radius are
+   nodule) and the lung around it, clamped to ``TISSUE_HU_RANGE`` (its floor lowered to the find stage's
+   threshold for faint ground glass): the partial-volume edge of a solid nodule and the faint edge of
+   ground glass alike. The find stage's lung and opening radius are
    reused; the component overlapping the found nodule is the nodule, and the surface detail the
    opening took is given back within ``RESTORE_MM`` (a rough margin, a ground-glass fringe), except
    small pieces (up to ``STUB_MAX_MM3``) that carry on beyond: vessel stubs.
@@ -79,8 +84,21 @@ MIN_AIR_CONTACT = 0.3
 MAX_EXTENT_RATIO = 3.0
 EXTENT_MARGIN_MM = 3.0
 RESTORE_MM = 2.0
+JUXTAPLEURAL_MIN_CONTACT = 0.05
+JUXTAPLEURAL_RING_MM = 2.0
+WALL_EDGE_MM = 1.5
 STUB_MAX_MM3 = 200.0
 MIN_DIAMETER_MM = 3.0
+# Faint ground glass (below FIND_TISSUE_HU once blurred by thick slices): a second find pass, only when the
+# first finds nothing, with tissue FAINT_CONTRAST_HU above the lung's median; what it finds must be ground
+# glass (median below FAINT_MAX_MEDIAN_HU, FAINT_RING_CONTRAST_HU denser than the lung 1.5-4 mm around),
+# at least FAINT_MIN_DIAMETER_MM, within FAINT_SEARCH_RADIUS_MM of the click (the user clicks on it).
+# Chosen on the train-split renders and on no-nodule clicks in the two real CTs (see the results README).
+FAINT_CONTRAST_HU = 80.0
+FAINT_MIN_DIAMETER_MM = 4.0
+FAINT_SEARCH_RADIUS_MM = 5.0
+FAINT_RING_CONTRAST_HU = 120.0
+FAINT_MAX_MEDIAN_HU = -300.0
 REFINE_MARGIN_MM = 4.0
 REFINE_MIN_SPACING_MM = 0.5
 REFINE_MAX_VOXELS = 64
@@ -153,11 +171,11 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
             if half_mm < NO_NODULE_MIN_HALF_MM:
                 continue  # a nodule cut by this cube's faces may not look like one: look wider before saying none
             return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
-        nodule, lung, opening_mm = found
+        nodule, lung, opening_mm, threshold_hu = found
         if not _touches_faces(nodule):
             break
     truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
-    return _refine(image, point, stage, nodule, lung, opening_mm, truncated), []
+    return _refine(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated), []
 
 
 def looks_like_ct(image: sitk.Image) -> bool:
@@ -199,26 +217,53 @@ def _sample(image: sitk.Image, centre_lps: np.ndarray, half_mm: np.ndarray | flo
     return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
 
 
-def _find_stage(image: sitk.Image, stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
-    """(nodule mask, lung mask, opening radius mm) on the find grid, or None."""
-    spacing = stage.reference.GetSpacing()[0]
+def _find_stage(image: sitk.Image, stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float, float]]:
+    """(nodule mask, lung mask, opening radius mm, tissue threshold HU) on the find grid, or None."""
     lung = _lung(image, stage)
-    candidates = (stage.smooth > FIND_TISSUE_HU) & lung
+    air = stage.smooth < LUNG_AIR_HU
+    found = _find_at(stage, lung, air, point, FIND_TISSUE_HU, MIN_DIAMETER_MM, SEARCH_RADIUS_MM)
+    if found is not None:
+        return found[0], lung, found[1], FIND_TISSUE_HU
+    lung_air = air & lung
+    if lung_air.any():
+        faint_hu = float(np.median(stage.smooth[lung_air])) + FAINT_CONTRAST_HU
+        if faint_hu < FIND_TISSUE_HU:
+            found = _find_at(stage, lung, air, point, faint_hu, FAINT_MIN_DIAMETER_MM, FAINT_SEARCH_RADIUS_MM)
+            if found is not None and _looks_ground_glass(found[0], stage.smooth, lung_air, stage.reference):
+                return found[0], lung, found[1], faint_hu
+    return None
+
+
+def _looks_ground_glass(nodule: np.ndarray, smooth: np.ndarray, lung_air: np.ndarray, reference: sitk.Image) -> bool:
+    """A faint find is ground glass (or a part-solid nodule's): mostly below solid density, and denser than
+    the lung around it (1.5-4 mm outside) by ``FAINT_RING_CONTRAST_HU``."""
+    inside = float(np.median(smooth[nodule]))
+    outside = -_signed_distance(nodule, reference)
+    ring = (outside > 1.5) & (outside < 4.0) & lung_air
+    if inside > FAINT_MAX_MEDIAN_HU or ring.sum() < 8:
+        return False
+    return inside - float(np.median(smooth[ring])) >= FAINT_RING_CONTRAST_HU
+
+
+def _find_at(stage: _Stage, lung: np.ndarray, air: np.ndarray, point: np.ndarray,
+             threshold_hu: float, min_diameter_mm: float, radius_mm: float) -> Optional[Tuple[np.ndarray, float]]:
+    """(nodule mask, opening radius mm) with tissue above ``threshold_hu``, or None."""
+    spacing = stage.reference.GetSpacing()[0]
+    candidates = (stage.smooth > threshold_hu) & lung
     click = _index_of(stage.reference, point)
     depth = _distance_inside(candidates, stage.reference)
-    seed = _nearest_true(candidates, click, SEARCH_RADIUS_MM / spacing)
+    seed = _nearest_true(candidates, click, radius_mm / spacing)
     if seed is None:
         return None
     blob_depth = _climb(depth, seed)
-    air = stage.smooth < LUNG_AIR_HU
     # The gentlest opening that frees a compact nodule: vessels as thick as the nodule's own depth need
     # the larger ones, a lone nodule keeps its shape with the smallest.
     for fraction in OPENING_FRACTIONS:
         opening_mm = float(np.clip(fraction * blob_depth, MIN_OPENING_MM, MAX_OPENING_MM))
         opened, _reach = _open(candidates, depth, opening_mm, stage.reference)
-        nodule = _pick_component(opened, depth, click, stage.reference, air)
+        nodule = _pick_component(opened, depth, click, stage.reference, air, min_diameter_mm, radius_mm)
         if nodule is not None:
-            return nodule, lung, opening_mm
+            return nodule, opening_mm
     return None
 
 
@@ -265,7 +310,8 @@ def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk
 
 
 def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, reference: sitk.Image,
-                    air: np.ndarray) -> Optional[np.ndarray]:
+                    air: np.ndarray, min_diameter_mm: float = MIN_DIAMETER_MM,
+                    radius_mm: float = SEARCH_RADIUS_MM) -> Optional[np.ndarray]:
     """The nodule-like component of ``mask`` nearest to the click within the search radius, or None.
 
     Nodule-like: an equivalent diameter of at least ``MIN_DIAMETER_MM``; compact (principal-axis ratio
@@ -277,11 +323,11 @@ def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, refe
         return None
     labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(mask, reference), True))
     spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
-    near = _ball(mask.shape, click, SEARCH_RADIUS_MM, spacing)
+    near = _ball(mask.shape, click, radius_mm, spacing)
     best, best_distance = None, np.inf
     for label in np.unique(labels[near & mask]):
         component = labels == label
-        if not _nodule_like(component, depth, air, reference):
+        if not _nodule_like(component, depth, air, reference, min_diameter_mm):
             continue
         distance = float(np.min(np.linalg.norm((np.argwhere(component) - click) * spacing, axis=1)))
         if distance < best_distance - 1e-6:
@@ -289,11 +335,12 @@ def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, refe
     return best
 
 
-def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, reference: sitk.Image) -> bool:
+def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, reference: sitk.Image,
+                 min_diameter_mm: float = MIN_DIAMETER_MM) -> bool:
     """The tests of :func:`_pick_component`."""
     spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
     voxels = np.argwhere(component)
-    if 2.0 * (3.0 * len(voxels) * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0) < MIN_DIAMETER_MM:
+    if 2.0 * (3.0 * len(voxels) * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0) < min_diameter_mm:
         return False
     positions = voxels * spacing
     moments = np.linalg.eigvalsh(np.cov(positions.T))  # principal moments (variances along the axes)
@@ -309,7 +356,7 @@ def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, refe
 
 # -- stage 2: segment --------------------------------------------------------------------------------
 def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarray, lung: np.ndarray,
-            opening_mm: float, truncated: bool) -> NoduleSegmentation:
+            opening_mm: float, find_hu: float, truncated: bool) -> NoduleSegmentation:
     """Segment the found nodule on a fine grid and map it onto the CT's own grid."""
     find_spacing = find.reference.GetSpacing()[0]
     indices = np.argwhere(nodule)
@@ -323,13 +370,19 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
     lung_fine = _resample_mask(lung, find.reference, stage.reference)
     found_fine = _resample_mask(nodule, find.reference, stage.reference)
 
-    threshold = _adaptive_threshold(stage, found_fine)
+    threshold = _adaptive_threshold(stage, found_fine, min(TISSUE_HU_RANGE[0], find_hu))
     candidates = (stage.smooth > threshold) & lung_fine
+    if threshold < TISSUE_HU_RANGE[0]:
+        # So low a threshold (faint ground glass) takes in the partial-volume edge of the chest wall,
+        # mediastinum and diaphragm: tissue that close to the wall is left out.
+        wall = ~lung_fine & (stage.smooth > LUNG_AIR_HU)
+        if wall.any():
+            candidates &= -_signed_distance(wall, stage.reference) > WALL_EDGE_MM
     depth = _distance_inside(candidates, stage.reference)
     opened, reach = _open(candidates, depth, opening_mm, stage.reference)
     mask = _overlapping_component(opened, found_fine, stage.reference)
     if mask is None:  # the finer threshold lost the nodule: keep the found one
-        mask = found_fine & (stage.smooth > FIND_TISSUE_HU)
+        mask = found_fine & (stage.smooth > find_hu)
     else:
         mask = _restore_surface(mask, candidates, reach, opening_mm, stage.reference)
     kind, solid = _solid_component(mask, depth, stage)
@@ -340,7 +393,8 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
     fine_hu = _as_image(stage.hu.astype(np.float32), stage.reference)
     centre = _index_to_lps(stage.reference, np.argwhere(mask).mean(axis=0))
     wall = (stage.smooth > threshold) & ~lung_fine
-    juxtapleural = _touches(mask, wall, stage.reference)
+    faint = threshold < TISSUE_HU_RANGE[0]  # kept WALL_EDGE_MM from the wall (above): a ring that much wider
+    juxtapleural = _touches(mask, wall, stage.reference, JUXTAPLEURAL_RING_MM + (WALL_EDGE_MM if faint else 0.0))
     truncated = truncated or bool(np.any(_shell(mask) & ~stage.inside_ct))
     warnings = []
     if truncated:
@@ -373,7 +427,7 @@ def _solid_component(mask: np.ndarray, depth: np.ndarray, stage: _Stage) -> Tupl
     return ("part-solid" if share(solid) >= PART_SOLID_SHARE else "ground-glass"), solid
 
 
-def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
+def _adaptive_threshold(stage: _Stage, found: np.ndarray, low_hu: float = TISSUE_HU_RANGE[0]) -> float:
     """Halfway between the nodule's outer tissue and the lung around it, clamped to ``TISSUE_HU_RANGE``."""
     spacing = np.asarray(stage.reference.GetSpacing(), dtype=np.float64)[::-1]
     distance = _signed_distance(found, stage.reference)  # > 0 inside
@@ -382,7 +436,7 @@ def _adaptive_threshold(stage: _Stage, found: np.ndarray) -> float:
     around = (distance < -1.5) & (distance > -4.0) & (stage.smooth < LUNG_AIR_HU)
     lung_hu = float(np.median(stage.smooth[around])) if around.sum() >= 8 else -850.0
     outer_hu = float(np.percentile(tissue, 25)) if tissue.size else 0.0
-    return float(np.clip((outer_hu + lung_hu) / 2.0, *TISSUE_HU_RANGE))
+    return float(np.clip((outer_hu + lung_hu) / 2.0, low_hu, TISSUE_HU_RANGE[1]))
 
 
 def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarray, radius_mm: float,
@@ -532,20 +586,16 @@ def _shell(mask: np.ndarray) -> np.ndarray:
     return grown & ~mask
 
 
-JUXTAPLEURAL_MIN_CONTACT = 0.05
-JUXTAPLEURAL_RING_MM = 2.0
-
-
-def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image) -> bool:
-    """True when at least ``JUXTAPLEURAL_MIN_CONTACT`` of the ring of ``JUXTAPLEURAL_RING_MM`` around the
-    nodule is wall (chest wall, mediastinum, diaphragm: tissue outside the lung)."""
+def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image, ring_mm: float = JUXTAPLEURAL_RING_MM) -> bool:
+    """True when at least ``JUXTAPLEURAL_MIN_CONTACT`` of the ring of ``ring_mm`` around the nodule is wall
+    (chest wall, mediastinum, diaphragm: tissue outside the lung)."""
     # The ring lies within the mask's box grown by the ring's width: the distance map on that crop is
     # the full grid's there (the mask lies inside it), and with no wall in it there is no contact.
-    box = _box_around(mask, int(np.ceil(JUXTAPLEURAL_RING_MM / min(reference.GetSpacing()))) + 1)
+    box = _box_around(mask, int(np.ceil(ring_mm / min(reference.GetSpacing()))) + 1)
     mask, wall = mask[box], wall[box]
     if not wall.any():
         return False
-    ring = (-_signed_distance(mask, _crop_reference(reference, box)) <= JUXTAPLEURAL_RING_MM) & ~mask
+    ring = (-_signed_distance(mask, _crop_reference(reference, box)) <= ring_mm) & ~mask
     if not ring.any():
         return False
     return bool(np.count_nonzero(ring & wall) >= JUXTAPLEURAL_MIN_CONTACT * np.count_nonzero(ring))
