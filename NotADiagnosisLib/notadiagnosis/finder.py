@@ -24,9 +24,10 @@ the grid spacing in LPS mm), so the same nodule gives the same grid whatever the
       voxel beyond ``MAX_EXTENT_RATIO`` × its depth + ``EXTENT_MARGIN_MM`` from its deepest voxel;
       at least ``MIN_AIR_CONTACT`` of its surface on the lung's air);
    f. none: once more for faint ground glass (thick slices blur it below ``FIND_TISSUE_HU``), with tissue
-      ``FAINT_CONTRAST_HU`` above the lung's median, a nodule of at least ``FAINT_MIN_DIAMETER_MM`` within
-      ``FAINT_SEARCH_RADIUS_MM`` that looks like ground glass (median below ``FAINT_MAX_MEDIAN_HU``,
-      ``FAINT_RING_CONTRAST_HU`` above the lung around it); none again: no nodule.
+      ``FAINT_CONTRAST_HU`` above the lung's median (at least ``FAINT_MIN_HU``), a nodule of at least
+      ``FAINT_MIN_DIAMETER_MM`` within ``FAINT_SEARCH_RADIUS_MM`` that looks like ground glass (median
+      below ``FAINT_MAX_MEDIAN_HU``, ``FAINT_RING_CONTRAST_HU`` above the lung around it); none again: no
+      nodule.
 2. **Segment** (a grid as fine as the CT's in-plane voxels, at most ``REFINE_MAX_VOXELS`` a side,
    over the nodule's box plus ``REFINE_MARGIN_MM``): the threshold moves to halfway between the
    nodule's outer tissue (25th percentile of its smoothed HU, the ground glass of a part-solid
@@ -95,6 +96,7 @@ MIN_DIAMETER_MM = 3.0
 # at least FAINT_MIN_DIAMETER_MM, within FAINT_SEARCH_RADIUS_MM of the click (the user clicks on it).
 # Chosen on the train-split renders and on no-nodule clicks in the two real CTs (see the results README).
 FAINT_CONTRAST_HU = 80.0
+FAINT_MIN_HU = -780.0  # ground glass is denser than this whatever the lung around (air outside, bullae)
 FAINT_MIN_DIAMETER_MM = 4.0
 FAINT_SEARCH_RADIUS_MM = 5.0
 FAINT_RING_CONTRAST_HU = 120.0
@@ -226,7 +228,7 @@ def _find_stage(image: sitk.Image, stage: _Stage, point: np.ndarray) -> Optional
         return found[0], lung, found[1], FIND_TISSUE_HU
     lung_air = air & lung
     if lung_air.any():
-        faint_hu = float(np.median(stage.smooth[lung_air])) + FAINT_CONTRAST_HU
+        faint_hu = max(float(np.median(stage.smooth[lung_air])) + FAINT_CONTRAST_HU, FAINT_MIN_HU)
         if faint_hu < FIND_TISSUE_HU:
             found = _find_at(stage, lung, air, point, faint_hu, FAINT_MIN_DIAMETER_MM, FAINT_SEARCH_RADIUS_MM)
             if found is not None and _looks_ground_glass(found[0], stage.smooth, lung_air, stage.reference):

@@ -305,13 +305,15 @@ def test_faint_ground_glass_nodule_against_the_chest_wall_is_found():
     assert np.array(m.long_axis_lps)[:, 0].max() < wall_x
 
 
-@pytest.mark.parametrize("where", ["speck", "beside", "haze"])
+@pytest.mark.parametrize("where", ["speck", "beside", "haze", "bulla"])
 def test_faint_density_that_is_no_ground_glass_nodule_gives_no_measurement(where):
     # speck: a 3 mm faint dot under the click; beside: a faint 10 mm nodule 8 mm from the click (the
-    # faint pass looks only where the user clicked); haze: a faint 30 mm smear 60 HU above the lung.
+    # faint pass looks only where the user clicked); haze: a faint 30 mm smear 60 HU above the lung;
+    # bulla: plain lung beside a 40 mm bulla of air, which pulls the lung's median HU down.
     shapes = {"speck": [sphere(3.0, FAINT_GGO_HU)],
               "beside": [sphere(10.0, FAINT_GGO_HU, centre=CENTRE + np.array([0.0, 13.0, 0.0]))],
-              "haze": [sphere(30.0, LUNG_HU + 60.0)]}[where]
+              "haze": [sphere(30.0, LUNG_HU + 60.0)],
+              "bulla": [sphere(40.0, -1000.0, centre=CENTRE + np.array([23.0, 0.0, 0.0]))]}[where]
     image = make_lung_ct(shapes=shapes, **ANISOTROPIC)
     result = measure_nodule(image, CENTRE, model_card={})
     assert result.measurement is None and result.warnings == [NO_NODULE_WARNING.format(radius=10)]

