@@ -135,8 +135,8 @@ class NotADiagnosisParameterNode:
     measureNodules - find, segment and measure the nodule at each point (segmentation, refined centres,
       measurement columns).
     classifyAtClick - classify at the points as placed instead of at the centres of the nodules found near them.
-    useBundledModel - the model shipped with the extension; otherwise modelPath (a .safetensors file
-      with its .json card).
+    useBundledModel - the model shipped with the extension; otherwise modelPath (an exported model's .onnx file
+      or .json card, the export's other files beside it).
     modelSha256 - optional pinned sha256 of the model file; loading refuses any other file.
     replacePreviousResults - a new run removes the previous run's outputs (so they do not pile up).
     resultsTable, saliencyVolume, resultPoints, nodulesSegmentation, refinedCentres - the latest run's outputs.

@@ -58,8 +58,10 @@ def test_module_logic_ui_icon_and_requirements_are_packaged(configured):
 def test_library_and_its_default_weights_are_packaged_from_their_single_source(configured):
     build, record = configured
     destination = build / SCRIPTED_MODULES_DIR / "notadiagnosis"
-    sources = _library_files("**/*.py") + _library_files("models/*.safetensors") + _library_files("models/*.json")
+    # Every file of the bundled model: the card, the ONNX files the module's runtime loads, the safetensors.
+    sources = _library_files("**/*.py") + _library_files("models/*")
     assert Path("__init__.py") in sources and Path("classifier.py") in sources
+    assert {Path("models/default.onnx"), Path("models/default.saliency.onnx")} <= set(sources)
     for relative in sources:
         packaged = destination / relative
         assert packaged.is_file(), f"notadiagnosis/{relative} is not packaged"
@@ -77,7 +79,11 @@ def test_packaged_module_imports_the_packaged_library(configured):
         "from notadiagnosis.weights import bundled_models_dir;"
         "assert notadiagnosis.__file__.startswith(sys.argv[1]), notadiagnosis.__file__;"
         "assert nadslicer.logic.__file__.startswith(sys.argv[1]), nadslicer.logic.__file__;"
-        "assert str(bundled_models_dir()).startswith(sys.argv[1])"
+        "assert str(bundled_models_dir()).startswith(sys.argv[1]);"
+        # What the module runs: the bundled model on ONNX Runtime, from the packaged copy.
+        "from notadiagnosis.classifier import Classifier;"
+        "classifier = Classifier.load(runtime='onnx');"
+        "assert classifier.runtime == 'onnxruntime', classifier.runtime"
     )
     completed = subprocess.run([sys.executable, "-c", code, str(destination.resolve())],
                                capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
