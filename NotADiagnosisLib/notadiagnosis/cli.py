@@ -33,6 +33,9 @@ from .results import (
 from .runtime import DEVICE_CHOICES, RUNTIMES
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
+# A cohort run that wrote every row but some CTs failed (their reasons are in the results file): not 0, so a
+# job array or a pipeline notices; not 1, which means nothing was done.
+EXIT_CTS_FAILED = 3
 DEMO_CT_NAME = "synthetic-chest-ct.nrrd"
 DEMO_POINTS_NAME = "synthetic-nodules.mrk.json"
 
@@ -271,7 +274,7 @@ def run_cohort(args: argparse.Namespace) -> int:
     summary = classify_cohort(options, lambda: load_classifier(args))
     print(summary)
     print(REMINDER)
-    return EXIT_OK
+    return EXIT_CTS_FAILED if summary.failed else EXIT_OK
 
 
 def check_model_path(model: Optional[str]) -> None:

@@ -348,8 +348,20 @@ def _exclusive(out: Path) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------- the run
 
 
-def classify_cohort(options: CohortOptions, load_classifier: Callable[[], Any]) -> str:
-    """Classify every CT of the manifest's shard not yet in ``options.out``; returns a one-line summary.
+@dataclass(frozen=True)
+class CohortSummary:
+    """What a cohort run did: ``text`` is its one-line summary; ``failed`` counts the shard's CTs whose
+    status in the results file is failed (this run's and earlier runs')."""
+
+    text: str
+    failed: int
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def classify_cohort(options: CohortOptions, load_classifier: Callable[[], Any]) -> CohortSummary:
+    """Classify every CT of the manifest's shard not yet in ``options.out``; returns its summary.
 
     The manifest and the results file are checked before ``load_classifier()`` is called.
     """
@@ -361,7 +373,7 @@ def classify_cohort(options: CohortOptions, load_classifier: Callable[[], Any]) 
 
 
 def _classify_rows(options: CohortOptions, manifest_rows: List[CohortRow], rows: List[CohortRow],
-                   output: "CohortOutput", load_classifier: Callable[[], Any]) -> str:
+                   output: "CohortOutput", load_classifier: Callable[[], Any]) -> CohortSummary:
     """The run itself, once the results file is locked and read: the rows not done, in manifest order."""
     todo = [row for row in rows if row.case not in output.done]
     classifier = load_classifier()
@@ -378,9 +390,10 @@ def _classify_rows(options: CohortOptions, manifest_rows: List[CohortRow], rows:
         bar.close()
     failed_in_file = sum(1 for row in rows if output.done.get(row.case) == STATUS_FAILED)
     shard = f" (shard {options.shard[0]}/{options.shard[1]} of {len(manifest_rows)})" if options.shard else ""
-    return (f"Cohort: {len(rows)} CTs{shard}: {statuses[STATUS_OK]} classified and {statuses[STATUS_FAILED]} failed in this run, "
-            f"{already} already done; {failed_in_file} failed in all (status {STATUS_FAILED}, with the reason). "
-            f"Results: {options.out}")
+    return CohortSummary(
+        f"Cohort: {len(rows)} CTs{shard}: {statuses[STATUS_OK]} classified and {statuses[STATUS_FAILED]} failed in this run, "
+        f"{already} already done; {failed_in_file} failed in all (status {STATUS_FAILED}, with the reason). "
+        f"Results: {options.out}", failed_in_file)
 
 
 def _classify_row(classifier, output: CohortOutput, options: CohortOptions, row: CohortRow, loaded) -> str:
