@@ -55,6 +55,8 @@ def read_points(path: str | os.PathLike, coordinate_system: str | None = None) -
     (default RAS, what Slicer shows); Slicer files carry their own and it is honoured.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"The points file {path} is a folder; give a .mrk.json, .fcsv or .csv file.")
     if not path.is_file():
         raise InputError(f"The points file {path} does not exist; give a .mrk.json, .fcsv or .csv file.")
     name = path.name.lower()

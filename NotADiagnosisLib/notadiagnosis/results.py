@@ -115,8 +115,9 @@ def _measurement_cells(m: Optional[Dict[str, Any]]) -> List[str]:
 def size_only_note(card: ModelCard) -> str:
     """What the size-only probability is, or that the model's card has none."""
     if card.size_only is None:
-        return ("This model's card has no size-only model (it was exported before the reference existed): no size-only "
-                "probability; the bundled model's card has one.")
+        return ("This model's card has no size-only model: no size-only probability. Add one with `nadtrain sizeonly "
+                "--add-to CARD --version NEW`, or export with `nadtrain export --size-only Training/results/size-only.json`; "
+                "the bundled model's card has one.")
     return "Size-only: the probability from the long axis alone (the model card's logistic reference)."
 
 

@@ -428,6 +428,8 @@ def test_unknown_points_file_type_and_missing_file_are_refused(tmp_path):
         read_points(write_csv(tmp_path / "p.xlsx", "x"))
     with pytest.raises(InputError, match="does not exist"):
         read_points(tmp_path / "missing.fcsv")
+    with pytest.raises(InputError, match="is a folder"):
+        read_points(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ command line
