@@ -106,6 +106,12 @@ REFINE_MIN_SPACING_MM = 0.5
 REFINE_MAX_VOXELS = 64
 # Outside the CT: a value no CT holds, so the truncation check can see where the CT ends.
 _OUTSIDE_HU = -5000.0
+# A nodule found up to SEARCH_RADIUS_MM from the point is measured, but when the point lies this far
+# outside it the user may have clicked on something else (a vessel, with a compact branching nearby):
+# said, so the segmentation is checked before the answer is trusted.
+FAR_FROM_POINT_MM = 5.0
+FAR_FROM_POINT_WARNING = ("the point lies {gap:.1f} mm outside the nodule found (its centre {shift:.1f} mm away): check in "
+                          "the segmentation that it is the nodule meant and not a vessel or another structure")
 NOT_CT_WARNING = "no air at -1000 HU: this does not look like a CT in Hounsfield units"
 # Any chest CT holds air: its minimum (strided look) is below this.
 NOT_CT_MIN_HU = -900.0
@@ -177,7 +183,26 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
         if not _touches_faces(nodule):
             break
     truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
-    return _refine(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated), []
+    segmentation = _refine(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated)
+    gap_mm = distance_to_mask_mm(segmentation.fine_mask, point)
+    if gap_mm > FAR_FROM_POINT_MM:
+        segmentation.warnings.append(FAR_FROM_POINT_WARNING.format(gap=gap_mm, shift=segmentation.centre_shift_mm))
+    return segmentation, []
+
+
+def distance_to_mask_mm(mask: sitk.Image, point_lps: ArrayLike) -> float:
+    """Distance (mm) from a point to the nearest voxel centre of a label map's nonzero voxels; 0 inside."""
+    point = _as_point(point_lps)
+    index = np.round(mask.TransformPhysicalPointToContinuousIndex([float(v) for v in point])).astype(int)
+    array = sitk.GetArrayViewFromImage(mask)
+    if np.all(index >= 0) and np.all(index < mask.GetSize()) and array[index[2], index[1], index[0]]:
+        return 0.0
+    voxels = np.argwhere(array)[:, ::-1].astype(np.float64)  # (x, y, z) indices
+    if len(voxels) == 0:
+        return float("inf")
+    direction = np.asarray(mask.GetDirection()).reshape(3, 3)
+    physical = np.asarray(mask.GetOrigin()) + (voxels * np.asarray(mask.GetSpacing())) @ direction.T
+    return float(np.sqrt(((physical - point) ** 2).sum(axis=1).min()))
 
 
 def looks_like_ct(image: sitk.Image) -> bool:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from helpers import physical_grid, rotation_matrix
 from notadiagnosis.errors import PointOutsideImageError, WeightsError
-from notadiagnosis.finder import LABEL_NON_SOLID, LABEL_SOLID, NO_NODULE_WARNING, NOT_CT_WARNING
+from notadiagnosis.finder import FAR_FROM_POINT_MM, LABEL_NON_SOLID, LABEL_SOLID, NO_NODULE_WARNING, NOT_CT_WARNING
 from notadiagnosis.measure import SUMMARY_KEYS, measure_nodule
 from notadiagnosis.references import SizeOnlyModel, lung_rads_category
 
@@ -317,3 +317,19 @@ def test_faint_density_that_is_no_ground_glass_nodule_gives_no_measurement(where
     image = make_lung_ct(shapes=shapes, **ANISOTROPIC)
     result = measure_nodule(image, CENTRE, model_card={})
     assert result.measurement is None and result.warnings == [NO_NODULE_WARNING.format(radius=10)]
+
+
+@pytest.mark.parametrize("grid", GRIDS.values(), ids=GRIDS.keys())
+def test_a_point_well_outside_the_nodule_found_is_measured_with_a_warning(grid):
+    """A click 7 mm outside a 6 mm nodule (within the search radius) finds it, and says the point is
+    not on it; a click 2 mm outside the nodule, or inside it, says nothing of the kind."""
+    image = make_lung_ct(shapes=[sphere(6.0)], **grid)
+    far = measure_nodule(image, CENTRE + np.array([0.0, 10.0, 0.0]), model_card={})
+    assert far.measurement is not None, far.warnings
+    notes = [w for w in far.warnings if "outside the nodule found" in w]
+    assert len(notes) == 1 and "centre 10." in notes[0]
+    gap = float(notes[0].split("lies ")[1].split(" mm")[0])
+    assert gap > FAR_FROM_POINT_MM and gap == pytest.approx(7.0, abs=1.0)
+    for offset_mm in (5.0, 0.0):
+        near = measure_nodule(image, CENTRE + np.array([0.0, offset_mm, 0.0]), model_card={})
+        assert near.measurement is not None and not any("outside the nodule found" in w for w in near.warnings)
