@@ -23,7 +23,8 @@ from notadiagnosis.weights import load_model
 from nadtrain import checkpoint
 from nadtrain.dataset import load_dataset
 from nadtrain.toy import make_toy_dataset
-from nadtrain.train import TrainConfig, train
+from nadtrain.train import TrainConfig, pair_consistency, train
+from nadtrain.train_data import NoduleEpochSet, collate_normalized, training_groups
 
 EPOCHS = 6
 # Resume and determinism need several epochs, not learning: a cheaper run (one rendering per
@@ -240,3 +241,44 @@ def test_weight_average_is_validated_kept_and_resumed_exactly(toy_dataset, tmp_p
     assert _tensors_equal(resumed / "model.safetensors", full / "model.safetensors")
     with pytest.raises(NotADiagnosisError, match="ema"):
         train(_config(toy_dataset, tmp_path / "bad", ema=1.5))
+
+
+# -- --consistency: two renderings of a nodule side by side, their logits pulled together -------------
+def test_consistency_batches_pair_two_different_renderings_of_each_nodule(toy_dataset):
+    data = load_dataset(toy_dataset)
+    indices = np.arange(len(data))
+    groups = training_groups(data, indices, one_render=True)
+    pairs = NoduleEpochSet(data.patches_hu, data.labels, groups, seed=0, renders_per_item=2)
+    x, y, idx = collate_normalized([pairs[item] for item in range(len(pairs))])
+    assert x.shape[0] == 2 * len(groups)
+    rows = idx.numpy().reshape(-1, 2)
+    assert np.all(rows[:, 0] != rows[:, 1])  # two renderings, not one twice (every toy nodule has two)
+    assert np.all(data.nodule_ids[rows[:, 0]] == data.nodule_ids[rows[:, 1]])
+    assert np.array_equal(y.numpy(), data.labels[idx.numpy()].astype(np.float32))
+    assert torch.equal(x[1, 0], torch.from_numpy(normalize_hu(data.patches_hu[rows[0, 1]])))
+    single = NoduleEpochSet(data.patches_hu, data.labels, [np.array([3])], seed=0, renders_per_item=2)
+    assert [j for _, _, j in single[0]] == [3, 3]
+
+
+def test_pair_consistency_is_the_mean_squared_logit_difference_within_pairs():
+    logits = torch.tensor([1.0, 1.0, 0.0, 2.0, -1.0, 2.0])
+    assert float(pair_consistency(logits)) == pytest.approx((0.0 + 4.0 + 9.0) / 3)
+    assert float(pair_consistency(torch.tensor([0.5, 0.5, -2.0, -2.0]))) == 0.0
+    with pytest.raises(ValueError):
+        pair_consistency(torch.zeros(3))
+
+
+def test_consistency_training_is_recorded_changes_the_weights_and_refuses_all_renders(toy_dataset, tmp_path):
+    options = {**SHORT, "epochs": 2, "patience": 2}
+    plain, paired = tmp_path / "plain", tmp_path / "paired"
+    train(_config(toy_dataset, plain, **options))
+    summary = train(_config(toy_dataset, paired, **options, consistency=1.0))
+    assert np.isfinite(summary["validation"]["auc"])
+    _, card = load_model(paired / "model.json")
+    assert card["training"]["recipe"]["consistency"] == 1.0
+    assert "two renderings" in card["training"]["recipe"]["consistency_loss"]
+    assert not _tensors_equal(plain / "model.safetensors", paired / "model.safetensors")
+    with pytest.raises(NotADiagnosisError, match="consistency"):
+        train(_config(toy_dataset, tmp_path / "bad", consistency=1.0, one_render_per_epoch=False))
+    with pytest.raises(NotADiagnosisError, match="consistency"):
+        train(_config(toy_dataset, tmp_path / "bad2", **options, consistency=-1.0))

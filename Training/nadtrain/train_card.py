@@ -62,6 +62,8 @@ def training_record(config: TrainConfig, data: Dataset, split_description: dict,
                    "auxiliary_loss": (f"{config.aux_ratings} x masked MSE of a linear head regressing the readers' "
                                       f"standardised ratings {list(ratings.FEATURES)} (training only)"
                                       if config.aux_ratings > 0 else None),
+                   "consistency_loss": (f"{config.consistency} x mean squared difference of the logits of two "
+                                        "renderings of the same nodule, paired in each batch" if config.consistency > 0 else None),
                    "weight_averaging": (f"exponential moving average, decay {config.ema} per step (buffers too); "
                                         "validated, kept and exported" if config.ema > 0 else None),
                    "early_stopping": "validation AUC"},

@@ -15,13 +15,21 @@ from .dataset import Dataset
 
 class NoduleEpochSet(TorchDataset):
     """Item ``i`` = one of group ``i``'s samples: with one group per nodule (several renders) and
-    ``set_epoch``, each epoch sees every nodule once, through a rendering drawn per (seed, epoch)."""
+    ``set_epoch``, each epoch sees every nodule once, through a rendering drawn per (seed, epoch).
 
-    def __init__(self, patches_hu: np.ndarray, labels: np.ndarray, groups: Sequence[np.ndarray], seed: int) -> None:
+    With ``renders_per_item=2`` (``--consistency``) item ``i`` is a list of two different renderings
+    of the nodule (the same one twice if it has only one), drawn per (seed, epoch), which
+    ``collate_normalized`` keeps next to each other in the batch."""
+
+    def __init__(self, patches_hu: np.ndarray, labels: np.ndarray, groups: Sequence[np.ndarray], seed: int,
+                 renders_per_item: int = 1) -> None:
+        if renders_per_item not in (1, 2):
+            raise ValueError("renders_per_item is 1 (one rendering per item) or 2 (a pair)")
         self.patches_hu = patches_hu
         self.labels = labels
         self.groups = [np.asarray(g) for g in groups]
         self.seed = seed
+        self.renders_per_item = renders_per_item
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -37,16 +45,29 @@ class NoduleEpochSet(TorchDataset):
         rng = np.random.default_rng((self.seed, self.epoch, item))
         return int(group[rng.integers(group.size)])
 
+    def pair_indices(self, item: int) -> List[int]:
+        """Two different renderings of group ``item`` (the only one twice if it has one)."""
+        group = self.groups[item]
+        if group.size == 1:
+            return [int(group[0])] * 2
+        rng = np.random.default_rng((self.seed, self.epoch, item, 2))
+        return [int(group[k]) for k in rng.choice(group.size, size=2, replace=False)]
+
     def item_label(self, item: int) -> int:
         return int(self.labels[self.groups[item][0]])
 
     def __getitem__(self, item: int):
+        if self.renders_per_item == 2:
+            return [(self.patches_hu[j], int(self.labels[j]), j) for j in self.pair_indices(item)]
         j = self.sample_index(item)
         return self.patches_hu[j], int(self.labels[j]), j
 
 
 def collate_normalized(batch):
-    """Stack int16 HU patches and normalise them with the library's one normalisation."""
+    """Stack int16 HU patches and normalise them with the library's one normalisation; items that are
+    pairs (lists) become two consecutive rows, so rows 2k and 2k + 1 are one nodule."""
+    if batch and isinstance(batch[0], list):
+        batch = [sample for item in batch for sample in item]
     patches = np.stack([b[0] for b in batch])
     x = torch.from_numpy(normalize_hu(patches)).unsqueeze(1)
     y = torch.tensor([b[1] for b in batch], dtype=torch.float32)

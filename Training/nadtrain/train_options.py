@@ -76,6 +76,10 @@ class TrainConfig:
     calibration_tta: bool = option(True, cli=False)
     aux_ratings: float = option(0.0, "also regress the readers' characteristic ratings and size from the patch "
                                      "(multi-task, training only) with this loss weight; 0 = off", metavar="WEIGHT")
+    consistency: float = option(0.0, "stable by construction: each batch holds two renderings of every nodule in it "
+                                     "(two placements, each augmented on its own; a batch is --batch-size nodules) and "
+                                     "the loss adds this weight x the mean squared difference of their logits; 0 = off",
+                                metavar="WEIGHT")
     ema: float = option(0.0, "validate and keep an exponential moving average of the weights, e.g. 0.99; 0 = off",
                         metavar="DECAY")
     soft_labels: bool = option(False, "train on the share of readers who rated the nodule malignant (a 3 counts "
@@ -106,6 +110,11 @@ class TrainConfig:
             raise InputError(f"unknown --calibration {self.calibration!r}; use one of {', '.join(CALIBRATION)}.")
         if self.aux_ratings < 0:
             raise InputError("--aux-ratings is a loss weight: 0 (off) or positive.")
+        if self.consistency < 0:
+            raise InputError("--consistency is a loss weight: 0 (off) or positive.")
+        if self.consistency > 0 and not self.one_render_per_epoch:
+            raise InputError("--consistency pairs two renderings of a nodule, which needs the nodule grouping; "
+                             "drop --all-renders.")
         if not 0.0 <= self.ema < 1.0:
             raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
 
