@@ -220,3 +220,10 @@ def test_breakdown_leaves_out_the_interval_of_a_group_with_few_patients():
     assert out["few"]["patients_malignant"] == 3 and out["few"]["patients_benign"] == 3
     assert out["few"]["auc"] is not None and out["few"]["auc_ci95"] is None
     assert "fewer than 10 patients" in out["few"]["auc_ci95_omitted"]
+
+
+def test_render_spread_is_each_nodules_max_minus_min_over_its_renders():
+    # a: 0.1, 0.4, 0.2 -> 0.3; b: 0.5, 0.5 -> 0; c has one render and is left out.
+    figures = metrics.render_spread([0.1, 0.5, 0.4, 0.9, 0.2, 0.5], ["a", "b", "a", "c", "a", "b"])
+    assert figures == {"n": 2, "median": 0.15, "p90": 0.27, "max": 0.3}
+    assert metrics.render_spread([0.3], ["a"])["n"] == 0

@@ -72,6 +72,17 @@ def test_report_numbers_agree_with_its_predictions_file(pipeline):
     assert overall["baseline"]["ece_if_calibrated"]["p_value"] == pytest.approx(base_expected["p_value"], abs=0.01)
 
 
+def test_evaluation_reports_the_surroundings_spread_of_its_predictions(pipeline):
+    by_nodule = {}
+    for row in _predictions(pipeline["run"]):
+        by_nodule.setdefault(row["nodule_id"], []).append(float(row["probability"]))
+    spreads = [max(p) - min(p) for p in by_nodule.values() if len(p) > 1]
+    surroundings = pipeline["report"]["surroundings"]
+    assert surroundings["n"] == len(spreads) > 0
+    assert surroundings["max"] == pytest.approx(max(spreads), abs=1e-4)
+    assert surroundings["median"] == pytest.approx(float(np.median(spreads)), abs=1e-4)
+
+
 def test_evaluation_probabilities_are_the_library_classifiers(pipeline):
     rows = _predictions(pipeline["run"])[:4]
     data = load_dataset(pipeline["dataset"])

@@ -218,6 +218,9 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     report["by_size"] = metrics.breakdown(labels, probs, base_probs, sizes, patients, max(n_boot // 4, 0), seed, size_order)
     report["by_texture"] = metrics.breakdown(labels, probs, base_probs, textures, patients, max(n_boot // 4, 0), seed,
                                              list(TEXTURE_CLASSES) + ["unknown"])
+    # Surroundings: how much p moves between the renders (placements, backgrounds) of one nodule.
+    report["surroundings"] = {"unit": "per nodule: max - min of p over its renders in this split",
+                              **metrics.render_spread(probs, nodules)}
     report["validation"] = card.metrics.get("validation")
 
     report["figures"] = plots.write_figures(out, labels, probs, base_probs, threshold, report,
@@ -256,6 +259,10 @@ def format_summary(report: Dict[str, Any]) -> str:
                 f"size-only AUC {fmt(base['auc'])}; margin {fmt(margin['auc_margin'])}")
 
     lines = [line("overall", report["overall"])]
+    spread = report.get("surroundings") or {}
+    if spread.get("n"):
+        lines.append(f"surroundings (per-nodule spread of p over its renders, {spread['n']} nodules): median "
+                     f"{fmt(spread['median'])}, p90 {fmt(spread['p90'])}, max {fmt(spread['max'])}")
     if report.get("ratings_reference"):
         lines.append(f"readers' ratings reference (not an image model): AUC {fmt(report['ratings_reference']['auc'])}")
     for name, entry in report.get("by_background", {}).items():

@@ -216,6 +216,22 @@ class SizeBaseline:
                 "intercept": float(self.model.intercept_[0])}
 
 
+def render_spread(probabilities: Sequence[float], nodule_ids: Sequence[str]) -> Dict[str, object]:
+    """Surroundings: per nodule, the spread (max - min) of p over its renders (each a placement in a
+    background); median, 90th percentile and maximum over the nodules with more than one render."""
+    probabilities, nodule_ids = np.asarray(probabilities, dtype=np.float64), np.asarray(nodule_ids)
+    _, inverse, counts = np.unique(nodule_ids, return_inverse=True, return_counts=True)
+    highest = np.full(counts.size, -np.inf)
+    lowest = np.full(counts.size, np.inf)
+    np.maximum.at(highest, inverse, probabilities)
+    np.minimum.at(lowest, inverse, probabilities)
+    values = (highest - lowest)[counts > 1]
+    if values.size == 0:
+        return {"n": 0, "median": None, "p90": None, "max": None}
+    return {"n": int(values.size), "median": round(float(np.median(values)), 4),
+            "p90": round(float(np.percentile(values, 90)), 4), "max": round(float(values.max()), 4)}
+
+
 def size_bin(diameter_mm: float) -> str:
     """Size bin label of a diameter, e.g. ``"6-10 mm"`` or ``">=20 mm"``."""
     for low, high in SIZE_BINS_MM:

@@ -44,6 +44,7 @@ from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.errors import InputError
 from notadiagnosis.weights import model_files, read_card, sha256_of
 
+from . import metrics
 from .nodule_table import parse_list
 from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table
 from .sources.backgrounds import background_name, load_background, prepare_background, real_nodules_of_background
@@ -168,8 +169,8 @@ def jitter_figures(cases: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 def spreads(probabilities_by_nodule: Dict[str, List[float]]) -> Dict[str, Any]:
     """Per-nodule spread (max - min) of p over its renders; nodules with one render are left out."""
-    values = [max(p) - min(p) for p in probabilities_by_nodule.values() if len(p) > 1]
-    return summary(values)
+    ids = [nodule for nodule, values in probabilities_by_nodule.items() for _ in values]
+    return metrics.render_spread([p for values in probabilities_by_nodule.values() for p in values], ids)
 
 
 # -- inputs ------------------------------------------------------------------------------------------
