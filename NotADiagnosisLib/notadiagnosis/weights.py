@@ -35,8 +35,8 @@ DEFAULT_MODEL_NAME = "default"
 #: together) is refused. The tensors file (torch runtime) and the classification ONNX file (ONNX Runtime) are
 #: pinned; the card is covered through its digest in each, and the saliency ONNX file through its sha256 in the
 #: classification file. Change them together with the bundled files (`make bundled-model` prints them), and only then.
-BUNDLED_MODEL_SHA256 = "1b05215a360264a27e230bdfd0dbdeeb304885891782152396c398d2f7c6ed13"
-BUNDLED_ONNX_SHA256 = "a4c9bb534182a639cdc5ba78bf92864aa379202b38989f2e57ac9f8cab485fef"
+BUNDLED_MODEL_SHA256 = "651c382fa15c1310e06fc7ed77a0b6eecdb9d499abf084f223f4763146e772a8"
+BUNDLED_ONNX_SHA256 = "521b7f8cf14ecca7c2a7a76b12b0f23216307aaa0e5e8bad336beeaa01cd1c34"
 # Key, in the safetensors header's and the ONNX file's metadata, of the digest that binds the card to the file.
 CARD_DIGEST_KEY = "card_sha256"
 # Key, in the classification ONNX file's metadata, of the saliency ONNX file's sha256.

@@ -17,12 +17,28 @@ from notadiagnosis.weights import default_model_path, read_card
 def test_the_bundled_card_reads_as_typed_fields_and_writes_back_byte_for_byte():
     path = default_model_path()
     card = read_card(path)
-    assert (card.name, card.version) == ("default", "1.3.0")
+    assert (card.name, card.version) == ("default", "1.3.1")
     assert (card.preprocessing.patch_size, card.preprocessing.spacing_mm) == (64, 1.0)
     assert (card.preprocessing.hu_min, card.preprocessing.hu_max) == (-1000.0, 400.0)
     assert card.weights.sha256 == card["weights"]["sha256"] and card.onnx.saliency.sha256
     assert card.size_only["feature"] == "log_long_axis_mm" and "test" in card.metrics
     assert json.dumps(card.to_dict(), indent=2) + "\n" == path.read_text(encoding="utf-8")
+
+
+def test_the_bundled_card_carries_its_stability_figures_measured_on_the_same_network():
+    """Issue 17: the card states how much the answer moves with the click and the surroundings, with
+    the targets and whether each is met, measured on the network it ships (1.3.0: the same tensors)."""
+    card = read_card(default_model_path())
+    stability = card.metrics["stability"]
+    assert stability["measured_on"]["name"] == "default" and stability["subset"]["nodules"] >= 30
+    centred = stability["click_jitter"]["centred"]["vs_centre_click"]
+    assert 0.0 <= centred["median"] <= centred["p90"] <= centred["max"] <= 1.0 and centred["n"] >= 300
+    assert set(stability["verdict"]) == {"click_p90_abs_dp", "real_nodule_max_abs_dp", "surroundings_p90_spread"}
+    assert stability["verdict"]["click_p90_abs_dp"]["value"] == centred["p90"]
+    assert stability["surroundings"]["all_split_nodules_at_centre"]["n"] == 339
+    real = stability["real_nodules"][0]
+    assert real["nodule_id"] == "LIDC-IDRI-0001/n0" and abs(real["p_at_centre"] - card.metrics["extra"]["real_lidc_idri_0001"]["probability"]) < 0.01
+    assert card.metrics["extra"]["cpu_latency"]["ms_per_point"] < 16.5  # the ONNX Runtime figure, not the torch era's
 
 
 def test_blocks_the_type_does_not_know_round_trip_unchanged(tmp_path):
