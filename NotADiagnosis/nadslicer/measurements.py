@@ -18,6 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 
+from notadiagnosis.geometry import lps_to_ras
+
 from .volumes import array_to_matrix, ijk_to_ras
 
 #: Table columns added after the classification's: (name, unit, description). The values are the
@@ -104,28 +106,16 @@ def add_nodule_segmentation(scene, volume_node, labels: Sequence[str], results: 
 
 def add_refined_centres(scene, labels: Sequence[str], results: Sequence, name: str = "NotADiagnosis refined centres"):
     """A new, locked point list at the segmented nodules' centres (world RAS); None when none was found."""
-    from .results import mark_output
+    from .results import add_locked_points
 
-    found = [(label, result) for label, result in zip(labels, results)
+    found = [(label, result.measurement) for label, result in zip(labels, results)
              if result is not None and result.measurement is not None]
     if not found:
         return None
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(name))
-    was_modifying = node.StartModify()
-    for label, result in found:
-        x, y, z = (float(value) for value in result.measurement.centre_lps)
-        index = node.AddControlPoint(-x, -y, z, f"{label} centre")
-        node.SetNthControlPointDescription(
-            index, f"Centre of the segmented nodule, {result.measurement.centre_shift_mm:.1f} mm from the point '{label}'.")
-    node.SetLocked(True)
-    mark_output(node, "centres")
-    node.EndModify(was_modifying)
-    node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    if display is not None:
-        display.SetSelectedColor(*CENTRES_COLOR)
-        display.SetColor(*CENTRES_COLOR)
-    return node
+    points = [(f"{label} centre", lps_to_ras(np.asarray(m.centre_lps, dtype=np.float64)),
+               f"Centre of the segmented nodule, {m.centre_shift_mm:.1f} mm from the point '{label}'.")
+              for label, m in found]
+    return add_locked_points(scene, name, points, "centres", CENTRES_COLOR)
 
 
 def measurement_warnings(results: Sequence) -> List[List[str]]:

@@ -311,19 +311,27 @@ def add_result_points(scene, labels: Sequence[str], points_ras: np.ndarray, pred
 
     The user's own point list is never changed; this one shows the results in the slice and 3D views.
     """
+    points = [(result_point_label(label, prediction), ras, f"Probability {float(prediction.probability):.4f}. Not a diagnosis.")
+              for label, ras, prediction in zip(labels, np.asarray(points_ras, dtype=np.float64), predictions)]
+    return add_locked_points(scene, name, points, "points", RESULT_POINTS_COLOR)
+
+
+def add_locked_points(scene, name: str, points: Sequence[tuple], role: str, color: Sequence[float]):
+    """A new point list marked as the module's output ``role``, locked, in ``color``: one control point per
+    ``(label, world RAS position, description)``."""
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(name))
     was_modifying = node.StartModify()
-    for label, ras, prediction in zip(labels, np.asarray(points_ras, dtype=np.float64), predictions):
-        index = node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), result_point_label(label, prediction))
-        node.SetNthControlPointDescription(index, f"Probability {float(prediction.probability):.4f}. Not a diagnosis.")
+    for label, ras, description in points:
+        index = node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]), label)
+        node.SetNthControlPointDescription(index, description)
     node.SetLocked(True)
-    mark_output(node, "points")
+    mark_output(node, role)
     node.EndModify(was_modifying)
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is not None:  # headless MRML has no markups display nodes
-        display.SetSelectedColor(*RESULT_POINTS_COLOR)
-        display.SetColor(*RESULT_POINTS_COLOR)
+        display.SetSelectedColor(*color)
+        display.SetColor(*color)
     return node
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .finder import SEARCH_RADIUS_MM, NoduleSegmentation, find_nodule, looks_like_ct
+from .finder import NOT_CT_WARNING, SEARCH_RADIUS_MM, NoduleSegmentation, find_nodule, looks_like_ct
 from .geometry import ArrayLike, _as_point, is_inside
 
 NOT_CENTRED_WARNING = ("no nodule found within {radius:g} mm of the point: classified at the point itself, so the "
@@ -58,13 +58,17 @@ def from_segmentation(point_lps: ArrayLike, segmentation: Optional[NoduleSegment
 def from_measurements(image: sitk.Image, points_lps: Sequence[ArrayLike], nodules: Sequence) -> List[Centring]:
     """One centring per point from its :func:`notadiagnosis.measure_nodule` result (same order), so a
     nodule measured is not searched for again to be classified."""
-    looks_like_a_ct = looks_like_ct(image)
+    # measure_nodule looked at the whole image already and said so in each result when it is no CT.
+    looks_like_a_ct = not any(NOT_CT_WARNING in nodule.warnings for nodule in nodules)
     return [from_segmentation(point_lps, nodule.segmentation, looks_like_a_ct) for point_lps, nodule in zip(points_lps, nodules)]
 
 
-def centre_for_classification(image: sitk.Image, point_lps: ArrayLike) -> Centring:
-    """Find the nodule near ``point_lps`` (LPS mm) and return where to classify it. The image is not modified."""
-    if not looks_like_ct(image):
+def centre_for_classification(image: sitk.Image, point_lps: ArrayLike, looks_like_a_ct: Optional[bool] = None) -> Centring:
+    """Find the nodule near ``point_lps`` (LPS mm) and return where to classify it. The image is not modified.
+
+    ``looks_like_a_ct``: :func:`~.finder.looks_like_ct` of the image when the caller knows it already
+    (it looks at the whole image, so a caller with many points asks once)."""
+    if not (looks_like_ct(image) if looks_like_a_ct is None else looks_like_a_ct):
         return from_segmentation(point_lps, None, looks_like_a_ct=False)
     if not is_inside(image, _as_point(point_lps)):  # nothing to find: the cube's outside fraction warns of it
         return at_click(point_lps)

@@ -169,6 +169,7 @@ class Classifier:
         if centrings is not None and len(centrings) != len(points):
             raise ValueError(f"{len(centrings)} centrings for {len(points)} points")
         image_warnings = image_warnings_for(image)
+        looks_like_a_ct = NOT_CT_WARNING not in image_warnings  # the whole-CT look, once, not once per point
         predictions: List[Prediction] = []
         bar = None
         if progress:
@@ -179,12 +180,12 @@ class Classifier:
         try:
             for start in range(0, len(points), batch_size):
                 chunk = points[start : start + batch_size]
-                if centrings is not None:
-                    chunk_centrings = list(centrings[start : start + batch_size])
-                elif at_click:
+                if at_click:
                     chunk_centrings = [click_centring(point) for point in chunk]
+                elif centrings is not None:
+                    chunk_centrings = list(centrings[start : start + batch_size])
                 else:
-                    chunk_centrings = [centre_for_classification(image, point) for point in chunk]
+                    chunk_centrings = [centre_for_classification(image, point, looks_like_a_ct) for point in chunk]
                 self._predict_batch(image, chunk_centrings, tta, image_warnings, predictions)
                 if bar is not None:
                     bar.update(len(predictions) - bar.n)

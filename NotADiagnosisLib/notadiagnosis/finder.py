@@ -183,26 +183,7 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
         if not _touches_faces(nodule):
             break
     truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
-    segmentation = _refine(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated)
-    gap_mm = distance_to_mask_mm(segmentation.fine_mask, point)
-    if gap_mm > FAR_FROM_POINT_MM:
-        segmentation.warnings.append(FAR_FROM_POINT_WARNING.format(gap=gap_mm, shift=segmentation.centre_shift_mm))
-    return segmentation, []
-
-
-def distance_to_mask_mm(mask: sitk.Image, point_lps: ArrayLike) -> float:
-    """Distance (mm) from a point to the nearest voxel centre of a label map's nonzero voxels; 0 inside."""
-    point = _as_point(point_lps)
-    index = np.round(mask.TransformPhysicalPointToContinuousIndex([float(v) for v in point])).astype(int)
-    array = sitk.GetArrayViewFromImage(mask)
-    if np.all(index >= 0) and np.all(index < mask.GetSize()) and array[index[2], index[1], index[0]]:
-        return 0.0
-    voxels = np.argwhere(array)[:, ::-1].astype(np.float64)  # (x, y, z) indices
-    if len(voxels) == 0:
-        return float("inf")
-    direction = np.asarray(mask.GetDirection()).reshape(3, 3)
-    physical = np.asarray(mask.GetOrigin()) + (voxels * np.asarray(mask.GetSpacing())) @ direction.T
-    return float(np.sqrt(((physical - point) ** 2).sum(axis=1).min()))
+    return _refine(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated), []
 
 
 def looks_like_ct(image: sitk.Image) -> bool:
@@ -426,6 +407,10 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
     warnings = []
     if truncated:
         warnings.append("the nodule reaches the 64 mm cube's faces or the CT's edge: its measurements are truncated")
+    # The fine grid is LPS-aligned and isotropic: index distance times spacing is the distance in mm.
+    gap_mm = float(np.min(np.linalg.norm(np.argwhere(mask) - _index_of(stage.reference, point), axis=1))) * spacing
+    if gap_mm > FAR_FROM_POINT_MM:
+        warnings.append(FAR_FROM_POINT_WARNING.format(gap=gap_mm, shift=float(np.linalg.norm(centre - point))))
     return NoduleSegmentation(point_lps=point, centre_lps=centre, mask=_on_ct_grid(fine_mask, image),
                               fine_mask=fine_mask, fine_hu=fine_hu, fine_smooth=stage.smooth, type=kind, truncated=truncated,
                               juxtapleural=juxtapleural, warnings=warnings)

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .finder import LABEL_SOLID, NO_NODULE_WARNING, SOLID_HU, NOT_CT_WARNING, NoduleSegmentation, find_nodule, looks_like_ct
+from .finder import (LABEL_SOLID, NO_NODULE_WARNING, NOT_CT_WARNING, SOLID_HU, NoduleSegmentation, _index_to_lps, find_nodule,
+                     looks_like_ct)
 from .geometry import ArrayLike, _as_point
 from .references import LUNG_RADS_STATEMENT, SizeOnlyModel, lung_rads_category
 
@@ -154,16 +155,17 @@ def measure_segmentation(segmentation: NoduleSegmentation, size_only: Optional[S
     long_mm, short_mm, long_ends, short_ends, z_index = axial_axes(nodule, spacing)
     values = hu[nodule]
     # Smoothed HU: noise in a large nodule would pass the threshold voxel by voxel.
-    calcified_volume = float(np.count_nonzero(segmentation.fine_smooth[nodule] >= CALCIFIED_HU) * voxel_mm3)
+    smooth = segmentation.fine_smooth[nodule]
+    calcified_volume = float(np.count_nonzero(smooth >= CALCIFIED_HU) * voxel_mm3)
     calcified = calcified_volume >= CALCIFIED_MIN_VOLUME_MM3
     # The share of the nodule's dense tissue (the partial-volume rim left out) that is calcified.
-    dense_volume = max(float(np.count_nonzero(segmentation.fine_smooth[nodule] >= SOLID_HU) * voxel_mm3), voxel_mm3)
+    dense_volume = max(float(np.count_nonzero(smooth >= SOLID_HU) * voxel_mm3), voxel_mm3)
     mean_diameter = (long_mm + short_mm) / 2.0
     solid_mean = None
     if segmentation.type == "part-solid":
         solid_long, solid_short, *_rest = axial_axes(solid, spacing)
         solid_mean = (solid_long + solid_short) / 2.0
-    to_lps = lambda index_zyx: tuple(float(v) for v in _lps(reference, index_zyx))  # noqa: E731
+    to_lps = lambda index_zyx: tuple(float(v) for v in _index_to_lps(reference, index_zyx))  # noqa: E731
     return NoduleMeasurement(
         centre_lps=tuple(float(v) for v in segmentation.centre_lps),
         centre_shift_mm=segmentation.centre_shift_mm,
@@ -224,10 +226,6 @@ def _outline(plane: np.ndarray) -> np.ndarray:
     padded = np.pad(plane, 1)
     interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return np.argwhere(plane & ~interior).astype(np.float64)
-
-
-def _lps(reference: sitk.Image, index_zyx) -> np.ndarray:
-    return np.asarray(reference.GetOrigin()) + np.asarray(index_zyx, dtype=np.float64)[::-1] * np.asarray(reference.GetSpacing())
 
 
 def _bundled_card() -> Optional[Dict[str, Any]]:

@@ -5,7 +5,7 @@ Everything takes plain arrays so that tests can check the numbers against hand c
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.stats import rankdata
@@ -225,7 +225,12 @@ def render_spread(probabilities: Sequence[float], nodule_ids: Sequence[str]) -> 
     lowest = np.full(counts.size, np.inf)
     np.maximum.at(highest, inverse, probabilities)
     np.minimum.at(lowest, inverse, probabilities)
-    values = (highest - lowest)[counts > 1]
+    return summary((highest - lowest)[counts > 1])
+
+
+def summary(values: Sequence[float]) -> Dict[str, Any]:
+    """``n``, median, 90th percentile and maximum of ``values`` (rounded to 4 decimals; None when empty)."""
+    values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return {"n": 0, "median": None, "p90": None, "max": None}
     return {"n": int(values.size), "median": round(float(np.median(values)), 4),

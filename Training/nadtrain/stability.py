@@ -45,6 +45,7 @@ from notadiagnosis.errors import InputError
 from notadiagnosis.weights import model_files, read_card, sha256_of
 
 from . import metrics
+from .metrics import summary
 from .nodule_table import parse_list
 from .nodules import DEFAULT_CACHE, import_pylidc, load_or_build_nodule_table
 from .sources.backgrounds import background_name, load_background, prepare_background, real_nodules_of_background
@@ -57,8 +58,6 @@ CROP_MARGIN_MM = 16.0
 #: The issue's targets, checked (not enforced) in the report.
 TARGETS = {"click_p90_abs_dp": 0.05, "real_nodule_max_abs_dp": 0.10, "surroundings_p90_spread": 0.10}
 BEHAVIOURS = ("at_click", "centred")
-#: Size bins (readers' median diameter, mm) of the evaluation's breakdown.
-SIZE_BINS_MM = {"<6 mm": (0.0, 6.0), "6-10 mm": (6.0, 10.0), "10-20 mm": (10.0, 20.0), ">=20 mm": (20.0, np.inf)}
 
 
 def click_offsets(key: Sequence[Any], count: int = OFFSETS, sigma_mm: float = SIGMA_MM, seed: int = 0) -> np.ndarray:
@@ -142,14 +141,6 @@ def deltas(case: Dict[str, Any]) -> Dict[str, np.ndarray]:
         "centred_vs_centre_click": np.abs(centred[1:] - centred[0]),
         "centred_vs_true_centre": np.abs(centred[1:] - at_click[0]),
     }
-
-
-def summary(values: Sequence[float]) -> Dict[str, Any]:
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return {"n": 0, "median": None, "p90": None, "max": None}
-    return {"n": int(values.size), "median": round(float(np.median(values)), 4),
-            "p90": round(float(np.percentile(values, 90)), 4), "max": round(float(values.max()), 4)}
 
 
 def jitter_figures(cases: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
@@ -279,8 +270,9 @@ def run_stability(model: Optional[Path], predictions: Optional[Path], out: Path,
 
     real = real_nodule_cases(classifier, real_case, table, offsets, sigma_mm) if real_case else []
     jitter = jitter_figures(cases)
-    jitter["by_size"] = {name: jitter_figures([c for c in cases if low <= c["diameter_mm"] < high])
-                         for name, (low, high) in SIZE_BINS_MM.items()}
+    # The evaluation's size bins (readers' median diameter), with its labels.
+    jitter["by_size"] = {metrics.size_bin(low): jitter_figures([c for c in cases if low <= c["diameter_mm"] < high])
+                         for low, high in metrics.SIZE_BINS_MM}
     surroundings = {
         "all_split_nodules_at_centre": ({**spreads(by_nodule), "source": str(predictions)} if split == "test" else None),
         "subset": {name: spreads(values) for name, values in subset_by_behaviour.items()},
