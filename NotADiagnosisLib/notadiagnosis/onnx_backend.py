@@ -25,7 +25,7 @@ import numpy as np
 from .card import FileBlock, ModelCard
 from .errors import InputError, WeightsError
 from .runtime import DEVICE_CHOICES
-from .weights import CARD_DIGEST_KEY, SALIENCY_DIGEST_KEY, card_digest, onnx_files, verified_bytes
+from .weights import CARD_DIGEST_KEY, SALIENCY_DIGEST_KEY, card_digest, check_bound_to_card, onnx_files, verified_bytes
 
 INPUT_NAME = "patches"
 LOGIT_OUTPUT = "logit"
@@ -100,11 +100,8 @@ def load_onnx_backend(card: ModelCard, card_path: Path, device: str = "auto",
             raise WeightsError(f"Model file {path} not found beside its card {Path(card_path).name}.")
         data = verified_bytes(path, file_block, pin)
         session = _session(onnxruntime, data, path.name, card, providers)
-        if session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY) != card_digest(card):
-            raise WeightsError(
-                f"{Path(card_path).name} is not the card {path.name} was exported with (its calibration, threshold, "
-                "preprocessing or another field was changed); restore the original card or re-export the model."
-            )
+        check_bound_to_card(session.get_modelmeta().custom_metadata_map.get(CARD_DIGEST_KEY), card, path.name,
+                            Path(card_path).name)
         _check_signature(session, path.name, card, output)
         return session
 

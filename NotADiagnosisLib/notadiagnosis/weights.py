@@ -166,6 +166,15 @@ def card_digest(card: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+def check_bound_to_card(bound_digest: Optional[str], card: Mapping[str, Any], model_file: str, card_file: str) -> None:
+    """Refuse a model file whose recorded card digest is not ``card``'s (the card was edited after export)."""
+    if bound_digest != card_digest(card):
+        raise WeightsError(
+            f"{card_file} is not the card {model_file} was exported with (its calibration, threshold, "
+            "preprocessing or another field was changed); restore the original card or re-export the model."
+        )
+
+
 def _map_floats(value: Any, convert: Callable[[float], Any]) -> Any:
     """``value`` (parsed JSON) with ``convert`` applied to every float in it."""
     if isinstance(value, float):
@@ -236,11 +245,8 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
             f"{tensors_path.name} was exported without its card's digest, so the pinned sha256 cannot cover the card "
             f"{card_path.name}; re-export the model with Training/ (nadtrain export)."
         )
-    if bound is not None and bound != card_digest(card):
-        raise WeightsError(
-            f"{card_path.name} is not the card {tensors_path.name} was exported with (its calibration, threshold, "
-            "preprocessing or another field was changed); restore the original card or re-export the model."
-        )
+    if bound is not None:
+        check_bound_to_card(bound, card, tensors_path.name, card_path.name)
     try:
         model = build_model(card.architecture)
         model.load_state_dict(state, strict=True)
