@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from notadiagnosis.atomic import write_text_atomic
 from notadiagnosis.finder import LABEL_SOLID
 from notadiagnosis.measure import axial_axes, measure_nodule
 from notadiagnosis.references import SizeOnlyModel
@@ -350,7 +351,7 @@ def run_cli(args: argparse.Namespace) -> int:
     for r in records:
         r.pop("_views", None)
     report["renders"] = records
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+    write_text_atomic(args.out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     write_png(args.out / "masks.png", png_views, titles)
     printable = {k: v for k, v in report.items() if k != "renders"}
     print(json.dumps(printable, indent=1, default=float))

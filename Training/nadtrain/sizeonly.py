@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from notadiagnosis.atomic import write_text_atomic
 from notadiagnosis.errors import InputError
 from notadiagnosis.references import SIZE_ONLY_CARD_KEY, SIZE_ONLY_FEATURE
 
@@ -107,7 +108,7 @@ def run_cli(args: argparse.Namespace) -> int:
                            args.min_readers)
     report = fit_size_only(rows, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     block, cv = report["card_block"], report["cross_validation"]
     print(f"size-only: P = sigmoid({block['intercept']:.4f} + {block['coefficient']:.4f} * ln(long axis mm)) on "
           f"{report['data']['n_nodules']} nodules of {report['data']['n_patients']} patients; patient-grouped "

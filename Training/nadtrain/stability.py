@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from notadiagnosis import centring
+from notadiagnosis.atomic import write_text_atomic
 from notadiagnosis.classifier import Classifier
 from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.errors import InputError
@@ -304,7 +305,7 @@ def run_stability(model: Optional[Path], predictions: Optional[Path], out: Path,
     report["verdict"] = verdict(report)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out, json.dumps(report, indent=1) + "\n")
     return report
 
 
@@ -404,7 +405,7 @@ def card_with_stability(card: Dict[str, Any], report: Dict[str, Any]) -> Dict[st
 
 def write_card_copy(card_path: Path, report: Dict[str, Any], out: Path) -> None:
     card = read_card(card_path)
-    Path(out).write_text(json.dumps(card_with_stability(card, report), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out, json.dumps(card_with_stability(card, report), indent=2) + "\n")
 
 
 def print_summary(report: Dict[str, Any]) -> None:
