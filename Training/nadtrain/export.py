@@ -176,24 +176,25 @@ REFERENCE_TOLERANCE = 1e-5
 
 
 def reexport_model(model: Path, out: Path, card_path: Optional[Path] = None, version: Optional[str] = None,
-                   description: Optional[str] = None) -> Path:
+                   description: Optional[str] = None, card: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``out`` (.json card, .safetensors, .onnx) from an existing model; return the card path.
 
-    ``model`` is loaded verified (its tensors' sha256 and its card's binding). ``card_path``: a card
-    whose content replaces the model's (an edited copy: new fields, a corrected statement); its
-    architecture must be the model's. ``version`` and ``description`` override the card's. The card's
-    reference predictions are kept, and checked: the network must still give them.
+    ``model`` is loaded verified (its tensors' sha256 and its card's binding). ``card_path`` (a file) or
+    ``card`` (a document): a card whose content replaces the model's (an edited copy: new fields, a
+    corrected statement); its architecture must be the model's. ``version`` and ``description``
+    override the card's. The card's reference predictions are kept, and checked: the network must
+    still give them.
     """
     network, loaded = load_model(model)
-    document = loaded.to_dict()
+    document = loaded.to_dict() if card is None else card
     if card_path is not None:
         try:
-            replacement = json.loads(Path(card_path).read_text(encoding="utf-8"))
+            document = json.loads(Path(card_path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"--card {card_path} is not a readable JSON file ({error}).") from None
-        if not isinstance(replacement, dict) or replacement.get("architecture") != loaded.architecture:
-            raise InputError(f"--card {card_path} is not a card of this network (its architecture differs or is missing).")
-        document = replacement
+    if not isinstance(document, dict) or document.get("architecture") != loaded.architecture:
+        raise InputError(f"--card {card_path or 'the new card'} is not a card of this network (its architecture differs "
+                         "or is missing).")
     card = {key: value for key, value in document.items() if key not in FILE_BLOCKS}
     if version:
         card["version"] = version

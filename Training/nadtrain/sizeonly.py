@@ -76,18 +76,16 @@ def read_block(path: Path) -> Dict[str, Any]:
 
 
 def resave_with_block(card_path: Path, block: Dict[str, Any], version: str, note: Optional[str] = None) -> Path:
-    """Re-save an exported model with the size-only block and a new version: the same tensors, a new card
-    bound to them (the tensors file's header carries the card's digest)."""
-    from notadiagnosis.weights import load_model, save_model
+    """Re-save an exported model with the size-only block and a new version: the same tensors (their
+    reference predictions checked), a new card bound to them (``export.reexport_model``)."""
+    from notadiagnosis.weights import read_card
 
-    model, loaded = load_model(card_path)
-    card = add_block(loaded, block)
-    card.pop("weights", None)
-    card.pop("format", None)
-    card["version"] = version
-    if note:
-        card["description"] = f"{loaded.description}; {version}: {note}".lstrip("; ")
-    return save_model(model, card_path, card)
+    from .export import reexport_model
+
+    loaded = read_card(card_path)
+    description = f"{loaded.description}; {version}: {note}".lstrip("; ") if note else None
+    return reexport_model(card_path, card_path, card=add_block(loaded.to_dict(), block), version=version,
+                          description=description)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
