@@ -17,7 +17,8 @@ from .ct_reader import check_ct_values, read_ct
 from .errors import InputError, PointOutsideImageError
 from .geometry import is_inside, lps_to_ras
 from .points import LabelledPoint, parse_point, read_points
-from .results import progress_bar, result_rows, write_saliency_maps, write_segmentations
+from .progress import progress_bar
+from .results import result_rows, write_saliency_maps, write_segmentations
 
 
 def collect_points(point_args: Sequence[str], point_files: Sequence[str | os.PathLike], lps: bool) -> list:

@@ -27,6 +27,7 @@ from .errors import InputError, NotADiagnosisError
 from .finder import NOT_CT_WARNING, looks_like_ct
 from .geometry import check_image, extract_patch
 from .preprocessing import normalize_hu
+from .progress import progress_bar
 from .runtime import choose_runtime
 from .saliency import layer_cam_from_cells, map_to_ct_space
 from .weights import default_model_path, model_files, read_card
@@ -171,12 +172,8 @@ class Classifier:
         image_warnings = image_warnings_for(image)
         looks_like_a_ct = NOT_CT_WARNING not in image_warnings  # the whole-CT look, once, not once per point
         predictions: List[Prediction] = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            # Shown only when the run lasts over a second.
-            bar = tqdm(total=len(points), desc="Classifying", unit="point", delay=1.0)
+        # Shown only when the run lasts over a second.
+        bar = progress_bar(total=len(points), desc="Classifying", unit="point", leave=True, disable=not progress)
         try:
             for start in range(0, len(points), batch_size):
                 chunk = points[start : start + batch_size]
@@ -187,13 +184,11 @@ class Classifier:
                 else:
                     chunk_centrings = [centre_for_classification(image, point, looks_like_a_ct) for point in chunk]
                 self._predict_batch(image, chunk_centrings, tta, image_warnings, predictions)
-                if bar is not None:
-                    bar.update(len(predictions) - bar.n)
+                bar.update(len(predictions) - bar.n)
                 if callback is not None and callback(len(predictions), len(points)) is False:
                     raise CancelledError("Classification cancelled; no results were kept.")
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return predictions
 
     def _predict_batch(

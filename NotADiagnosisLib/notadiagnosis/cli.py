@@ -25,11 +25,11 @@ from .results import (
     REMINDER,
     measurement_note,
     prepare_folder,
-    progress_bar,
     results_csv,
     results_document,
     results_table,
 )
+from .progress import progress_bar
 from .runtime import DEVICE_CHOICES, RUNTIMES
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141

@@ -35,7 +35,8 @@ from .atomic import write_text_atomic
 from .cases import classify_case, read_case
 from .errors import InputError, NotADiagnosisError, show_warning
 from .points import parse_point, read_points
-from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, progress_bar, safe_name
+from .results import CSV_COLUMNS, REMINDER, csv_cells, model_summary, safe_name
+from .progress import progress_bar
 
 __all__ = ["CohortOptions", "CohortRow", "read_manifest", "shard_rows", "classify_cohort", "COHORT_CSV_COLUMNS"]
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .card import ModelCard
 from .disclaimer import REMINDER
+from .progress import progress_bar
 
 
 #: CSV columns of the nodule's measurement (the JSON ``measurement`` keys, the centre as three
@@ -238,14 +239,6 @@ def write_segmentations(nodules: Sequence, points: Sequence, directory: str | Pa
             raise InputError(f"Cannot write {path}; check that the folder is writable and has space.") from None
         written[index] = path
     return written
-
-
-def progress_bar(iterable=None, **options):
-    """A tqdm bar on stderr that appears only for work that lasts over a second."""
-    from tqdm.auto import tqdm
-
-    options.setdefault("leave", False)
-    return tqdm(iterable, delay=1.0, **options)  # delay needs tqdm >= 4.62
 
 
 def safe_name(label: str) -> str:

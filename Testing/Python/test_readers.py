@@ -86,8 +86,10 @@ THIN_UID = "1.2.826.0.1.3680043.8.498.1001"
 THICK_UID = "1.2.826.0.1.3680043.8.498.1002"
 
 
-def write_dicom_series(folder: Path, image: sitk.Image, series_uid: str, description: str, prefix: str) -> None:
-    """Write ``image`` (int16 HU) as one DICOM file per slice with the tags a CT series needs."""
+def write_dicom_series(folder: Path, image: sitk.Image, series_uid: str, description: str, prefix: str,
+                       shifts_mm: dict | None = None) -> None:
+    """Write ``image`` (int16 HU) as one DICOM file per slice with the tags a CT series needs; ``shifts_mm``
+    moves slices (index: mm along z) away from where the image puts them."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -95,7 +97,7 @@ def write_dicom_series(folder: Path, image: sitk.Image, series_uid: str, descrip
     orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
     for k in range(image.GetDepth()):
         slice_image = image[:, :, k]
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        position = np.add(image.TransformIndexToPhysicalPoint((0, 0, k)), (0.0, 0.0, (shifts_mm or {}).get(k, 0.0)))
         tags = {
             "0008|0060": "CT",
             "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
@@ -508,3 +510,81 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, imag
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", timeout=300)
     growth_mib, image_mib = (float(v) for v in result.stdout.split())
     assert growth_mib < 0.25 * image_mib, (growth_mib, image_mib, result.stderr)
+
+
+# ------------------------------------------------------------ a series read in parts is one reader's series
+
+
+def one_reader_ct(files) -> sitk.Image:
+    """The CT one ImageSeriesReader gives for these files, narrowed to int16 when every value fits: what
+    read_ct gave before it read a series in parts on several threads."""
+    from notadiagnosis.ct_reader import _narrow_to_int16
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(f) for f in files])
+    return _narrow_to_int16(reader.Execute())
+
+
+def assert_same_ct(image: sitk.Image, expected: sitk.Image) -> None:
+    """Bit for bit: pixel type, grid and every voxel."""
+    assert image.GetPixelIDTypeAsString() == expected.GetPixelIDTypeAsString()
+    assert image.GetSize() == expected.GetSize()
+    assert image.GetOrigin() == expected.GetOrigin()
+    assert image.GetSpacing() == expected.GetSpacing()
+    assert image.GetDirection() == expected.GetDirection()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(expected))
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Read in two parts whatever this machine's core count (each part needs 8 slices or more)."""
+    from notadiagnosis import ct_reader
+
+    monkeypatch.setattr(ct_reader, "READ_THREADS", 2)
+
+
+@pytest.mark.shared
+def test_real_lidc_series_read_in_parts_is_bit_identical_to_one_series_reader(lidc_0001_dir, two_threads):
+    from notadiagnosis.ct_reader import _parts
+
+    series = list_dicom_series(lidc_0001_dir)[0]
+    assert len(_parts(series.number_of_slices)) == 2
+    assert_same_ct(read_ct(lidc_0001_dir, progress=True), one_reader_ct(series.files))
+
+
+def test_oblique_series_read_in_parts_is_bit_identical_to_one_series_reader(tmp_path, two_threads):
+    ct = gradient_ct((20, 18, 21), (0.8, 0.75, 1.5), (-10.0, 20.0, -100.0))
+    ct.SetDirection(rotation_matrix((1.0, 2.0, 0.5), 25.0).ravel().tolist())
+    write_dicom_series(tmp_path, ct, THIN_UID, "oblique", "s")
+    series = list_dicom_series(tmp_path)[0]
+    image = read_ct(tmp_path)
+    assert_same_ct(image, one_reader_ct(series.files))
+    assert image.GetPixelID() == sitk.sitkInt16
+
+
+def test_series_beyond_int16_read_in_parts_keeps_its_wider_type(tmp_path, two_threads):
+    ct = gradient_ct((16, 16, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    wide = sitk.GetImageFromArray((sitk.GetArrayFromImage(ct).astype(np.int32) + 41000).astype(np.uint16))
+    wide.CopyInformation(ct)
+    write_dicom_series(tmp_path, wide, THIN_UID, "wide", "s")
+    image = read_ct(tmp_path)
+    assert image.GetPixelID() == sitk.sitkUInt16 and int(sitk.GetArrayViewFromImage(image).max()) > 32767
+    assert_same_ct(image, one_reader_ct(list_dicom_series(tmp_path)[0].files))
+
+
+def test_slightly_uneven_series_read_in_parts_warns_as_one_series_reader_does(tmp_path, two_threads):
+    from notadiagnosis.ct_reader import ITKMessageWarning, itk_messages
+
+    # One slice 0.06 mm off: within the 10% a series may vary, but ITK says so.
+    write_dicom_series(tmp_path, gradient_ct((16, 16, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), THIN_UID, "uneven", "s",
+                       shifts_mm={7: 0.06})
+    files = list_dicom_series(tmp_path)[0].files
+    with itk_messages() as messages:
+        expected = one_reader_ct(files)
+    itk_says = [m.strip().splitlines()[-1].split("nonuniformity:")[-1] for m in messages if "Non uniform" in m]
+    with pytest.warns(ITKMessageWarning) as caught:
+        image = read_ct(tmp_path)
+    assert_same_ct(image, expected)
+    said = [str(w.message).split("nonuniformity:")[-1] for w in caught if "Non uniform" in str(w.message)]
+    assert said == itk_says and len(said) == 1
