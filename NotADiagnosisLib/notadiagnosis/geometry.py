@@ -27,6 +27,7 @@ PATCH_SPACING_MM = 1.0
 AIR_HU = -1000.0
 # Points exactly on the CT's outer face must not be refused for a rounding error.
 _INDEX_TOLERANCE = 1e-6
+# What ITK's resampling writes outside the CT, to tell those voxels apart (no CT holds it).
 _OUTSIDE_SENTINEL = -1.0e30
 
 ArrayLike = Union[Sequence[float], np.ndarray]
@@ -130,13 +131,24 @@ def extract_patch(
             "place it inside the image (and check RAS vs LPS)."
         )
     origin, spacings, direction = _patch_grid(point, size, spacing)
-    # Voxels outside the CT get a sentinel no CT can hold, so the inside/outside decision gives the
-    # outside fraction for free; they then become air.
-    array_hu = _resample_axis_aligned(image, np.array(origin), int(size), float(spacing))
-    if array_hu is None:
-        resampled = sitk.Resample(image, [int(size)] * 3, sitk.Transform(), sitk.sitkLinear, origin, spacings,
-                                  direction, _OUTSIDE_SENTINEL, sitk.sitkFloat32)
-        array_hu = sitk.GetArrayFromImage(resampled)
+    resampled = _resample_axis_aligned(image, np.array(origin), int(size), float(spacing))
+    if resampled is None:
+        array_hu, outside_fraction = _resample_with_itk(image, origin, spacings, direction, int(size))
+    else:
+        array_hu, (inside_z, inside_y, inside_x) = resampled
+        inside = np.count_nonzero(inside_z) * np.count_nonzero(inside_y) * np.count_nonzero(inside_x)
+        outside_fraction = 1.0 - inside / array_hu.size
+    return Patch(array_hu=array_hu, outside_fraction=outside_fraction, point_lps=point, spacing_mm=float(spacing))
+
+
+def _resample_with_itk(image: sitk.Image, origin: Tuple[float, ...], spacings: Tuple[float, ...],
+                       direction: Tuple[float, ...], size: int) -> Tuple[np.ndarray, float]:
+    """``sitk.Resample`` of the cube (float32 (z, y, x)), outside and non-finite voxels set to air; with the
+    share of the cube outside the CT."""
+    # Voxels outside the CT get a sentinel no CT can hold, so that they can be told apart afterwards.
+    resampled = sitk.Resample(image, [size] * 3, sitk.Transform(), sitk.sitkLinear, origin, spacings,
+                              direction, _OUTSIDE_SENTINEL, sitk.sitkFloat32)
+    array_hu = sitk.GetArrayFromImage(resampled)
     outside = array_hu == np.float32(_OUTSIDE_SENTINEL)
     outside_fraction = float(np.count_nonzero(outside)) / outside.size
     if outside_fraction == 1.0:
@@ -147,13 +159,15 @@ def extract_patch(
     not_finite = ~np.isfinite(array_hu)
     if outside_fraction > 0.0 or not_finite.any():
         array_hu[outside | not_finite] = AIR_HU
-    return Patch(array_hu=array_hu, outside_fraction=outside_fraction, point_lps=point, spacing_mm=float(spacing))
+    return array_hu, outside_fraction
 
 
-def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int, spacing: float) -> Optional[np.ndarray]:
-    """ITK's linear resampling of the cube (float32 (z, y, x), outside voxels set to the sentinel), done
-    separably in numpy, or ``None`` when the CT's axes are not the patch's or the voxels it needs are not
-    all finite (ITK then resamples).
+def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int, spacing: float
+                           ) -> Optional[Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """ITK's linear resampling of the cube, done separably in numpy: the cube (float32 (z, y, x), voxels
+    outside the CT set to air) and which of its planes lie inside the CT along z, y and x (a voxel is
+    inside when it is on all three); or ``None`` when the CT's axes are not the patch's or the voxels it
+    needs are not all finite (ITK then resamples). Its voxels are then all finite.
 
     Per axis: the continuous index of each cube voxel, inside when in [-0.5, n - 0.5) as ITK's
     ``IsInsideBuffer``; the lower neighbour ``floor`` clamped to the CT, the upper one clamped too (a
@@ -189,10 +203,11 @@ def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int,
     for k in range(size):
         np.copyto(upper, along_xy[z1[k]])
         _lerp(along_xy[z0[k]], upper, dz[k], out=cube[k])
-    inside = inside_z[:, None, None] & inside_y[None, :, None] & inside_x[None, None, :]
-    if not inside.all():
-        cube[~inside] = np.float32(_OUTSIDE_SENTINEL)
-    return cube
+    # Outside the CT along any axis is outside: air, plane by plane (no mask of the whole cube).
+    cube[~inside_z] = AIR_HU
+    cube[:, ~inside_y] = AIR_HU
+    cube[:, :, ~inside_x] = AIR_HU
+    return cube, (inside_z, inside_y, inside_x)
 
 
 def _axis_neighbours(index: np.ndarray, length: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
