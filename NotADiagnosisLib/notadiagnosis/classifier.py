@@ -106,7 +106,7 @@ class Classifier:
             return cls(load_onnx_backend(card, card_path, device, expected_sha256, threads), card)
         from .torch_backend import load_torch_backend
 
-        backend, card = load_torch_backend(card_path, device, expected_sha256, threads)
+        backend, card = load_torch_backend(card_path, device, expected_sha256, threads, card)
         return cls(backend, card)
 
     @classmethod
@@ -166,10 +166,10 @@ class Classifier:
         if batch_size < 1:
             raise InputError("The batch size must be at least 1.")
         check_image(image)
-        check_ct_values(image)
+        non_finite = check_ct_values(image)
         if centrings is not None and len(centrings) != len(points):
             raise ValueError(f"{len(centrings)} centrings for {len(points)} points")
-        image_warnings = image_warnings_for(image)
+        image_warnings = image_warnings_for(image, non_finite)
         looks_like_a_ct = NOT_CT_WARNING not in image_warnings  # the whole-CT look, once, not once per point
         predictions: List[Prediction] = []
         # Shown only when the run lasts over a second.
@@ -291,18 +291,20 @@ def _as_points(points_lps: Sequence[Sequence[float]]) -> np.ndarray:
     return points
 
 
-def image_warnings_for(image: sitk.Image) -> List[str]:
-    """Warnings about the whole image that make every result on it unreliable."""
+def image_warnings_for(image: sitk.Image, non_finite: Optional[int] = None) -> List[str]:
+    """Warnings about the whole image that make every result on it unreliable. ``non_finite``: its number of
+    voxels that are not finite, when known (:func:`.check_ct_values` returns it), else counted here."""
     warnings = []
     thickest = max(image.GetSpacing())
     if thickest > MAX_SLICE_THICKNESS_MM:
         warnings.append(f"voxels are {thickest:.1f} mm thick (> {MAX_SLICE_THICKNESS_MM:g} mm): small nodules are blurred")
-    voxels = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(voxels.dtype, np.floating):
-        # Only float images can hold NaN or infinity; extraction reads such voxels as air, as training does.
-        invalid = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
-        if invalid:
-            warnings.append(f"{invalid:,} voxels of the CT are not finite numbers (NaN or infinity) and are read as air")
+    if non_finite is None:
+        voxels = sitk.GetArrayViewFromImage(image)
+        floating = np.issubdtype(voxels.dtype, np.floating)  # only float images can hold NaN or infinity
+        non_finite = int(voxels.size - np.count_nonzero(np.isfinite(voxels))) if floating else 0
+    if non_finite:
+        # Extraction reads such voxels as air, as training does.
+        warnings.append(f"{non_finite:,} voxels of the CT are not finite numbers (NaN or infinity) and are read as air")
     if not looks_like_ct(image):
         warnings.append(NOT_CT_WARNING)
     return warnings

@@ -52,6 +52,8 @@ READ_THREADS = max(1, min(4, os.cpu_count() or 1))
 _MIN_SLICES_PER_PART = 8
 # Integer pixel types wider than int16, which a CT's HU usually fit (GDCM gives int32 for most CTs).
 _WIDER_INTEGERS = (np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+# check_ct_values first looks at every this-many-th voxel along each axis: two different values there settle it.
+_SAMPLE_STEP = 7
 
 
 class ITKMessageWarning(NotADiagnosisWarning):
@@ -505,25 +507,33 @@ def _narrow_to_int16(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkInt16)
 
 
-def check_ct_values(image: sitk.Image, source: str = "The CT") -> None:
-    """Refuse an image without usable data: no finite voxel, or one value everywhere.
+def check_ct_values(image: sitk.Image, source: str = "The CT") -> int:
+    """Refuse an image without usable data: no finite voxel, or one value everywhere; return how many
+    voxels are not finite (NaN or infinity: only a float image holds any), so that no caller scans the CT
+    for them again.
 
     Such an image still gives the network an input, and so a probability that means nothing.
     Raw unrescaled intensities or an MRI-like image are not refused here: their voxels vary, and
     the classifier warns that they do not look like Hounsfield units.
     """
     voxels = sitk.GetArrayViewFromImage(image)
+    non_finite = 0
     if np.issubdtype(voxels.dtype, np.floating):
         finite = np.isfinite(voxels)
-        if not finite.any():
+        non_finite = int(voxels.size - np.count_nonzero(finite))
+        if non_finite == voxels.size:
             raise InputError(f"{source} has no finite voxel (every value is NaN or infinity); check the file or its export.")
         low = float(voxels.min(where=finite, initial=np.inf))
         high = float(voxels.max(where=finite, initial=-np.inf))
     else:
+        sample = voxels[::_SAMPLE_STEP, ::_SAMPLE_STEP, ::_SAMPLE_STEP]
+        if sample.min() != sample.max():
+            return 0  # two different values: not one value everywhere, no need to look at every voxel
         low, high = float(voxels.min()), float(voxels.max())
     if low == high:
         raise InputError(f"{source} holds one value ({low:g}) in every voxel, so there is nothing to classify; "
                          "check that the right image was exported.")
+    return non_finite
 
 
 def _progress_bar(description: str):

@@ -47,11 +47,12 @@ class TorchBackend:
 
 
 def load_torch_backend(path: Any, device: str = "auto", expected_sha256: Optional[str] = None,
-                       threads: Optional[int] = None) -> Tuple[TorchBackend, ModelCard]:
-    """The model's verified safetensors file on ``device``; ``threads`` sets torch's intra-op threads."""
+                       threads: Optional[int] = None, card: Optional[ModelCard] = None) -> Tuple[TorchBackend, ModelCard]:
+    """The model's verified safetensors file on ``device``; ``threads`` sets torch's intra-op threads; ``card``:
+    the model's card when the caller has read it already (read here otherwise)."""
     if threads is not None:
         torch.set_num_threads(int(threads))
-    model, card = load_model(path, expected_sha256)
+    model, card = load_model(path, expected_sha256, card)
     torch_device, description = select_device(device)
     return TorchBackend(model, torch_device, description), card
 

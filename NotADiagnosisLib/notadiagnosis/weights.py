@@ -216,8 +216,10 @@ def header_metadata(data: bytes) -> Dict[str, str]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["ResNet3D", ModelCard]:
-    """Load a model (eval mode, CPU) and its card, verifying the sha256 of the tensors file.
+def load_model(path: PathLike, expected_sha256: Optional[str] = None,
+               card: Optional[ModelCard] = None) -> Tuple["ResNet3D", ModelCard]:
+    """Load a model (eval mode, CPU) and its card, verifying the sha256 of the tensors file. ``card``: the
+    model's card when the caller has already read it (:func:`read_card` of the same path), else read here.
 
     ``expected_sha256`` pins the tensors file to a hash the caller trusts (e.g. one published with
     the model), and through the card digest in its header the card too; the card's own hash of the
@@ -230,7 +232,8 @@ def load_model(path: PathLike, expected_sha256: Optional[str] = None) -> Tuple["
     from .model import build_model
 
     tensors_path, card_path = given_model_files(path)
-    card = read_card(path)
+    if card is None:
+        card = read_card(path)
     if not tensors_path.is_file():
         raise WeightsError(f"Model tensors {tensors_path} not found beside its card {card_path.name}.")
     data = verified_bytes(tensors_path, card.weights, expected_sha256)

@@ -101,6 +101,38 @@ def test_ct_without_usable_data_is_refused_not_scored(classifier, fill):
         classifier.predict(empty, [[20.0, 20.0, 15.0]])
 
 
+def test_integer_ct_constant_but_for_one_voxel_is_classified_and_a_constant_one_refused(classifier):
+    from notadiagnosis.ct_reader import check_ct_values
+
+    array = np.full((30, 40, 40), -1000, dtype=np.int16)
+    array[1, 2, 3] = 40  # off the lattice check_ct_values looks at first
+    almost = sitk.GetImageFromArray(array)
+    assert check_ct_values(almost) == 0
+    assert len(classifier.predict(almost, [[20.0, 20.0, 15.0]], at_click=True)) == 1
+    array[1, 2, 3] = -1000
+    with pytest.raises(InputError, match="one value"):
+        classifier.predict(sitk.GetImageFromArray(array), [[20.0, 20.0, 15.0]], at_click=True)
+
+
+def test_voxels_that_are_not_finite_are_counted_once_and_reported(classifier, monkeypatch):
+    from notadiagnosis import classifier as classifier_module
+    from notadiagnosis.ct_reader import check_ct_values
+
+    array = np.full((30, 40, 40), -1000.0, dtype=np.float32)
+    array[10:20, 10:30, 10:30] = 40.0
+    array[5, 5, 5:8] = np.nan
+    array[20, 30, 30] = np.inf
+    image = sitk.GetImageFromArray(array)
+    assert check_ct_values(image) == 4
+    counted = []
+    original = classifier_module.image_warnings_for
+    monkeypatch.setattr(classifier_module, "image_warnings_for",
+                        lambda image, non_finite=None: counted.append(non_finite) or original(image, non_finite))
+    prediction = classifier.predict(image, [[20.0, 20.0, 15.0]], at_click=True)[0]
+    assert counted == [4]  # the count check_ct_values made, not a second scan
+    assert any(w.startswith("4 voxels of the CT are not finite") for w in prediction.warnings)
+
+
 def test_point_outside_and_no_points_are_refused(classifier, chest):
     with pytest.raises(PointOutsideImageError):
         classifier.predict(chest, [[0.0, 0.0, 0.0], [500.0, 0.0, 0.0]])

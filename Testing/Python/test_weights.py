@@ -44,6 +44,20 @@ def test_model_loads_from_either_file(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_torch_runtime_reads_and_parses_the_card_once(tmp_path, monkeypatch):
+    from notadiagnosis import Classifier
+    from notadiagnosis.card import ModelCard
+
+    card_path = save_random_model(tmp_path)
+    parses = []
+    original = ModelCard.parse.__func__
+    monkeypatch.setattr(ModelCard, "parse", classmethod(lambda cls, *args, **kwargs: parses.append(args[1:])
+                                                        or original(cls, *args, **kwargs)))
+    classifier = Classifier.load(card_path, runtime="torch", device="cpu")
+    assert len(parses) == 1, parses
+    assert classifier.card == read_card(card_path)
+
+
 def test_tampered_tensors_are_refused(tmp_path):
     save_random_model(tmp_path)
     tensors = tmp_path / "model.safetensors"
