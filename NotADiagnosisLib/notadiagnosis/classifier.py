@@ -12,9 +12,10 @@ training's patches are, so the answer does not move with the click.
 """
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,7 +26,7 @@ from .centring import Centring, centre_for_classification
 from .centring import at_click as click_centring
 from .errors import InputError, NotADiagnosisError
 from .finder import NOT_CT_WARNING, looks_like_ct
-from .geometry import check_image, extract_patch
+from .geometry import Patch, check_image, extract_patch
 from .preprocessing import normalize_hu
 from .progress import progress_bar
 from .runtime import choose_runtime
@@ -40,8 +41,19 @@ TTA_FLIPS: Tuple[Tuple[int, ...], ...] = ((), (4,), (3,), (2,))
 # the previous one's. ONNX Runtime's cost per patch is the same from batch 1 to 64 (measured), so small
 # sub-batches cost nothing.
 PIPELINE_POINTS = 8
+# Sub-batches whose passes may still be running while the next one is extracted: enough that the backend's
+# threads always have the next passes queued when one finishes.
+RUNNING_SUB_BATCHES = 2
 OUTSIDE_WARNING_FRACTION = 0.10
 MAX_SLICE_THICKNESS_MM = 5.0
+
+
+class _Started(NamedTuple):
+    """A sub-batch whose forward passes are running: its centrings, patches and the wait for its results."""
+
+    centrings: Sequence[Centring]
+    patches: List[Patch]
+    finish: Callable[[], Tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class CancelledError(NotADiagnosisError):
@@ -172,8 +184,28 @@ class Classifier:
         image_warnings = image_warnings_for(image, non_finite)
         looks_like_a_ct = NOT_CT_WARNING not in image_warnings  # the whole-CT look, once, not once per point
         predictions: List[Prediction] = []
+        # With a backend that runs several passes at once, sub-batch by sub-batch in one pipeline over every
+        # batch: this thread finds the centres and extracts the next patches while the backend's threads run
+        # the network on the previous ones, never waiting for a batch to drain.
+        pipelined = getattr(self.backend, "executor", None) is not None
+        step, in_flight = (PIPELINE_POINTS, RUNNING_SUB_BATCHES) if pipelined else (batch_size, 0)
+        running: Deque[_Started] = deque()
+        reported = 0
         # Shown only when the run lasts over a second.
         bar = progress_bar(total=len(points), desc="Classifying", unit="point", leave=True, disable=not progress)
+
+        def collect(keep: int) -> None:
+            """Finish the oldest runs until ``keep`` remain; report each batch done (callback may cancel)."""
+            nonlocal reported
+            while len(running) > keep:
+                self._finish(running.popleft(), image_warnings, predictions)
+                bar.update(len(predictions) - bar.n)
+                while reported < len(predictions) and (len(predictions) - reported >= batch_size
+                                                        or len(predictions) == len(points)):
+                    reported = min(reported + batch_size, len(points))
+                    if callback is not None and callback(reported, len(points)) is False:
+                        raise CancelledError("Classification cancelled; no results were kept.")
+
         try:
             for start in range(0, len(points), batch_size):
                 chunk = points[start : start + batch_size]
@@ -183,46 +215,40 @@ class Classifier:
                     chunk_centrings = list(centrings[start : start + batch_size])
                 else:
                     chunk_centrings = [centre_for_classification(image, point, looks_like_a_ct) for point in chunk]
-                self._predict_batch(image, chunk_centrings, tta, image_warnings, predictions)
-                bar.update(len(predictions) - bar.n)
-                if callback is not None and callback(len(predictions), len(points)) is False:
-                    raise CancelledError("Classification cancelled; no results were kept.")
+                for sub in range(0, len(chunk_centrings), step):
+                    running.append(self._start(image, chunk_centrings[sub : sub + step], tta))
+                    collect(keep=in_flight)
+            collect(keep=0)
         finally:
             bar.close()
         return predictions
 
-    def _predict_batch(
-        self, image: sitk.Image, chunk: Sequence[Centring], tta: bool, image_warnings: List[str], predictions: List[Prediction]
-    ) -> None:
-        """Classify one batch of points at their centrings and append their predictions.
+    def _start(self, image: sitk.Image, centrings: Sequence[Centring], tta: bool) -> "_Started":
+        """Extract and normalise the patches at ``centrings`` and start their TTA forward passes."""
+        patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in centrings]
+        normalized = np.empty((len(patches),) + patches[0].array_hu.shape, dtype=np.float32)
+        for patch, batch_item in zip(patches, normalized):
+            normalize_hu(patch.array_hu, self.hu_min, self.hu_max, out=batch_item)
+        return _Started(centrings, patches, self._start_tta(normalized, tta))
 
-        With a backend that runs several passes at once, sub-batch by sub-batch: this thread extracts
-        the next patches while the backend's threads run the network on the previous ones."""
-        step = PIPELINE_POINTS if getattr(self.backend, "executor", None) is not None else len(chunk)
-        started = []
-        for start in range(0, len(chunk), step):
-            centrings = chunk[start : start + step]
-            patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in centrings]
-            normalized = np.empty((len(patches),) + patches[0].array_hu.shape, dtype=np.float32)
-            for patch, batch_item in zip(patches, normalized):
-                normalize_hu(patch.array_hu, self.hu_min, self.hu_max, out=batch_item)
-            started.append((centrings, patches, self._start_tta(normalized, tta)))
-        for centrings, patches, finish in started:
-            probabilities, uncertainties, logits = finish()
-            for centring, patch, probability, uncertainty, logit in zip(centrings, patches, probabilities, uncertainties, logits):
-                warnings = list(image_warnings) + centring.warnings + patch_warnings_for(patch.outside_fraction, patch.array_hu)
-                predictions.append(
-                    Prediction(
-                        point_lps=tuple(float(v) for v in centring.click_lps),
-                        probability=float(probability),
-                        uncertainty=float(uncertainty),
-                        outside_fraction=float(patch.outside_fraction),
-                        logit=float(logit),
-                        warnings=warnings,
-                        centre_lps=tuple(float(v) for v in patch.point_lps),
-                        centred=centring.centred,
-                    )
+    def _finish(self, started: "_Started", image_warnings: List[str], predictions: List[Prediction]) -> None:
+        """Wait for a started sub-batch's forward passes and append its predictions."""
+        probabilities, uncertainties, logits = started.finish()
+        for centring, patch, probability, uncertainty, logit in zip(started.centrings, started.patches, probabilities,
+                                                                    uncertainties, logits):
+            warnings = list(image_warnings) + centring.warnings + patch_warnings_for(patch.outside_fraction, patch.array_hu)
+            predictions.append(
+                Prediction(
+                    point_lps=tuple(float(v) for v in centring.click_lps),
+                    probability=float(probability),
+                    uncertainty=float(uncertainty),
+                    outside_fraction=float(patch.outside_fraction),
+                    logit=float(logit),
+                    warnings=warnings,
+                    centre_lps=tuple(float(v) for v in patch.point_lps),
+                    centred=centring.centred,
                 )
+            )
 
     def predict_patches(self, normalized: np.ndarray, tta: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Classify normalised patches (N, D, H, W) → (probabilities, uncertainties, mean logits).
