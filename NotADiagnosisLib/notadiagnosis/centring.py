@@ -2,8 +2,9 @@
 
 Training's patches are centred on each nodule's centroid, so the model answers best, and the same
 way wherever the user clicked on the nodule, when its cube is centred there too. The centre is the
-one the nodule finder (:func:`notadiagnosis.finder.find_nodule`) refines, the same implementation
-the measurements use. When no nodule is found near the click the point is classified where it was
+one the nodule finder refines, the same implementation the measurements use
+(:func:`notadiagnosis.finder.find_nodule`; :func:`~notadiagnosis.finder.find_nodule_centre` when only the
+centre is wanted, as here, without the measurements' extra work). When no nodule is found near the click the point is classified where it was
 placed, with a warning that says so.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .finder import NOT_CT_WARNING, SEARCH_RADIUS_MM, NoduleSegmentation, find_nodule, looks_like_ct
+from .finder import NOT_CT_WARNING, SEARCH_RADIUS_MM, NoduleSegmentation, find_nodule_centre, looks_like_ct
 from .geometry import ArrayLike, _as_point, is_inside
 
 NOT_CENTRED_WARNING = ("no nodule found within {radius:g} mm of the point: classified at the point itself, so the "
@@ -49,10 +50,15 @@ def at_click(point_lps: ArrayLike, warnings: Optional[List[str]] = None) -> Cent
 def from_segmentation(point_lps: ArrayLike, segmentation: Optional[NoduleSegmentation], looks_like_a_ct: bool = True) -> Centring:
     """The centring for a finder result: at its refined centre, or at the click with a warning when
     nothing was found (no warning for an image that is not a CT: the classifier warns of that already)."""
-    if segmentation is None:
+    return _from_centre(point_lps, None if segmentation is None else segmentation.centre_lps, looks_like_a_ct)
+
+
+def _from_centre(point_lps: ArrayLike, centre_lps: Optional[np.ndarray], looks_like_a_ct: bool = True) -> Centring:
+    """At ``centre_lps`` (the found nodule's), or at the click with a warning when it is None."""
+    if centre_lps is None:
         return at_click(point_lps, [NOT_CENTRED_WARNING.format(radius=SEARCH_RADIUS_MM)] if looks_like_a_ct else [])
     point = tuple(float(v) for v in _as_point(point_lps))
-    return Centring(click_lps=point, centre_lps=tuple(float(v) for v in segmentation.centre_lps), centred=True)
+    return Centring(click_lps=point, centre_lps=tuple(float(v) for v in centre_lps), centred=True)
 
 
 def from_measurements(image: sitk.Image, points_lps: Sequence[ArrayLike], nodules: Sequence) -> List[Centring]:
@@ -72,8 +78,8 @@ def centre_for_classification(image: sitk.Image, point_lps: ArrayLike, looks_lik
         return from_segmentation(point_lps, None, looks_like_a_ct=False)
     if not is_inside(image, _as_point(point_lps)):  # nothing to find: the cube's outside fraction warns of it
         return at_click(point_lps)
-    segmentation, _warnings = find_nodule(image, point_lps)
-    return from_segmentation(point_lps, segmentation)
+    # Only the centre: the nodule's type, flags and label map (the measurements') are not worked out.
+    return _from_centre(point_lps, find_nodule_centre(image, point_lps))
 
 
 __all__ = ["Centring", "NOT_CENTRED_WARNING", "at_click", "centre_for_classification", "from_measurements",

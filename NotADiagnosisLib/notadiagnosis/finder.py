@@ -104,6 +104,10 @@ FAINT_MAX_MEDIAN_HU = -300.0
 REFINE_MARGIN_MM = 4.0
 REFINE_MIN_SPACING_MM = 0.5
 REFINE_MAX_VOXELS = 64
+# SimpleITK threads for each of the finder's filters. Its images are small (a 64 mm cube at most): a second
+# thread saves less than it costs to start and, on a shared machine, to wait for a core (measured: CPU and
+# wall time per point both lower with one; see the results README, nodule measurement, speed).
+FILTER_THREADS = 1
 # Outside the CT: a value no CT holds, so the truncation check can see where the CT ends.
 _OUTSIDE_HU = -5000.0
 # A nodule found up to SEARCH_RADIUS_MM from the point is measured, but when the point lies this far
@@ -158,6 +162,20 @@ class _Stage:
     inside_ct: np.ndarray
 
 
+@dataclass
+class _Located:
+    """A nodule found and segmented on its fine grid (``stage``), before it is described."""
+
+    point_lps: np.ndarray
+    stage: _Stage
+    mask: np.ndarray
+    depth: np.ndarray
+    lung: np.ndarray
+    threshold_hu: float
+    centre_lps: np.ndarray
+    truncated: bool
+
+
 def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[NoduleSegmentation], List[str]]:
     """Find and segment the nodule within ``SEARCH_RADIUS_MM`` of ``point_lps`` (LPS mm).
 
@@ -165,6 +183,22 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
     warnings say so). The image is not modified. Raises :class:`PointOutsideImageError` when the
     point is outside the CT.
     """
+    located = _locate(image, point_lps)
+    if located is None:
+        return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
+    return _describe(image, located), []
+
+
+def find_nodule_centre(image: sitk.Image, point_lps: ArrayLike) -> Optional[np.ndarray]:
+    """The refined centre (LPS mm) of the nodule :func:`find_nodule` finds near ``point_lps``, or None
+    when it finds none: the same search and segmentation, without what only the measurements need
+    (the type, the juxtapleural flag, the label map on the CT's grid). Same errors as :func:`find_nodule`."""
+    located = _locate(image, point_lps)
+    return None if located is None else located.centre_lps
+
+
+def _locate(image: sitk.Image, point_lps: ArrayLike) -> Optional[_Located]:
+    """Find the nodule near the point (stage 1) and segment it (stage 2), or None when none is there."""
     check_image(image)
     point = _as_point(point_lps)
     if not is_inside(image, point):
@@ -178,12 +212,12 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
         if found is None:
             if half_mm < NO_NODULE_MIN_HALF_MM:
                 continue  # a nodule cut by this cube's faces may not look like one: look wider before saying none
-            return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
+            return None
         nodule, lung, opening_mm, threshold_hu = found
         if not _touches_faces(nodule):
             break
     truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
-    return _refine(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated), []
+    return _segment(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated)
 
 
 def looks_like_ct(image: sitk.Image) -> bool:
@@ -214,14 +248,16 @@ def _sample(image: sitk.Image, centre_lps: np.ndarray, half_mm: np.ndarray | flo
     reference = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
     reference.SetSpacing([spacing_mm] * 3)
     reference.SetOrigin((low * spacing_mm).tolist())
-    hu_image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, _OUTSIDE_HU, sitk.sitkFloat32)
+    hu_image = _resample(image, reference, _OUTSIDE_HU)
     hu = sitk.GetArrayFromImage(hu_image)
     inside_ct = hu > _OUTSIDE_HU / 2
     not_finite = ~np.isfinite(hu)
     hu[~inside_ct | not_finite] = -1000.0  # outside the CT and NaN read as air, as extract_patch does
     clean = sitk.GetImageFromArray(hu)
     clean.CopyInformation(reference)
-    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(clean, SMOOTHING_SIGMA_MM))
+    smoothing = sitk.SmoothingRecursiveGaussianImageFilter()
+    smoothing.SetSigma(SMOOTHING_SIGMA_MM)
+    smooth = sitk.GetArrayFromImage(_execute(smoothing, clean))
     return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
 
 
@@ -302,7 +338,7 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     tiled = np.zeros((height, depth * (width + 1)), dtype=np.uint8)
     view = tiled.reshape(height, depth, width + 1)
     view[:, :, :width] = mask.transpose(1, 0, 2)
-    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(tiled)))
+    filled = sitk.GetArrayFromImage(_execute(sitk.BinaryFillholeImageFilter(), sitk.GetImageFromArray(tiled)))
     return filled.reshape(height, depth, width + 1)[:, :, :width].transpose(1, 0, 2).astype(bool)
 
 
@@ -329,7 +365,7 @@ def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, refe
     not a corner of chest wall)."""
     if not mask.any():
         return None
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(mask, reference), True))
+    labels = _components(mask, reference)
     spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
     near = _ball(mask.shape, click, radius_mm, spacing)
     best, best_distance = None, np.inf
@@ -363,9 +399,9 @@ def _nodule_like(component: np.ndarray, depth: np.ndarray, air: np.ndarray, refe
 
 
 # -- stage 2: segment --------------------------------------------------------------------------------
-def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarray, lung: np.ndarray,
-            opening_mm: float, find_hu: float, truncated: bool) -> NoduleSegmentation:
-    """Segment the found nodule on a fine grid and map it onto the CT's own grid."""
+def _segment(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarray, lung: np.ndarray,
+             opening_mm: float, find_hu: float, truncated: bool) -> _Located:
+    """Segment the found nodule on a fine grid."""
     find_spacing = find.reference.GetSpacing()[0]
     indices = np.argwhere(nodule)
     low = _index_to_lps(find.reference, indices.min(axis=0)) - REFINE_MARGIN_MM
@@ -393,21 +429,29 @@ def _refine(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndarr
         mask = found_fine & (stage.smooth > find_hu)
     else:
         mask = _restore_surface(mask, candidates, reach, opening_mm, stage.reference)
-    kind, solid = _solid_component(mask, depth, stage)
+    centre = _index_to_lps(stage.reference, np.argwhere(mask).mean(axis=0))
+    return _Located(point_lps=point, stage=stage, mask=mask, depth=depth, lung=lung_fine, threshold_hu=threshold,
+                    centre_lps=centre, truncated=truncated)
+
+
+def _describe(image: sitk.Image, located: _Located) -> NoduleSegmentation:
+    """The segmented nodule's type, flags and warnings, and its label map mapped onto the CT's own grid."""
+    stage, mask, point, centre, threshold = located.stage, located.mask, located.point_lps, located.centre_lps, located.threshold_hu
+    kind, solid = _solid_component(mask, located.depth, stage)
     labels = np.where(mask, LABEL_SOLID if kind == "solid" else LABEL_NON_SOLID, 0).astype(np.uint8)
     if kind == "part-solid":
         labels[solid] = LABEL_SOLID
     fine_mask = _as_image(labels, stage.reference)
     fine_hu = _as_image(stage.hu.astype(np.float32), stage.reference)
-    centre = _index_to_lps(stage.reference, np.argwhere(mask).mean(axis=0))
-    wall = (stage.smooth > threshold) & ~lung_fine
+    wall = (stage.smooth > threshold) & ~located.lung
     faint = threshold < TISSUE_HU_RANGE[0]  # kept WALL_EDGE_MM from the wall (above): a ring that much wider
     juxtapleural = _touches(mask, wall, stage.reference, JUXTAPLEURAL_RING_MM + (WALL_EDGE_MM if faint else 0.0))
-    truncated = truncated or bool(np.any(_shell(mask) & ~stage.inside_ct))
+    truncated = located.truncated or bool(np.any(_shell(mask) & ~stage.inside_ct))
     warnings = []
     if truncated:
         warnings.append("the nodule reaches the 64 mm cube's faces or the CT's edge: its measurements are truncated")
     # The fine grid is LPS-aligned and isotropic: index distance times spacing is the distance in mm.
+    spacing = stage.reference.GetSpacing()[0]
     gap_mm = float(np.min(np.linalg.norm(np.argwhere(mask) - _index_of(stage.reference, point), axis=1))) * spacing
     if gap_mm > FAR_FROM_POINT_MM:
         warnings.append(FAR_FROM_POINT_WARNING.format(gap=gap_mm, shift=float(np.linalg.norm(centre - point))))
@@ -462,7 +506,7 @@ def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarr
     if not residue.any():
         return nodule
     beyond = candidates & ~band & ~nodule
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(residue, reference), True))
+    labels = _components(residue, reference)
     leaving = np.unique(labels[_shell(beyond) & residue])
     leaving = leaving[leaving > 0]
     # A vessel's stub is small; a fringe of ground glass that vessels leave from is not.
@@ -478,7 +522,7 @@ def _overlapping_component(mask: np.ndarray, reference_mask: np.ndarray, referen
     overlap = mask & reference_mask
     if not overlap.any():
         return None
-    labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(_as_image(mask, reference), True))
+    labels = _components(mask, reference)
     counts = np.bincount(labels[overlap])
     counts[0] = 0
     return labels == int(np.argmax(counts))
@@ -498,8 +542,7 @@ def _on_ct_grid(fine_labels: sitk.Image, image: sitk.Image) -> sitk.Image:
     crop.SetSpacing(image.GetSpacing())
     crop.SetDirection(image.GetDirection())
     crop.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in low]))
-    on_crop = lambda mask: sitk.GetArrayFromImage(sitk.Resample(  # noqa: E731
-        _as_image(mask.astype(np.float32), fine_labels), crop, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
+    on_crop = lambda mask: sitk.GetArrayFromImage(_resample(_as_image(mask.astype(np.float32), fine_labels), crop)) >= 0.5  # noqa: E731
     nodule = on_crop(array > 0)
     labels = np.where(nodule, LABEL_NON_SOLID, 0).astype(np.uint8)
     solid = array == LABEL_SOLID
@@ -511,6 +554,29 @@ def _on_ct_grid(fine_labels: sitk.Image, image: sitk.Image) -> sitk.Image:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+def _execute(image_filter: sitk.ImageFilter, *inputs: sitk.Image) -> sitk.Image:
+    """Run a SimpleITK filter on ``FILTER_THREADS`` threads (whatever the process-wide default)."""
+    image_filter.SetNumberOfThreads(FILTER_THREADS)
+    return image_filter.Execute(*inputs)
+
+
+def _resample(image: sitk.Image, reference: sitk.Image, outside: float = 0.0) -> sitk.Image:
+    """``image`` resampled (linear, float32) onto ``reference``'s grid; ``outside`` beyond its edge."""
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(reference)
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetDefaultPixelValue(outside)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    return _execute(resampler, image)
+
+
+def _components(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
+    """The mask's connected components (26-connected), labelled 1, 2, ... (0 outside the mask)."""
+    labelling = sitk.ConnectedComponentImageFilter()
+    labelling.SetFullyConnected(True)
+    return sitk.GetArrayFromImage(_execute(labelling, _as_image(mask, reference)))
+
+
 def _as_image(array: np.ndarray, reference: Optional[sitk.Image]) -> sitk.Image:
     image = sitk.GetImageFromArray(array.astype(np.uint8) if array.dtype == bool else array)
     if reference is not None:
@@ -524,9 +590,11 @@ def _signed_distance(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
         return np.full(mask.shape, -1e6, dtype=np.float32)
     if mask.all():
         return np.full(mask.shape, 1e6, dtype=np.float32)
-    distance = sitk.SignedMaurerDistanceMap(_as_image(mask, reference), insideIsPositive=True, squaredDistance=False,
-                                            useImageSpacing=True)
-    return sitk.GetArrayFromImage(distance)
+    maurer = sitk.SignedMaurerDistanceMapImageFilter()
+    maurer.SetInsideIsPositive(True)
+    maurer.SetSquaredDistance(False)
+    maurer.SetUseImageSpacing(True)
+    return sitk.GetArrayFromImage(_execute(maurer, _as_image(mask, reference)))
 
 
 def _distance_inside(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
@@ -582,7 +650,7 @@ def _index_to_lps(reference: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
 def _resample_mask(mask: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.ndarray:
     """A boolean mask on ``source``'s grid resampled onto ``target``'s (linear, at 0.5)."""
     image = _as_image(mask.astype(np.float32), source)
-    return sitk.GetArrayFromImage(sitk.Resample(image, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) >= 0.5
+    return sitk.GetArrayFromImage(_resample(image, target)) >= 0.5
 
 
 def _touches_faces(mask: np.ndarray) -> bool:

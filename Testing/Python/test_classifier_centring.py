@@ -16,7 +16,7 @@ from helpers import save_random_model
 from notadiagnosis import Classifier
 from notadiagnosis.centring import NOT_CENTRED_WARNING, centre_for_classification
 from notadiagnosis.cli import main
-from notadiagnosis.finder import SEARCH_RADIUS_MM
+from notadiagnosis.finder import SEARCH_RADIUS_MM, find_nodule, find_nodule_centre
 from notadiagnosis.synthetic import make_synthetic_chest_ct
 
 #: Clicks within this distance of a nodule's centre must give probabilities within TOLERANCE of the
@@ -80,8 +80,12 @@ def test_clicks_around_each_generated_nodule_give_the_probability_at_its_centre(
 def test_refined_centre_is_the_finders_and_near_the_generated_centre(chest):
     image, nodules = chest
     nodule = _solid(nodules)
-    centring = centre_for_classification(image, _clicks(nodule["center_lps"], count=1)[0])
+    click = _clicks(nodule["center_lps"], count=1)[0]
+    centring = centre_for_classification(image, click)
     assert centring.centred and centring.warnings == []
+    # The centre alone is worked out without the measurements' extra work, and is the measured nodule's.
+    segmentation, _warnings = find_nodule(image, click)
+    assert centring.centre_lps == tuple(float(v) for v in segmentation.centre_lps)
     np.testing.assert_allclose(centring.centre_lps, nodule["center_lps"], atol=1.0)
     assert centring.shift_mm == pytest.approx(CLICK_OFFSET_MM, abs=1.0)
 
@@ -93,6 +97,7 @@ def test_a_point_with_no_nodule_near_it_is_classified_where_it_was_placed_with_a
     assert not prediction.centred
     assert prediction.centre_lps == pytest.approx(prediction.point_lps)
     assert NOT_CENTRED_WARNING.format(radius=SEARCH_RADIUS_MM) in prediction.warnings
+    assert find_nodule_centre(image, lung_point) is None and find_nodule(image, lung_point)[0] is None
 
 
 def _far_from_nodules(image: sitk.Image, nodules) -> tuple:
