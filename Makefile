@@ -29,7 +29,8 @@ benchmark: $(STAMP)
 	$(PY) Testing/Benchmarks/benchmark_measure.py
 
 # Re-export the bundled default model in place from its own files (.safetensors + card): writes its
-# .onnx, .saliency.onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed.
+# .onnx, .saliency.onnx, .safetensors and .json again, byte for byte the same unless the card or the exporter changed
+# (the ONNX files up to the last bit of batch-norm folding on another CPU; see Training/README.md).
 # After a card change (edit a copy, then CARD=copy.json), or a new VERSION=x.y.z, it rebinds all four;
 # update notadiagnosis.weights' pinned sha256 with the printed hashes.
 BUNDLED := NotADiagnosisLib/notadiagnosis/models/default
