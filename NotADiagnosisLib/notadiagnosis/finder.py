@@ -47,6 +47,7 @@ Developed on the synthetic tests, the real LIDC-IDRI-0001 and training-split ins
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -65,6 +66,7 @@ FIND_SPACING_MM = 1.0
 FIND_HALF_SIZES_MM = (16.0, 24.0, 32.0)   # 32, 48 and 64 mm cubes: the next for nodules that reach the faces
 NO_NODULE_MIN_HALF_MM = 24.0  # "no nodule" is concluded on the 48 mm cube or larger, never on the 32 mm one alone
 SMOOTHING_SIGMA_MM = 0.6
+SMOOTHING_KERNEL_FLOOR = 1e-4  # weights of the smoothing kernel below this are left out
 LUNG_AIR_HU = -400.0
 LUNG_CLOSING_MM = 10.0
 LUNG_SPACING_MM = 2.0
@@ -102,12 +104,16 @@ FAINT_SEARCH_RADIUS_MM = 5.0
 FAINT_RING_CONTRAST_HU = 120.0
 FAINT_MAX_MEDIAN_HU = -300.0
 REFINE_MARGIN_MM = 4.0
+# The lung around a nodule, where its density is read: this far from the nodule (mm).
+LUNG_RING_MM = (1.5, 4.0)
 REFINE_MIN_SPACING_MM = 0.5
 REFINE_MAX_VOXELS = 64
 # SimpleITK threads for each of the finder's filters. Its images are small (a 64 mm cube at most): a second
 # thread saves less than it costs to start and, on a shared machine, to wait for a core (measured: CPU and
 # wall time per point both lower with one; see the results README, nodule measurement, speed).
 FILTER_THREADS = 1
+# Distance maps reaching this far (voxels) are computed in numpy; farther ones (the depth of a large nodule) by ITK.
+DISTANCE_REACH_VOXELS = 20
 # Outside the CT: a value no CT holds, so the truncation check can see where the CT ends.
 _OUTSIDE_HU = -5000.0
 # A nodule found up to SEARCH_RADIUS_MM from the point is measured, but when the point lies this far
@@ -253,12 +259,47 @@ def _sample(image: sitk.Image, centre_lps: np.ndarray, half_mm: np.ndarray | flo
     inside_ct = hu > _OUTSIDE_HU / 2
     not_finite = ~np.isfinite(hu)
     hu[~inside_ct | not_finite] = -1000.0  # outside the CT and NaN read as air, as extract_patch does
-    clean = sitk.GetImageFromArray(hu)
-    clean.CopyInformation(reference)
+    smooth = _gaussian(hu, spacing_mm)
+    return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
+
+
+def _gaussian(array: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """``array`` (float32) smoothed as ITK's recursive Gaussian of ``SMOOTHING_SIGMA_MM`` smooths it, computed as
+    the separable kernel that filter amounts to (:func:`_smoothing_kernel`), the edge voxels repeated beyond
+    the grid: on these small grids a few shifted sums are several times faster than the filter."""
+    weights = _smoothing_kernel(round(float(spacing_mm), 6))
+    radius = len(weights) // 2
+    smooth = np.asarray(array, dtype=np.float32)
+    for axis in range(3):
+        padding = [(0, 0)] * 3
+        padding[axis] = (radius, radius)
+        padded = np.pad(smooth, padding, mode="edge")
+        window = [slice(None)] * 3
+        total = np.zeros_like(smooth)
+        for start, weight in enumerate(weights):
+            window[axis] = slice(start, start + smooth.shape[axis])
+            total += weight * padded[tuple(window)]
+        smooth = total
+    return smooth
+
+
+@functools.lru_cache(maxsize=None)
+def _smoothing_kernel(spacing_mm: float) -> np.ndarray:
+    """The 1D kernel (float32, odd length, sums to 1) of ITK's ``SmoothingRecursiveGaussian`` with sigma
+    ``SMOOTHING_SIGMA_MM`` on a grid of ``spacing_mm``: its response to a plane of ones, cut where the
+    weights fall below ``SMOOTHING_KERNEL_FLOOR``."""
+    length = 2 * int(np.ceil(8.0 * SMOOTHING_SIGMA_MM / spacing_mm)) + 9
+    plane = np.zeros((6, 6, length), dtype=np.float32)
+    plane[:, :, length // 2] = 1.0
+    image = sitk.GetImageFromArray(plane)
+    image.SetSpacing([spacing_mm] * 3)
     smoothing = sitk.SmoothingRecursiveGaussianImageFilter()
     smoothing.SetSigma(SMOOTHING_SIGMA_MM)
-    smooth = sitk.GetArrayFromImage(_execute(smoothing, clean))
-    return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
+    response = sitk.GetArrayFromImage(_execute(smoothing, image))[3, 3].astype(np.float64)
+    centre = length // 2
+    radius = max(int(np.max(np.abs(np.flatnonzero(np.abs(response) >= SMOOTHING_KERNEL_FLOOR) - centre))), 1)
+    weights = response[centre - radius:centre + radius + 1]
+    return (weights / weights.sum()).astype(np.float32)
 
 
 def _find_stage(image: sitk.Image, stage: _Stage, point: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float, float]]:
@@ -282,8 +323,8 @@ def _looks_ground_glass(nodule: np.ndarray, smooth: np.ndarray, lung_air: np.nda
     """A faint find is ground glass (or a part-solid nodule's): mostly below solid density, and denser than
     the lung around it (1.5-4 mm outside) by ``FAINT_RING_CONTRAST_HU``."""
     inside = float(np.median(smooth[nodule]))
-    outside = -_signed_distance(nodule, reference)
-    ring = (outside > 1.5) & (outside < 4.0) & lung_air
+    outside = -_signed_distance(nodule, reference, LUNG_RING_MM[1])
+    ring = (outside > LUNG_RING_MM[0]) & (outside < LUNG_RING_MM[1]) & lung_air
     if inside > FAINT_MAX_MEDIAN_HU or ring.sum() < 8:
         return False
     return inside - float(np.median(smooth[ring])) >= FAINT_RING_CONTRAST_HU
@@ -324,9 +365,9 @@ def _lung(image: sitk.Image, stage: _Stage) -> np.ndarray:
     # Beyond the CT's edge is unknown, not air: a slab of chest wall cut by the edge must not look like
     # tissue between two airs.
     air = (coarse.smooth < LUNG_AIR_HU) & coarse.inside_ct
-    outside_distance = -_signed_distance(air, coarse.reference)  # > 0 outside the air
+    outside_distance = -_signed_distance(air, coarse.reference, LUNG_CLOSING_MM)  # > 0 outside the air
     dilated = outside_distance <= LUNG_CLOSING_MM
-    closed = (_signed_distance(dilated, coarse.reference) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
+    closed = (_signed_distance(dilated, coarse.reference, LUNG_CLOSING_MM) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
     closed = _fill_holes_per_slice(closed)
     return _resample_mask(closed, coarse.reference, fine) | ((stage.smooth < LUNG_AIR_HU) & stage.inside_ct)
 
@@ -338,18 +379,26 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     tiled = np.zeros((height, depth * (width + 1)), dtype=np.uint8)
     view = tiled.reshape(height, depth, width + 1)
     view[:, :, :width] = mask.transpose(1, 0, 2)
-    filled = sitk.GetArrayFromImage(_execute(sitk.BinaryFillholeImageFilter(), sitk.GetImageFromArray(tiled)))
-    return filled.reshape(height, depth, width + 1)[:, :, :width].transpose(1, 0, 2).astype(bool)
+    # The holes: background not 4-connected to the image's border (as ITK's BinaryFillhole fills them;
+    # labelling the background is several times faster here).
+    labelling = sitk.ConnectedComponentImageFilter()
+    labelling.SetFullyConnected(False)
+    background = sitk.GetArrayFromImage(_execute(labelling, sitk.GetImageFromArray((tiled == 0).astype(np.uint8))))
+    open_to_border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    filled = (tiled > 0) | ((background > 0) & ~np.isin(background, open_to_border))
+    return filled.reshape(height, depth, width + 1)[:, :, :width].transpose(1, 0, 2)
 
 
-def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
+def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk.Image,
+          beyond_mm: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Morphological opening by a ball of ``radius_mm`` (``depth``: the mask's inside distance map).
 
-    Returns (opened mask, distance in mm of every voxel to the eroded core, for :func:`_restore_surface`)."""
+    Returns (opened mask, distance in mm of every voxel to the eroded core, for :func:`_restore_surface`:
+    exact up to ``beyond_mm`` past the opened surface, inf farther)."""
     core = depth > radius_mm + 1e-3  # the erosion: no voxel outside the mask within the ball
     if not core.any():
         return core, np.full(mask.shape, np.inf, dtype=np.float32)
-    reach = -_signed_distance(core, reference)
+    reach = -_signed_distance(core, reference, radius_mm + beyond_mm + 1e-2)
     return (reach <= radius_mm + 1e-3) & mask, reach
 
 
@@ -421,9 +470,9 @@ def _segment(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndar
         # mediastinum and diaphragm: tissue that close to the wall is left out.
         wall = ~lung_fine & (stage.smooth > LUNG_AIR_HU)
         if wall.any():
-            candidates &= -_signed_distance(wall, stage.reference) > WALL_EDGE_MM
-    depth = _distance_inside(candidates, stage.reference)
-    opened, reach = _open(candidates, depth, opening_mm, stage.reference)
+            candidates &= -_signed_distance(wall, stage.reference, WALL_EDGE_MM) > WALL_EDGE_MM
+    depth = _distance_inside(candidates, stage.reference, MAX_OPENING_MM + 1e-2)  # the opening (and the type's rim) look no deeper
+    opened, reach = _open(candidates, depth, opening_mm, stage.reference, RESTORE_MM)
     mask = _overlapping_component(opened, found_fine, stage.reference)
     if mask is None:  # the finer threshold lost the nodule: keep the found one
         mask = found_fine & (stage.smooth > find_hu)
@@ -477,7 +526,7 @@ def _solid_component(mask: np.ndarray, depth: np.ndarray, stage: _Stage) -> Tupl
         return "solid", dense
     if not dense.any():
         return "ground-glass", dense
-    solid, _reach = _open(dense, _distance_inside(dense, stage.reference), SOLID_OPENING_MM, stage.reference)
+    solid, _reach = _open(dense, _distance_inside(dense, stage.reference, SOLID_OPENING_MM + 1e-2), SOLID_OPENING_MM, stage.reference)
     if share(solid) >= SOLID_SHARE:
         return "solid", solid
     return ("part-solid" if share(solid) >= PART_SOLID_SHARE else "ground-glass"), solid
@@ -486,10 +535,10 @@ def _solid_component(mask: np.ndarray, depth: np.ndarray, stage: _Stage) -> Tupl
 def _adaptive_threshold(stage: _Stage, found: np.ndarray, low_hu: float = TISSUE_HU_RANGE[0]) -> float:
     """Halfway between the nodule's outer tissue and the lung around it, clamped to ``TISSUE_HU_RANGE``."""
     spacing = np.asarray(stage.reference.GetSpacing(), dtype=np.float64)[::-1]
-    distance = _signed_distance(found, stage.reference)  # > 0 inside
-    inner = found & (distance >= spacing.max())
+    distance = _signed_distance(found, stage.reference, LUNG_RING_MM[1])  # > 0 inside
+    inner = found & (distance >= spacing.max() - 1e-3)  # a voxel or more deep (not on its contour; float32 rounding aside)
     tissue = stage.smooth[inner if inner.sum() >= 8 else found]
-    around = (distance < -1.5) & (distance > -4.0) & (stage.smooth < LUNG_AIR_HU)
+    around = (distance < -LUNG_RING_MM[0]) & (distance > -LUNG_RING_MM[1]) & (stage.smooth < LUNG_AIR_HU)
     lung_hu = float(np.median(stage.smooth[around])) if around.sum() >= 8 else -850.0
     outer_hu = float(np.percentile(tissue, 25)) if tissue.size else 0.0
     return float(np.clip((outer_hu + lung_hu) / 2.0, low_hu, TISSUE_HU_RANGE[1]))
@@ -584,12 +633,32 @@ def _as_image(array: np.ndarray, reference: Optional[sitk.Image]) -> sitk.Image:
     return image
 
 
-def _signed_distance(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
-    """Signed distance (mm) to the mask's boundary: >= 0 inside, < 0 outside (a large value without a boundary)."""
+def _signed_distance(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional[float] = None) -> np.ndarray:
+    """Signed distance (mm) to the mask's boundary as ITK's ``SignedMaurerDistanceMap`` gives it: >= 0
+    inside (to the nearest voxel of the mask's contour, its voxels with a background voxel among their 26
+    neighbours; the grid's edge is no boundary), < 0 outside (to the nearest mask voxel); a large value
+    without a boundary.
+
+    Exact up to ``reach_mm``; beyond it exact or +/-inf (``reach_mm`` None: exact everywhere). Within a reach of
+    ``DISTANCE_REACH_VOXELS`` it is computed in numpy (:func:`_squared_voxel_distance`: several times
+    faster than ITK's on these small grids); beyond, ITK's map."""
     if not mask.any():
         return np.full(mask.shape, -1e6, dtype=np.float32)
     if mask.all():
         return np.full(mask.shape, 1e6, dtype=np.float32)
+    spacing = float(reference.GetSpacing()[0])  # every grid of the finder is isotropic
+    reach = DISTANCE_REACH_VOXELS if reach_mm is None else int(np.ceil(reach_mm / spacing - 1e-6))
+    if reach <= DISTANCE_REACH_VOXELS:
+        outside = _squared_voxel_distance(mask, reach)
+        inside = _squared_voxel_distance(mask & ~_eroded(mask), reach)
+        beyond = reach * reach
+        if reach_mm is not None or not (np.any(inside[mask] > beyond) or np.any(outside[~mask] > beyond)):
+            # As ITK computes it: the distance in double precision, then float32.
+            squared = np.where(mask, inside, outside).astype(np.float64) * (spacing * spacing)
+            distance = np.sqrt(squared).astype(np.float32)
+            distance[(mask & (inside > beyond)) | (~mask & (outside > beyond))] = np.inf
+            np.negative(distance, out=distance, where=~mask)
+            return distance
     maurer = sitk.SignedMaurerDistanceMapImageFilter()
     maurer.SetInsideIsPositive(True)
     maurer.SetSquaredDistance(False)
@@ -597,11 +666,62 @@ def _signed_distance(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(_execute(maurer, _as_image(mask, reference)))
 
 
-def _distance_inside(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
+def _distance_inside(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional[float] = None) -> np.ndarray:
     """Depth (mm) of each mask voxel: the distance from its centre to the nearest voxel centre outside the
-    mask (ITK's signed distance is 0 on the mask's edge voxels: one voxel more); 0 outside."""
-    spacing = reference.GetSpacing()[0]
+    mask (ITK's signed distance is 0 on the mask's edge voxels: one voxel more); 0 outside. Exact up to
+    ``reach_mm``, exact or inf beyond (None: exact everywhere)."""
+    spacing = float(reference.GetSpacing()[0])
+    reach = DISTANCE_REACH_VOXELS if reach_mm is None else int(np.ceil(reach_mm / spacing - 1e-6))
+    if mask.any() and not mask.all() and reach <= DISTANCE_REACH_VOXELS:
+        squared = _squared_voxel_distance(mask & ~_eroded(mask), reach)
+        beyond = mask & (squared > reach * reach)
+        if reach_mm is not None or not beyond.any():
+            distance = np.sqrt(squared.astype(np.float64) * (spacing * spacing)).astype(np.float32)
+            distance[beyond] = np.inf
+            return np.where(mask, distance + spacing, 0.0).astype(np.float32)
     return np.where(mask, np.maximum(_signed_distance(mask, reference), 0.0) + spacing, 0.0).astype(np.float32)
+
+
+def _squared_voxel_distance(seeds: np.ndarray, reach: int) -> np.ndarray:
+    """Squared distance in voxels (int16) from every voxel to the nearest voxel of ``seeds``: exact up to
+    ``reach`` voxels, above ``reach``² beyond.
+
+    Separable (the squared Euclidean distance is the lower envelope of parabolas, one axis after the
+    other): the nearest seed along x by running maxima of the seeds' indices, then along y and z the
+    minimum over the shifts within ``reach``."""
+    cap = reach + 1
+    index = np.arange(seeds.shape[-1], dtype=np.int16)
+    far = np.int16(seeds.shape[-1] + cap)
+    before = np.where(seeds, index, -far)
+    np.maximum.accumulate(before, axis=-1, out=before)
+    after = np.minimum.accumulate(np.where(seeds, index, far)[..., ::-1], axis=-1)[..., ::-1]
+    along_x = np.minimum(index - before, after - index)
+    np.minimum(along_x, np.int16(cap), out=along_x)
+    squared = along_x * along_x
+    for axis in (1, 0):
+        envelope = squared.copy()
+        for shift in range(1, reach + 1):
+            high, low = [slice(None)] * 3, [slice(None)] * 3
+            high[axis], low[axis] = slice(shift, None), slice(None, -shift)
+            high, low = tuple(high), tuple(low)
+            step = np.int16(shift * shift)
+            np.minimum(envelope[high], squared[low] + step, out=envelope[high])
+            np.minimum(envelope[low], squared[high] + step, out=envelope[low])
+        squared = envelope
+    return squared
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """The mask's voxels whose 26 neighbours are all in it (beyond the grid's edge counts as in it)."""
+    eroded = mask.copy()
+    for axis in range(3):
+        step = eroded.copy()
+        head, tail, body = [slice(None)] * 3, [slice(None)] * 3, [slice(None)] * 3
+        head[axis], tail[axis] = slice(1, None), slice(None, -1)
+        step[tuple(head)] &= eroded[tuple(tail)]
+        step[tuple(tail)] &= eroded[tuple(head)]
+        eroded = step
+    return eroded
 
 
 def _climb(depth: np.ndarray, start: np.ndarray) -> float:
@@ -648,9 +768,26 @@ def _index_to_lps(reference: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
 
 
 def _resample_mask(mask: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.ndarray:
-    """A boolean mask on ``source``'s grid resampled onto ``target``'s (linear, at 0.5)."""
-    image = _as_image(mask.astype(np.float32), source)
-    return sitk.GetArrayFromImage(_resample(image, target)) >= 0.5
+    """A boolean mask on ``source``'s grid resampled onto ``target``'s (linear, at 0.5), both LPS-aligned.
+
+    Trilinear interpolation is separable on such grids: one axis after the other, as ITK's linear
+    resampling computes it (up to half a voxel beyond the edge voxels the edge value, 0 farther)."""
+    values = mask.astype(np.float32)
+    source_origin, target_origin = np.asarray(source.GetOrigin())[::-1], np.asarray(target.GetOrigin())[::-1]
+    source_spacing, target_spacing = np.asarray(source.GetSpacing())[::-1], np.asarray(target.GetSpacing())[::-1]
+    for axis, length in enumerate(target.GetSize()[::-1]):
+        index = (target_origin[axis] + np.arange(length) * target_spacing[axis] - source_origin[axis]) / source_spacing[axis]
+        count = values.shape[axis]
+        base = np.floor(index)
+        weight = (index - base).astype(np.float32)
+        low = np.clip(base, 0, count - 1).astype(int)
+        high = np.clip(base + 1, 0, count - 1).astype(int)
+        shape = [1, 1, 1]
+        shape[axis] = length
+        weight = weight.reshape(shape)
+        inside = ((index >= -0.5) & (index < count - 0.5)).reshape(shape)
+        values = np.where(inside, np.take(values, low, axis) * (1 - weight) + np.take(values, high, axis) * weight, 0.0)
+    return values >= 0.5
 
 
 def _touches_faces(mask: np.ndarray) -> bool:
@@ -675,7 +812,7 @@ def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image, ring_mm:
     mask, wall = mask[box], wall[box]
     if not wall.any():
         return False
-    ring = (-_signed_distance(mask, _crop_reference(reference, box)) <= ring_mm) & ~mask
+    ring = (-_signed_distance(mask, _crop_reference(reference, box), ring_mm) <= ring_mm) & ~mask
     if not ring.any():
         return False
     return bool(np.count_nonzero(ring & wall) >= JUXTAPLEURAL_MIN_CONTACT * np.count_nonzero(ring))

