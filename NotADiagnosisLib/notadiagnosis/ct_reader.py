@@ -7,13 +7,12 @@ multi-channel image) is refused with one actionable sentence (:class:`InputError
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,30 +44,19 @@ _TAG_INSTANCE_NUMBER = "0020|0013"
 # Slice steps may differ from their median by this share (plus 0.01 mm) before the series counts as uneven.
 _SLICE_STEP_TOLERANCE = 0.1
 _INT16_RANGE = (np.iinfo(np.int16).min, np.iinfo(np.int16).max)
-#: Threads that read a DICOM folder's headers, and a series' slices, at once: GDCM parses each file with
-#: Python's lock released, so on 2 cores a folder reads in about half the wall time.
+#: Threads that read a DICOM folder's headers at once (GDCM parses each file with Python's lock released).
+#: The series' pixels are read by one ImageSeriesReader: reading them in parts on threads, or slice by
+#: slice, measured no faster on the shared 2-core VM (page faults and file reads serialise in the kernel)
+#: for up to 60 % more CPU time (README, "Performance").
 READ_THREADS = max(1, min(4, os.cpu_count() or 1))
-# A series is read in parts only when each part gets at least this many slices (a small one reads fast anyway).
-_MIN_SLICES_PER_PART = 8
-# Integer pixel types wider than int16, which a CT's HU usually fit (GDCM gives int32 for most CTs).
-_WIDER_INTEGERS = (np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+# Headers are read on several threads only when each gets at least this many files (a few read fast anyway).
+_MIN_FILES_PER_THREAD = 8
 # check_ct_values first looks at every this-many-th voxel along each axis: two different values there settle it.
 _SAMPLE_STEP = 7
 
 
 class ITKMessageWarning(NotADiagnosisWarning):
     """A message ITK printed while reading a CT that was read nonetheless (shown once, as one line)."""
-
-
-@dataclass(frozen=True)
-class SliceGeometry:
-    """What ITK's reader makes of one DICOM file's header: its grid and the pixel type it reads it as."""
-
-    origin: Tuple[float, ...]
-    spacing: Tuple[float, ...]
-    direction: Tuple[float, ...]
-    size: Tuple[int, ...]
-    pixel_id: int
 
 
 @dataclass(frozen=True)
@@ -82,8 +70,6 @@ class DicomSeries:
     #: Each file's position along the slice normal (mm), in the order of ``files``; None when a slice
     #: has no position or orientation in its header (then nothing can be checked).
     slice_positions_mm: Optional[Tuple[float, ...]] = None
-    #: Each file's geometry as ITK reads it, in the order of ``files`` (what reading the series in parts needs).
-    slice_geometries: Optional[Tuple[SliceGeometry, ...]] = field(default=None, repr=False, compare=False)
 
     @property
     def number_of_slices(self) -> int:
@@ -129,48 +115,28 @@ def read_volume_file(path: str | os.PathLike, progress: bool = False) -> sitk.Im
 
 
 def _execute(reader, progress_description: str | None, error_message) -> sitk.Image:
-    """Run one SimpleITK reader (:func:`_execute_all`)."""
-    return _execute_all([reader], progress_description, error_message)[0]
-
-
-def _execute_all(readers: Sequence, progress_description: str | None, error_message: Callable[[str], str],
-                 weights: Optional[Sequence[int]] = None) -> List[sitk.Image]:
-    """Run SimpleITK readers, at once on threads when several, with one progress bar when described (each
-    reader's share of it in ``weights``); a read failure becomes an InputError.
+    """Run a SimpleITK reader, with a progress bar when described; a read failure becomes an InputError.
 
     ITK's own messages are captured (never printed raw): on failure the last one explains the error,
-    on success each is re-issued once as an :class:`ITKMessageWarning`. The progress commands are
-    removed afterwards, so that nothing keeps a reader (and through it its image's buffer) alive.
+    on success each is re-issued once as an :class:`ITKMessageWarning`. The progress command is
+    removed afterwards, so that nothing keeps the reader (and through it the image's buffer) alive.
     """
     bar = None
     if progress_description is not None:
         bar = _progress_bar(progress_description)
-        shares = np.asarray(weights if weights is not None else [1] * len(readers), dtype=np.float64)
-        shares = shares / shares.sum()
-
-        def report() -> None:
-            done = sum(share * reader.GetProgress() for share, reader in zip(shares, readers))
-            bar.update(round(done * 100) - bar.n)
-
-        for reader in readers:
-            reader.AddCommand(sitk.sitkProgressEvent, report)
+        reader.AddCommand(sitk.sitkProgressEvent, lambda: bar.update(round(reader.GetProgress() * 100) - bar.n))
     try:
         with itk_messages() as messages:
-            if len(readers) == 1:
-                images = [readers[0].Execute()]
-            else:
-                with ThreadPoolExecutor(len(readers), thread_name_prefix="notadiagnosis-read") as pool:
-                    images = list(pool.map(lambda reader: reader.Execute(), readers))
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(error_message(_first_line(exc))) from None
     finally:
-        for reader in readers:
-            reader.RemoveAllCommands()
+        reader.RemoveAllCommands()
         if bar is not None:
             bar.close()
     for message in dict.fromkeys(_informative_line(m) for m in messages):
-        warnings.warn(message, ITKMessageWarning, stacklevel=4)
-    return images
+        warnings.warn(message, ITKMessageWarning, stacklevel=3)
+    return image
 
 
 class _CollectingLogger(sitk.LoggerBase):
@@ -206,7 +172,6 @@ class _SliceHeader:
     position: Optional[Tuple[float, float, float]]
     orientation: Optional[Tuple[float, ...]]
     instance: Optional[int]
-    geometry: SliceGeometry
 
 
 def _slice_header(path: Path) -> _SliceHeader | None:
@@ -241,8 +206,6 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
         position=_numbers(tag(_TAG_POSITION), 3),
         orientation=_numbers(tag(_TAG_ORIENTATION), 6),
         instance=int(instance) if instance.lstrip("-").isdigit() else None,
-        geometry=SliceGeometry(origin=reader.GetOrigin(), spacing=reader.GetSpacing(), direction=reader.GetDirection(),
-                               size=reader.GetSize(), pixel_id=reader.GetPixelID()),
     )
 
 
@@ -258,8 +221,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     """List the DICOM series in ``folder`` and its subfolders (TCIA downloads nest them), by UID.
 
     Each file's header is read once, here (on :data:`READ_THREADS` threads); the listing carries what
-    reading the series needs (the files in patient order, their positions and geometry), so nothing
-    is parsed twice.
+    reading the series needs (the files in patient order and their positions), so nothing is parsed twice.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -287,8 +249,8 @@ def _slice_headers(paths: List[Path]) -> List[Optional[_SliceHeader]]:
 
 def _parts(count: int) -> List[slice]:
     """``count`` items cut into at most :data:`READ_THREADS` contiguous parts of at least
-    :data:`_MIN_SLICES_PER_PART` each (one part when there are too few)."""
-    number = max(1, min(READ_THREADS, count // _MIN_SLICES_PER_PART))
+    :data:`_MIN_FILES_PER_THREAD` each (one part when there are too few)."""
+    number = max(1, min(READ_THREADS, count // _MIN_FILES_PER_THREAD))
     bounds = [round(i * count / number) for i in range(number + 1)]
     return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
 
@@ -308,8 +270,7 @@ def _series_of(uid: str, headers: List[_SliceHeader]) -> DicomSeries:
                                                           headers[i].path))
     first = headers[0]
     return DicomSeries(uid=uid, description=first.description, modality=first.modality,
-                       files=tuple(headers[i].path for i in order), slice_positions_mm=positions,
-                       slice_geometries=tuple(headers[i].geometry for i in order))
+                       files=tuple(headers[i].path for i in order), slice_positions_mm=positions)
 
 
 def read_dicom_series(
@@ -344,104 +305,16 @@ def read_dicom_series(
             f"Series {chosen.uid} in {folder} has a single slice; a 3D CT needs the whole series of slices."
         )
     _check_slice_positions(chosen)
-    description = f"Reading {chosen.number_of_slices} DICOM slices" if progress else None
-
-    def error(reason: str) -> str:
-        return f"Could not read DICOM series {chosen.uid} in {folder} ({reason})."
-
-    if _readable_in_parts(chosen):
-        return _read_in_parts(chosen, description, error)
-    reader = _series_reader(chosen.files)
-    image = _execute(reader, description, error)
-    del reader
-    return _narrow_to_int16(_check_volume(image, f"DICOM series {chosen.uid}"))
-
-
-def _series_reader(files: Sequence[str], pixel_id: Optional[int] = None) -> sitk.ImageSeriesReader:
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
-    reader.SetFileNames(list(files))
-    if pixel_id is not None:
-        reader.SetOutputPixelType(pixel_id)
-    return reader
-
-
-def _readable_in_parts(series: DicomSeries) -> bool:
-    """Whether the series can be read in parts giving what one ImageSeriesReader gives: several parts, and
-    every slice one plane of the same size with a position (so the first and last give the spacing)."""
-    geometries = series.slice_geometries
-    if geometries is None or series.slice_positions_mm is None or len(_parts(len(geometries))) < 2:
-        return False
-    first = geometries[0]
-    size = first.size
-    # ITK's file reader replaces a zero spacing or a degenerate direction; such a header goes to ITK whole.
-    usable_grid = min(first.spacing) > 0.0 and abs(np.linalg.det(np.reshape(first.direction, (3, 3)))) > 1e-6
-    return (usable_grid and len(size) == 3 and size[2] == 1 and all(g.size == size for g in geometries)
-            and _slice_step(first.origin, geometries[-1].origin) > 1e-6)
-
-
-def _read_in_parts(series: DicomSeries, description: Optional[str], error: Callable[[str], str]) -> sitk.Image:
-    """Read the series' slices in contiguous parts on threads and assemble them into the image one
-    ImageSeriesReader would give, narrowed to int16 as :func:`_narrow_to_int16` would.
-
-    Every part is read as the pixel type of the series' first file (one reader converts every slice to
-    it); the grid is the first file's with ITK's slice spacing (the distance from the first to the last
-    slice over their count less one) and its direction (SimpleITK forces the first file's). A part's
-    reader cannot see the spacing of the others, so its uneven-sampling warning is off and the whole
-    series' is issued here, as ITK words it.
-    """
-    geometries = series.slice_geometries
-    first = geometries[0]
-    parts = _parts(len(series.files))
-    readers = [_series_reader(series.files[part], first.pixel_id) for part in parts]
-    for reader in readers:
-        reader.SetSpacingWarningRelThreshold(math.inf)
-    images = _execute_all(readers, description, error, weights=[part.stop - part.start for part in parts])
-    del readers
-    volume = _assembled(images)
-    del images
-    image = sitk.GetImageFromArray(volume)
-    del volume
-    slice_spacing = _slice_step(first.origin, geometries[-1].origin) / (len(geometries) - 1)
-    image.SetOrigin(first.origin)
-    image.SetSpacing((first.spacing[0], first.spacing[1], slice_spacing))
-    image.SetDirection(first.direction)
-    _warn_if_unevenly_sampled(geometries, slice_spacing)
-    return _check_volume(image, f"DICOM series {series.uid}")
-
-
-def _slice_step(origin_a: Sequence[float], origin_b: Sequence[float]) -> float:
-    """The distance between two slices' origins, summed in ITK's order (``itk::Vector::GetNorm``)."""
-    squared = 0.0
-    for a, b in zip(origin_a, origin_b):
-        squared += (b - a) * (b - a)
-    return math.sqrt(squared)
-
-
-def _warn_if_unevenly_sampled(geometries: Sequence[SliceGeometry], slice_spacing: float) -> None:
-    """ITK's ImageSeriesReader warning, for a series read in parts: a step between neighbouring slices that
-    differs from the slice spacing by more than the reader's relative threshold."""
-    deviation = max(abs(slice_spacing - _slice_step(a.origin, b.origin)) for a, b in zip(geometries[:-1], geometries[1:]))
-    if deviation > sitk.ImageSeriesReader().GetSpacingWarningRelThreshold() * slice_spacing:
-        warnings.warn(f"ImageSeriesReader: Non uniform sampling or missing slices detected,  maximum nonuniformity:"
-                      f"{deviation:g}", ITKMessageWarning, stacklevel=4)
-
-
-def _assembled(images: Sequence[sitk.Image]) -> np.ndarray:
-    """The parts' voxels as one (z, y, x) array, in int16 when they are of a wider integer type and every
-    value fits (as :func:`_narrow_to_int16` decides), else in their own type."""
-    views = [sitk.GetArrayViewFromImage(image) for image in images]
-    dtype = views[0].dtype
-    with ThreadPoolExecutor(len(views), thread_name_prefix="notadiagnosis-read") as pool:
-        if dtype.type in _WIDER_INTEGERS:
-            extremes = list(pool.map(lambda view: (view.min(), view.max()), views))
-            if min(low for low, _ in extremes) >= _INT16_RANGE[0] and max(high for _, high in extremes) <= _INT16_RANGE[1]:
-                dtype = np.dtype(np.int16)
-        volume = np.empty((sum(len(view) for view in views),) + views[0].shape[1:], dtype=dtype)
-        starts = np.cumsum([0] + [len(view) for view in views])
-        list(pool.map(lambda k: np.copyto(volume[starts[k]:starts[k + 1]], views[k], casting="unsafe"),
-                      range(len(views))))
-    return volume
+    reader.SetFileNames(list(chosen.files))
+    image = _execute(
+        reader,
+        f"Reading {chosen.number_of_slices} DICOM slices" if progress else None,
+        lambda reason: f"Could not read DICOM series {chosen.uid} in {folder} ({reason}).",
+    )
+    del reader
+    return _narrow_to_int16(_check_volume(image, f"DICOM series {chosen.uid}"))
 
 
 def _check_slice_positions(series: DicomSeries) -> None:
