@@ -56,7 +56,6 @@ import SimpleITK as sitk
 
 from .errors import InputError, PointOutsideImageError
 from .geometry import ArrayLike, _as_point, check_image, is_inside
-from .itk_threads import single_threaded_itk
 
 #: Label values of the nodule label map (0 is background).
 LABEL_NON_SOLID = 1
@@ -188,22 +187,19 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
 
     Returns ``(segmentation, warnings)``; ``segmentation`` is None when no nodule is there (the
     warnings say so). The image is not modified. Raises :class:`PointOutsideImageError` when the
-    point is outside the CT. ITK's filters run on one thread here (:mod:`.itk_threads`).
+    point is outside the CT.
     """
-    with single_threaded_itk():
-        located = _locate(image, point_lps)
-        if located is None:
-            return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
-        return _describe(image, located), []
+    located = _locate(image, point_lps)
+    if located is None:
+        return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
+    return _describe(image, located), []
 
 
 def find_nodule_centre(image: sitk.Image, point_lps: ArrayLike) -> Optional[np.ndarray]:
     """The refined centre (LPS mm) of the nodule :func:`find_nodule` finds near ``point_lps``, or None
     when it finds none: the same search and segmentation, without what only the measurements need
-    (the type, the juxtapleural flag, the label map on the CT's grid). Same errors as :func:`find_nodule`;
-    ITK's filters run on one thread here too."""
-    with single_threaded_itk():
-        located = _locate(image, point_lps)
+    (the type, the juxtapleural flag, the label map on the CT's grid). Same errors as :func:`find_nodule`."""
+    located = _locate(image, point_lps)
     return None if located is None else located.centre_lps
 
 

@@ -333,24 +333,3 @@ def test_a_point_well_outside_the_nodule_found_is_measured_with_a_warning(grid):
     for offset_mm in (5.0, 0.0):
         near = measure_nodule(image, CENTRE + np.array([0.0, offset_mm, 0.0]), model_card={})
         assert near.measurement is not None and not any("outside the nodule found" in w for w in near.warnings)
-
-
-def test_the_finder_runs_itk_on_one_thread_and_gives_the_threads_back(monkeypatch):
-    from notadiagnosis import finder
-    from notadiagnosis.itk_threads import single_threaded_itk
-
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    seen = []
-    for name in ("_locate", "_describe"):
-        original = getattr(finder, name)
-        monkeypatch.setattr(finder, name, lambda *args, original=original, name=name: seen.append(
-            (name, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())) or original(*args))
-    image = make_lung_ct(shapes=[sphere(10.0)], **ANISOTROPIC)
-    found, _ = finder.find_nodule(image, CENTRE)
-    assert found is not None and finder.find_nodule_centre(image, CENTRE) is not None
-    assert seen == [("_locate", 1), ("_describe", 1), ("_locate", 1)]
-    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
-    # Nested blocks and a failing one give the default back once, when the outermost ends.
-    with pytest.raises(PointOutsideImageError), single_threaded_itk():
-        finder.find_nodule(image, (1e4, 0.0, 0.0))
-    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
