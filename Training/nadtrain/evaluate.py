@@ -29,7 +29,7 @@ from notadiagnosis.preprocessing import normalize_hu
 from notadiagnosis.disclaimer import DISCLAIMER
 from notadiagnosis.weights import model_files, sha256_of
 
-from . import calibration, metrics, plots, ratings
+from . import calibration, input_masks, metrics, plots, ratings
 from .dataset import Dataset, load_dataset, load_patches
 from .files import write_json
 from .nodules import TEXTURE_CLASSES, texture_class
@@ -109,10 +109,25 @@ def fit_ratings_reference(data: Dataset, split: Split):
     return ratings.RatingsReference().fit(features, data.labels[per_nodule])
 
 
+def _stored_input_masks(run_dir: Path, cache: Optional[Path], data: Dataset, params: Dict[str, Any],
+                        mapped_from: Optional[str]) -> Optional[input_masks.InputMasks]:
+    """The precomputed input masks of a nodule-masked run (``cache``, or the run's own from its summary), or
+    None (then computed per patch): none for another dataset than the one they were computed for."""
+    if cache is None and mapped_from is None:
+        summary = run_dir / "train_summary.json"
+        recorded = json.loads(summary.read_text(encoding="utf-8")).get("input_mask_cache") if summary.is_file() else None
+        cache = Path(recorded) if recorded else None
+    if cache is None or not cache.is_dir():
+        return None
+    return input_masks.load_input_masks(cache, data, float(params["margin_mm"]))
+
+
 def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Path] = None, split_name: str = "test",
                  device: str = "auto", batch_size: int = 32, n_boot: int = 2000, seed: int = 0,
-                 tta: bool = True, progress: bool = True) -> Dict[str, Any]:
-    """Evaluate the model of ``run_dir`` (written by ``nadtrain train``) and write the report."""
+                 tta: bool = True, progress: bool = True, input_mask_cache: Optional[Path] = None) -> Dict[str, Any]:
+    """Evaluate the model of ``run_dir`` (written by ``nadtrain train``) and write the report. A run trained on
+    nodule-masked input (its card's ``preprocessing.input_mask``) is scored on masked patches: those stored in
+    ``input_mask_cache`` (default: the run's own), the others masked now."""
     run_dir = Path(run_dir)
     splits_path = run_dir / "splits.json"
     model_path = run_dir / "model.json"
@@ -146,7 +161,12 @@ def evaluate_run(run_dir: Path, dataset: Optional[Path] = None, out: Optional[Pa
     idx = split.indices[split_name]
     labels = data.labels[idx].astype(int)
     patients = data.patient_ids[idx]
-    probs, unc, logits = predict_probabilities(classifier, load_patches(dataset, idx), batch_size, tta, progress)
+    patches = load_patches(dataset, idx)
+    input_mask = card["preprocessing"].get("input_mask")
+    if input_mask is not None:  # what the network was trained to see (the library's masking, stored or computed now)
+        patches = input_masks.masked_patches(patches, idx, input_mask,
+                                             _stored_input_masks(run_dir, input_mask_cache, data, input_mask, mapped_from))
+    probs, unc, logits = predict_probabilities(classifier, patches, batch_size, tta, progress)
     baseline, baseline_threshold, baseline_missing = fit_size_baseline(data, split)
     diameters = _nodule_column(data, idx, "median_diameter_mm")
     base_probs = baseline.predict_proba(diameters) if baseline is not None else None
@@ -286,12 +306,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tta", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--input-mask-cache", help="for a run trained with --input-mask nodule: the stored masks "
+                        "(default: the run's own; samples without one are masked now, about 0.1 s of CPU each)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     report = evaluate_run(Path(args.run), Path(args.dataset) if args.dataset else None,
                           Path(args.out) if args.out else None, args.split, args.device, args.batch_size,
-                          args.bootstrap, args.seed, not args.no_tta, not args.no_progress)
+                          args.bootstrap, args.seed, not args.no_tta, not args.no_progress,
+                          Path(args.input_mask_cache) if args.input_mask_cache else None)
     print(format_summary(report))
     print(f"report: {report['written_to']}")
     return 0

@@ -26,6 +26,7 @@ from notadiagnosis.weights import save_model
 from . import calibration
 from .dataset import Dataset
 from .files import write_json
+from .input_masks import mask_params
 from .splits import Split
 from .train_card import TrainedRun, base_card, training_record
 from .train_data import training_groups, training_item_labels
@@ -105,6 +106,8 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
         "tta": config.calibration_tta,
     }
     card = base_card(temperature, threshold)
+    if config.input_mask != "none":  # what the network saw: inference must give it the same (notadiagnosis.masking)
+        card["preprocessing"]["input_mask"] = mask_params(config.mask_margin_mm)
     card["calibration"].update(method=method, logit_offset_folded_into_weights=offset)
     card["threshold_method"] = "Youden's J on validation probabilities"
     card["training"] = training_record(config, data, split_description, trained)
@@ -118,6 +121,8 @@ def finalize(config: TrainConfig, model: torch.nn.Module, data: Dataset, split: 
                "epochs_run": state["epoch"] + 1, "stopped": state["stopped"],
                "train_seconds": state["train_seconds"], "wall_seconds": trained.wall_seconds,
                "device": trained.device_description}
+    if config.input_mask != "none":
+        summary["input_mask_cache"] = str(Path(config.input_mask_cache).resolve())  # where evaluate finds the masks
     write_json(out / "train_summary.json", summary)
     tqdm.write(f"model written to {out / 'model.safetensors'}: temperature {temperature:.3f}, logit offset {offset:+.3f}, "
                f"threshold {threshold:.3f}, validation AUC {val_metrics['auc']:.4f}")

@@ -23,6 +23,7 @@ from notadiagnosis.model import build_model
 from notadiagnosis.weights import read_card
 
 from .checkpoint import load_checkpoint
+from . import input_masks
 from .dataset import load_dataset
 from .files import write_json
 from .finalize import finalize
@@ -71,6 +72,8 @@ def recalibrate_run(run_dir: Path, out: Path, method: str, device: str = "auto",
     partial.mkdir(parents=True)
     config = TrainConfig(**{**options, "dataset": str(data_path), "out": str(partial), "calibration": method,
                             "device": device, "progress": progress})
+    if config.input_mask != "none":  # validation is scored on what the network was trained to see
+        input_masks.mask_dataset(config, data, split.indices["val"])
     old_training = old_card.training
     # The card keeps the training run's own record (device and wall time are passed to finalize,
     # train time comes from the checkpoint's state); calibration and threshold are new, and it says so.

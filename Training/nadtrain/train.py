@@ -39,7 +39,7 @@ from notadiagnosis.device import select_device
 from notadiagnosis.errors import InputError
 from notadiagnosis.model import build_model, count_parameters
 
-from . import ratings
+from . import input_masks, ratings
 from .augment import AugmentConfig, augment_batch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_weights
 from .dataset import Dataset, load_dataset
@@ -186,6 +186,11 @@ def train(config: TrainConfig, on_epoch_end: Optional[Callable[[int, Dict[str, A
 
     data = load_dataset(config.dataset)
     split, split_description = split_of(config, data)
+    if config.input_mask == "nodule":
+        found = input_masks.mask_dataset(config, data, np.concatenate([split.indices["train"], split.indices["val"]]))
+        if ddp.main:
+            tqdm.write(f"nodule-masked input (margin {config.mask_margin_mm:g} mm): the finder found the nodule in "
+                       f"{found.mean():.1%} of the {found.size} train and val samples")
 
     # Model and optimisation. The seed fixes the initial weights.
     torch.manual_seed(config.seed)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from notadiagnosis.errors import InputError
+from notadiagnosis.masking import DEFAULT_MARGIN_MM, INPUT_MASKS
 from notadiagnosis.model import ARCHITECTURES
 from notadiagnosis.runtime import DEVICE_CHOICES
 
@@ -88,13 +89,20 @@ class TrainConfig:
     calibration: str = option("prior", "prior: undo the class balancing's known prior shift, temperature 1, nothing "
                                        "fitted (default; chosen by cross-testing, Training/results round 4); platt: "
                                        "fit temperature and offset on validation NLL", choices=CALIBRATION)
+    input_mask: str = option("none", "none: the plain patch (default); nodule: every voxel farther than --mask-margin-mm from "
+                                     "the nodule the library's finder segments from the patch centre becomes lung "
+                                     "parenchyma (notadiagnosis.masking; precomputed by `nadtrain input-masks`)",
+                             choices=INPUT_MASKS)
+    mask_margin_mm: float = option(DEFAULT_MARGIN_MM, "with --input-mask nodule: the margin kept around the nodule (mm)")
+    input_mask_cache: Optional[str] = option(None, "with --input-mask nodule: the folder `nadtrain input-masks` wrote "
+                                                   "for this dataset and margin (train and val samples at least)")
     progress: bool = option(True, off_flag="--no-progress")
 
     def recipe(self) -> Dict[str, Any]:
         """The options that change the trained weights (what a resumed run must share)."""
         d = asdict(self)
         # calibration acts after training (see ``nadtrain recalibrate``), so it is not part of the recipe.
-        for key in ("out", "device", "num_workers", "progress", "dataset", "calibration"):
+        for key in ("out", "device", "num_workers", "progress", "dataset", "calibration", "input_mask_cache"):
             d.pop(key)
         return d
 
@@ -115,6 +123,13 @@ class TrainConfig:
         if self.consistency > 0 and not self.one_render_per_epoch:
             raise InputError("--consistency pairs two renderings of a nodule, which needs the nodule grouping; "
                              "drop --all-renders.")
+        if self.input_mask not in INPUT_MASKS:
+            raise InputError(f"unknown --input-mask {self.input_mask!r}; use one of {', '.join(INPUT_MASKS)}.")
+        if self.input_mask != "none" and not self.input_mask_cache:
+            raise InputError("--input-mask nodule reads the masks precomputed for the dataset: compute them with "
+                             "`nadtrain input-masks DATASET --out DIR`, then add --input-mask-cache DIR.")
+        if not self.mask_margin_mm >= 0:
+            raise InputError("--mask-margin-mm is a distance: 0 or more millimetres.")
         if not 0.0 <= self.ema < 1.0:
             raise InputError("--ema is a decay per step: 0 (off) or between 0 and 1, e.g. 0.99.")
 
