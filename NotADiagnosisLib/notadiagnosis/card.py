@@ -16,10 +16,11 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Mapping, NoReturn, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, NoReturn, Optional
 
 from .errors import WeightsError
 from .geometry import PATCH_SIZE, PATCH_SPACING_MM
+from .masking import FILL_HU, NOT_FOUND_RADIUS_MM
 from .preprocessing import HU_MAX, HU_MIN
 
 CARD_FORMAT = "notadiagnosis-model-card/1"
@@ -42,12 +43,15 @@ def preprocessing_block() -> Dict[str, Any]:
 @dataclass(frozen=True)
 class Preprocessing:
     """How a patch is made for the network: ``patch_size``³ voxels of ``spacing_mm`` around the centre,
-    HU clipped to [``hu_min``, ``hu_max``] and scaled to [0, 1]."""
+    HU clipped to [``hu_min``, ``hu_max``] and scaled to [0, 1]. ``input_mask_margin_mm`` is None for the
+    plain patch, else the margin of :func:`~.masking.mask_surroundings` applied before normalisation
+    (the card's ``preprocessing.input_mask`` block, mode ``nodule``)."""
 
     patch_size: int
     spacing_mm: float
     hu_min: float
     hu_max: float
+    input_mask_margin_mm: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class ModelCard(Mapping[str, Any]):
             fail(f"has threshold {numbers['threshold']!r}, not a probability")
         if files and not isinstance(card["weights"].get("sha256"), str):
             fail("has no sha256 of its tensors file")
+        margin_mm = _input_mask_margin(preprocessing.get("input_mask"), fail)
         document = copy.deepcopy(dict(card))
         weights, onnx = document.get("weights"), document.get("onnx")
         return cls(
@@ -136,7 +141,8 @@ class ModelCard(Mapping[str, Any]):
             version=str(document["version"]),
             architecture=copy.deepcopy(document["architecture"]),
             preprocessing=Preprocessing(int(patch_size), float(numbers["preprocessing.spacing_mm"]),
-                                        float(numbers["preprocessing.hu_min"]), float(numbers["preprocessing.hu_max"])),
+                                        float(numbers["preprocessing.hu_min"]), float(numbers["preprocessing.hu_max"]),
+                                        margin_mm),
             temperature=float(numbers["calibration.temperature"]),
             threshold=float(numbers["threshold"]),
             weights=FileBlock.parse(weights) if isinstance(weights, Mapping) else None,
@@ -169,6 +175,22 @@ class ModelCard(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.document)
+
+
+def _input_mask_margin(block: Any, fail: Callable[[str], NoReturn]) -> Optional[float]:
+    """The margin of a card's ``preprocessing.input_mask`` block (None when the card has none): refused unless it
+    is the masking this library applies, with its fill value and no-nodule rule, so a model never sees other input."""
+    if block is None:
+        return None
+    if not isinstance(block, Mapping) or block.get("mode") != "nodule":
+        fail(f"has an input_mask this library does not apply ({block!r}; known: mode 'nodule')")
+    margin, fill, radius = block.get("margin_mm"), block.get("fill_hu"), block.get("not_found_radius_mm")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        fail(f"has no margin_mm of 0 or more in its input_mask (found {margin!r})")
+    if fill != FILL_HU or radius != NOT_FOUND_RADIUS_MM:
+        fail(f"has an input_mask with fill_hu {fill!r} and not_found_radius_mm {radius!r}, but this library masks with "
+             f"{FILL_HU:g} HU and {NOT_FOUND_RADIUS_MM:g} mm")
+    return float(margin)
 
 
 def _text(document: Dict[str, Any], key: str) -> Optional[str]:

@@ -27,6 +27,7 @@ from .centring import at_click as click_centring
 from .errors import InputError, NotADiagnosisError
 from .finder import NOT_CT_WARNING, looks_like_ct
 from .geometry import Patch, check_image, extract_patch
+from .masking import mask_surroundings
 from .preprocessing import normalize_hu
 from .progress import progress_bar
 from .runtime import choose_runtime
@@ -95,6 +96,7 @@ class Classifier:
         self.spacing_mm = card.preprocessing.spacing_mm
         self.hu_min = card.preprocessing.hu_min
         self.hu_max = card.preprocessing.hu_max
+        self.input_mask_margin_mm = card.preprocessing.input_mask_margin_mm
         self.temperature = card.temperature
         self.threshold = card.threshold
 
@@ -228,7 +230,7 @@ class Classifier:
         patches = [extract_patch(image, centring.centre_lps, self.patch_size, self.spacing_mm) for centring in centrings]
         normalized = np.empty((len(patches),) + patches[0].array_hu.shape, dtype=np.float32)
         for patch, batch_item in zip(patches, normalized):
-            normalize_hu(patch.array_hu, self.hu_min, self.hu_max, out=batch_item)
+            normalize_hu(self._network_input_hu(patch.array_hu), self.hu_min, self.hu_max, out=batch_item)
         return _Started(centrings, patches, self._start_tta(normalized, tta))
 
     def _finish(self, started: "_Started", image_warnings: List[str], predictions: List[Prediction]) -> None:
@@ -289,7 +291,15 @@ class Classifier:
     def saliency(self, image: sitk.Image, point_lps: Sequence[float]) -> sitk.Image:
         """LayerCAM saliency for one point, as a float32 image in [0, 1] on the CT's own grid."""
         patch = extract_patch(image, point_lps, self.patch_size, self.spacing_mm)
-        return map_to_ct_space(self.saliency_map(normalize_hu(patch.array_hu, self.hu_min, self.hu_max)), patch.image, image)
+        normalized = normalize_hu(self._network_input_hu(patch.array_hu), self.hu_min, self.hu_max)
+        return map_to_ct_space(self.saliency_map(normalized), patch.image, image)
+
+    def _network_input_hu(self, patch_hu: np.ndarray) -> np.ndarray:
+        """The patch as the network was trained to see it: itself, or nodule-masked when the card says so
+        (:func:`~.masking.mask_surroundings`, the function training used; the finder runs on the patch)."""
+        if self.input_mask_margin_mm is None:
+            return patch_hu
+        return mask_surroundings(patch_hu, self.input_mask_margin_mm, self.spacing_mm)[0]
 
     def saliency_map(self, normalized: np.ndarray) -> np.ndarray:
         """LayerCAM (D, H, W) in [0, 1] of one normalised patch (D, H, W), on the patch's grid: by

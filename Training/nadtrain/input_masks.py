@@ -113,7 +113,8 @@ def compute_input_masks(dataset: Path, cache: Path, margin_mm: float = DEFAULT_M
         manifest = {"format": FORMAT, "dataset": str(dataset.resolve()), "n_samples": len(data),
                     "sample_keys_sha256": data.sample_keys_sha256(), "params": mask_params(margin_mm),
                     "chunks": [], "seconds": 0.0, "cpu_seconds": 0.0}
-    done = load_input_masks(cache, data, margin_mm).computed
+        write_json(_manifest_path(cache), manifest)
+    done = load_input_masks(cache, data, margin_mm).computed  # refuses a cache of another dataset or margin
     todo = wanted[~done[wanted]]
     bar = tqdm(total=len(todo), desc="input masks", unit="patch", disable=not progress)
     for start in range(0, len(todo), CHUNK_SAMPLES):

@@ -22,8 +22,8 @@ from notadiagnosis.errors import InputError
 from notadiagnosis.model import build_model
 from notadiagnosis.weights import read_card
 
-from .checkpoint import load_checkpoint
 from . import input_masks
+from .checkpoint import load_checkpoint
 from .dataset import load_dataset
 from .files import write_json
 from .finalize import finalize
