@@ -27,7 +27,10 @@ the grid spacing in LPS mm), so the same nodule gives the same grid whatever the
       ``FAINT_CONTRAST_HU`` above the lung's median (at least ``FAINT_MIN_HU``), a nodule of at least
       ``FAINT_MIN_DIAMETER_MM`` within ``FAINT_SEARCH_RADIUS_MM`` that looks like ground glass (median
       below ``FAINT_MAX_MEDIAN_HU``, ``FAINT_RING_CONTRAST_HU`` above the lung around it); none again: no
-      nodule.
+      nodule;
+   g. *a vessel, not a nodule*: the openings also cut vessels into compact pieces; a candidate that is a
+      tube, not a blob, at its own scale (:mod:`.blobness`, the CT's Hessian at its centre; surer when the
+      point is off the candidate) is a piece of a vessel: no nodule, with :data:`~.blobness.VESSEL_WARNING`.
 2. **Segment** (a grid as fine as the CT's in-plane voxels, at most ``REFINE_MAX_VOXELS`` a side,
    over the nodule's box plus ``REFINE_MARGIN_MM``): the threshold moves to halfway between the
    nodule's outer tissue (25th percentile of its smoothed HU, the ground glass of a part-solid
@@ -49,11 +52,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .blobness import looks_like_vessel
 from .errors import InputError, PointOutsideImageError
 from .geometry import ArrayLike, _as_point, check_image, is_inside
 
@@ -190,8 +194,8 @@ def find_nodule(image: sitk.Image, point_lps: ArrayLike) -> Tuple[Optional[Nodul
     point is outside the CT.
     """
     located = _locate(image, point_lps)
-    if located is None:
-        return None, [NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)]
+    if isinstance(located, str):
+        return None, [located]
     return _describe(image, located), []
 
 
@@ -200,11 +204,12 @@ def find_nodule_centre(image: sitk.Image, point_lps: ArrayLike) -> Optional[np.n
     when it finds none: the same search and segmentation, without what only the measurements need
     (the type, the juxtapleural flag, the label map on the CT's grid). Same errors as :func:`find_nodule`."""
     located = _locate(image, point_lps)
-    return None if located is None else located.centre_lps
+    return None if isinstance(located, str) else located.centre_lps
 
 
-def _locate(image: sitk.Image, point_lps: ArrayLike) -> Optional[_Located]:
-    """Find the nodule near the point (stage 1) and segment it (stage 2), or None when none is there."""
+def _locate(image: sitk.Image, point_lps: ArrayLike) -> Union[_Located, str]:
+    """Find the nodule near the point (stage 1) and segment it (stage 2), or the warning that says why
+    none is there (nothing nodule-like, or a piece of a vessel)."""
     check_image(image)
     point = _as_point(point_lps)
     if not is_inside(image, point):
@@ -218,10 +223,15 @@ def _locate(image: sitk.Image, point_lps: ArrayLike) -> Optional[_Located]:
         if found is None:
             if half_mm < NO_NODULE_MIN_HALF_MM:
                 continue  # a nodule cut by this cube's faces may not look like one: look wider before saying none
-            return None
+            return NO_NODULE_WARNING.format(radius=SEARCH_RADIUS_MM)
         nodule, lung, opening_mm, threshold_hu = found
         if not _touches_faces(nodule):
             break
+    # The find grid is LPS-aligned and isotropic: index distance times spacing is the distance in mm.
+    gap_mm = float(np.min(np.linalg.norm(np.argwhere(nodule) - _index_of(stage.reference, point), axis=1))) * FIND_SPACING_MM
+    vessel_warning = looks_like_vessel(stage.hu, lung, nodule, FIND_SPACING_MM, gap_mm)
+    if vessel_warning is not None:
+        return vessel_warning
     truncated = _touches_faces(nodule) or bool(np.any(nodule & ~stage.inside_ct))
     return _segment(image, point, stage, nodule, lung, opening_mm, threshold_hu, truncated)
 
