@@ -35,6 +35,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                  "patient-grouped CV AUC; optionally add it to an exported model's card"),
     "measure-bench": ("nadtrain.measurebench", "score the library's nodule finder and measurements on insertion renders "
                       "(known masks) and the real LIDC-IDRI-0001; report.json and masks.png"),
+    "vessel-clicks": ("nadtrain.vesselclicks", "clicks on lung vessels far from any nodule, by a rule that knows nothing "
+                                               "of the finder, given to the finder: how many get a measurement"),
     "export": ("nadtrain.export", "export a trained model to the library's weights format with its card"),
     "reproduce": ("nadtrain.reproduce", "from a LIDC-IDRI or LUNA16 download to an exported model: every stage above, "
                                         "cross-validated, resumable"),
