@@ -41,6 +41,12 @@ _TAG_MODALITY = "0008|0060"
 _TAG_POSITION = "0020|0032"  # ImagePositionPatient
 _TAG_ORIENTATION = "0020|0037"  # ImageOrientationPatient
 _TAG_INSTANCE_NUMBER = "0020|0013"
+_TAG_BITS_STORED = "0028|0101"
+_TAG_PIXEL_REPRESENTATION = "0028|0103"  # 0 unsigned, 1 signed
+_TAG_RESCALE_INTERCEPT = "0028|1052"
+_TAG_RESCALE_SLOPE = "0028|1053"
+# GDCM's types for rescaled integer pixels wider than int16: read straight as int16 when that is exact.
+_WIDER_INTEGER_IDS = (sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32)
 # Slice steps may differ from their median by this share (plus 0.01 mm) before the series counts as uneven.
 _SLICE_STEP_TOLERANCE = 0.1
 _INT16_RANGE = (np.iinfo(np.int16).min, np.iinfo(np.int16).max)
@@ -70,6 +76,9 @@ class DicomSeries:
     #: Each file's position along the slice normal (mm), in the order of ``files``; None when a slice
     #: has no position or orientation in its header (then nothing can be checked).
     slice_positions_mm: Optional[Tuple[float, ...]] = None
+    #: The range every slice's rescaled values lie in, when all are integers GDCM reads as a type wider than
+    #: int16 (what reading straight to int16 needs); else None.
+    value_range: Optional[Tuple[int, int]] = None
 
     @property
     def number_of_slices(self) -> int:
@@ -172,6 +181,9 @@ class _SliceHeader:
     position: Optional[Tuple[float, float, float]]
     orientation: Optional[Tuple[float, ...]]
     instance: Optional[int]
+    #: The lowest and highest value the file's pixels can take once rescaled (from its bits stored, sign,
+    #: slope and intercept), when it holds integers GDCM reads as a wider integer type; else None.
+    value_range: Optional[Tuple[int, int]] = None
 
 
 def _slice_header(path: Path) -> _SliceHeader | None:
@@ -206,7 +218,24 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
         position=_numbers(tag(_TAG_POSITION), 3),
         orientation=_numbers(tag(_TAG_ORIENTATION), 6),
         instance=int(instance) if instance.lstrip("-").isdigit() else None,
+        value_range=_value_range(tag, reader.GetPixelID()),
     )
+
+
+def _value_range(tag, pixel_id: int) -> Optional[Tuple[int, int]]:
+    """The range of a slice's rescaled values, when they are integers of a type wider than int16."""
+    if pixel_id not in _WIDER_INTEGER_IDS:
+        return None
+    try:
+        bits, signed = int(tag(_TAG_BITS_STORED)), int(tag(_TAG_PIXEL_REPRESENTATION)) == 1
+        slope, intercept = float(tag(_TAG_RESCALE_SLOPE) or 1), float(tag(_TAG_RESCALE_INTERCEPT) or 0)
+    except ValueError:
+        return None
+    if not (1 <= bits <= 16 and slope != 0 and slope.is_integer() and intercept.is_integer()):
+        return None
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    ends = sorted((int(slope) * low + int(intercept), int(slope) * high + int(intercept)))
+    return ends[0], ends[1]
 
 
 def _numbers(text: str, count: int) -> Optional[Tuple[float, ...]]:
@@ -270,7 +299,14 @@ def _series_of(uid: str, headers: List[_SliceHeader]) -> DicomSeries:
                                                           headers[i].path))
     first = headers[0]
     return DicomSeries(uid=uid, description=first.description, modality=first.modality,
-                       files=tuple(headers[i].path for i in order), slice_positions_mm=positions)
+                       files=tuple(headers[i].path for i in order), slice_positions_mm=positions,
+                       value_range=_series_range([h.value_range for h in headers]))
+
+
+def _series_range(ranges: List[Optional[Tuple[int, int]]]) -> Optional[Tuple[int, int]]:
+    if any(r is None for r in ranges):
+        return None
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
 
 def read_dicom_series(
@@ -305,16 +341,44 @@ def read_dicom_series(
             f"Series {chosen.uid} in {folder} has a single slice; a 3D CT needs the whole series of slices."
         )
     _check_slice_positions(chosen)
-    reader = sitk.ImageSeriesReader()
-    reader.SetImageIO("GDCMImageIO")
-    reader.SetFileNames(list(chosen.files))
-    image = _execute(
-        reader,
-        f"Reading {chosen.number_of_slices} DICOM slices" if progress else None,
-        lambda reason: f"Could not read DICOM series {chosen.uid} in {folder} ({reason}).",
-    )
-    del reader
-    return _narrow_to_int16(_check_volume(image, f"DICOM series {chosen.uid}"))
+
+    def read(pixel_id: Optional[int]) -> sitk.Image:
+        reader = sitk.ImageSeriesReader()
+        reader.SetImageIO("GDCMImageIO")
+        reader.SetFileNames(list(chosen.files))
+        if pixel_id is not None:
+            reader.SetOutputPixelType(pixel_id)
+        return _execute(
+            reader,
+            f"Reading {chosen.number_of_slices} DICOM slices" if progress else None,
+            lambda reason: f"Could not read DICOM series {chosen.uid} in {folder} ({reason}).",
+        )
+
+    if chosen.value_range is not None:
+        image = read(sitk.sitkInt16)
+        if _exact_as_int16(image, chosen.value_range):
+            return _check_volume(image, f"DICOM series {chosen.uid}")
+        del image
+    return _narrow_to_int16(_check_volume(read(None), f"DICOM series {chosen.uid}"))
+
+
+def _exact_as_int16(image: sitk.Image, value_range: Tuple[int, int]) -> bool:
+    """Whether a series read straight as int16 holds its true values (rescaled values in ``value_range``).
+
+    ITK casts each value to int16 by wrapping it around 65,536. A value below -32,768 lands in
+    ``[low + 65536, 32767]``, one above 32,767 in ``[-32768, high - 65536]``: zones no value that fits
+    can take while the range spans less than 65,536. No voxel in them: every value fitted, and the image
+    is the one ImageSeriesReader's int32 read narrowed to int16 gives. (This halves the pages the read
+    touches: on a VM each costs a fault; about 0.14 s of a 133-slice CT's read.)
+    """
+    low, high = value_range
+    if high - low >= 65536:
+        return False
+    extremes = sitk.MinimumMaximumImageFilter()
+    extremes.Execute(image)
+    below_wrapped = low < _INT16_RANGE[0] and extremes.GetMaximum() >= low + 65536
+    above_wrapped = high > _INT16_RANGE[1] and extremes.GetMinimum() <= high - 65536
+    return not (below_wrapped or above_wrapped)
 
 
 def _check_slice_positions(series: DicomSeries) -> None:

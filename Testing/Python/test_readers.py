@@ -574,3 +574,34 @@ def test_slightly_uneven_series_is_read_with_itks_warning_once(tmp_path):
         image = read_ct(tmp_path)
     assert_same_ct(image, one_reader_ct(sorted(tmp_path.glob("*.dcm"))))
     assert len([w for w in caught if "Non uniform sampling" in str(w.message)]) == 1
+
+
+def _pixel_types_read(monkeypatch) -> list:
+    """The output pixel types the series readers are asked for (None: GDCM's own), in order."""
+    asked: list = []
+    original_execute = sitk.ImageSeriesReader.Execute
+
+    def execute(self):
+        asked.append(self.GetOutputPixelType() if self.GetOutputPixelType() != sitk.sitkUnknown else None)
+        return original_execute(self)
+
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", execute)
+    return asked
+
+
+@pytest.mark.shared
+def test_real_lidc_series_is_read_straight_as_int16_once(lidc_0001_dir, monkeypatch):
+    asked = _pixel_types_read(monkeypatch)
+    image = read_ct(lidc_0001_dir)
+    assert asked == [sitk.sitkInt16] and image.GetPixelID() == sitk.sitkInt16
+
+
+def test_series_whose_values_wrap_in_int16_is_read_again_in_its_own_type(tmp_path, monkeypatch):
+    ct = gradient_ct((16, 16, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    wide = sitk.GetImageFromArray((sitk.GetArrayFromImage(ct).astype(np.int32) + 41000).astype(np.uint16))
+    wide.CopyInformation(ct)
+    write_dicom_series(tmp_path, wide, THIN_UID, "wide", "s")
+    asked = _pixel_types_read(monkeypatch)
+    image = read_ct(tmp_path)
+    assert asked == [sitk.sitkInt16, None]  # 41,000 wraps to -24,536 in int16: seen, and read again
+    assert_same_ct(image, one_reader_ct(sorted(tmp_path.glob("*.dcm"))))
