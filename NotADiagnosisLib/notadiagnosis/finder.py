@@ -59,7 +59,7 @@ import SimpleITK as sitk
 
 from .blobness import looks_like_vessel
 from .errors import InputError, PointOutsideImageError
-from .geometry import ArrayLike, _as_point, check_image, is_inside
+from .geometry import ArrayLike, _as_point, _axis_neighbours, check_image, is_inside
 
 #: Label values of the nodule label map (0 is background).
 LABEL_NON_SOLID = 1
@@ -787,15 +787,10 @@ def _resample_mask(mask: np.ndarray, source: sitk.Image, target: sitk.Image) -> 
     source_spacing, target_spacing = np.asarray(source.GetSpacing())[::-1], np.asarray(target.GetSpacing())[::-1]
     for axis, length in enumerate(target.GetSize()[::-1]):
         index = (target_origin[axis] + np.arange(length) * target_spacing[axis] - source_origin[axis]) / source_spacing[axis]
-        count = values.shape[axis]
-        base = np.floor(index)
-        weight = (index - base).astype(np.float32)
-        low = np.clip(base, 0, count - 1).astype(int)
-        high = np.clip(base + 1, 0, count - 1).astype(int)
+        low, high, weight, inside = _axis_neighbours(index, values.shape[axis])
         shape = [1, 1, 1]
         shape[axis] = length
-        weight = weight.reshape(shape)
-        inside = ((index >= -0.5) & (index < count - 0.5)).reshape(shape)
+        weight, inside = weight.astype(np.float32).reshape(shape), inside.reshape(shape)
         values = np.where(inside, np.take(values, low, axis) * (1 - weight) + np.take(values, high, axis) * weight, 0.0)
     return values >= 0.5
 

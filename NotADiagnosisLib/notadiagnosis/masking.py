@@ -19,7 +19,7 @@ from typing import Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .finder import SEARCH_RADIUS_MM, find_nodule
+from .finder import SEARCH_RADIUS_MM, _ball, find_nodule
 from .geometry import PATCH_SPACING_MM, patch_reference
 
 #: The input masks a model card may name (``preprocessing.input_mask``); "none" is the plain patch.
@@ -56,7 +56,8 @@ def kept_region(patch_hu: np.ndarray, margin_mm: float = DEFAULT_MARGIN_MM,
     image.CopyInformation(reference)
     segmentation, _warnings = find_nodule(image, np.zeros(3))
     if segmentation is None:
-        return KeptRegion(keep=_ball(patch.shape, NOT_FOUND_RADIUS_MM, spacing_mm), found=False)
+        centre = np.array(patch.shape) // 2  # the centre voxel, as extract_patch makes it
+        return KeptRegion(keep=_ball(patch.shape, centre, NOT_FOUND_RADIUS_MM, np.full(3, spacing_mm)), found=False)
     # The finder's label map lies on a crop of the patch's own grid: nearest neighbour puts it back in place.
     nodule = sitk.Resample(segmentation.mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return KeptRegion(keep=_within(sitk.GetArrayFromImage(nodule) > 0, margin_mm, spacing_mm), found=True)
@@ -94,13 +95,6 @@ def _within(mask: np.ndarray, margin_mm: float, spacing_mm: float) -> np.ndarray
     keep = np.zeros(mask.shape, dtype=bool)
     keep[box] = (distance2 <= margin_mm ** 2 + 1e-6) | mask[box]
     return keep
-
-
-def _ball(shape: Tuple[int, ...], radius_mm: float, spacing_mm: float) -> np.ndarray:
-    """Voxels within ``radius_mm`` of the centre voxel (index ``size // 2``)."""
-    axes = np.ogrid[tuple(slice(0, n) for n in shape)]
-    distance2 = sum(((axis - n // 2) * spacing_mm) ** 2 for axis, n in zip(axes, shape))
-    return distance2 <= radius_mm ** 2
 
 
 __all__ = ["DEFAULT_MARGIN_MM", "FILL_HU", "INPUT_MASKS", "KeptRegion", "NOT_FOUND_RADIUS_MM", "apply_kept_region",

@@ -18,7 +18,6 @@ Computed in chunks written atomically, so an interrupted run resumes, and for th
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -124,16 +123,14 @@ def compute_input_masks(dataset: Path, cache: Path, margin_mm: float = DEFAULT_M
         regions = [kept_region(patch, margin_mm, PATCH_SPACING_MM) for patch in patches]
         bar.update(len(chunk))
         name = f"chunk-{len(manifest['chunks']):05d}.npz"
-        buffer = io.BytesIO()
-        np.savez(buffer, indices=chunk, keep_bits=np.stack([np.packbits(r.keep.ravel()) for r in regions]),
-                 found=np.array([r.found for r in regions]))
-        write_atomic(cache / name, lambda handle: handle.write(buffer.getvalue()))
+        bits = np.stack([np.packbits(r.keep.ravel()) for r in regions])
+        found = np.array([r.found for r in regions])
+        write_atomic(cache / name, lambda handle: np.savez(handle, indices=chunk, keep_bits=bits, found=found))
         manifest["chunks"].append(name)
         manifest["seconds"] += time.perf_counter() - started
         manifest["cpu_seconds"] += time.process_time() - cpu_started
         write_json(_manifest_path(cache), manifest)
     bar.close()
-    write_json(_manifest_path(cache), manifest)
     return manifest
 
 

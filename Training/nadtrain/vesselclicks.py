@@ -34,8 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from notadiagnosis.atomic import write_text_atomic
-
+from .files import write_json
 from .lungmask import lung_mask
 
 VESSEL_MIN_HU = -300.0
@@ -46,7 +45,6 @@ TUBE_MIN_CONTRAST_HU = 100.0
 NODULE_CLEARANCE_MM = 15.0
 MIN_SEPARATION_MM = 10.0
 CANDIDATE_DRAWS = 6000
-LIDC_0001_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
 
 def hessian_eigenvalues(ct: sitk.Image, point_lps: np.ndarray, sigma_mm: float) -> np.ndarray:
@@ -84,7 +82,7 @@ def is_tubular(ct: sitk.Image, point_lps: np.ndarray) -> Optional[float]:
 def vessel_clicks(ct: sitk.Image, n: int, nodules: Sequence[Dict[str, Any]] = (), seed: int = 0) -> List[Dict[str, Any]]:
     """Up to ``n`` clicks on vessels of ``ct`` by the module's rule (clicks as ``{"point_lps", "sigma_mm", "hu"}``)."""
     hu = sitk.GetArrayViewFromImage(ct)
-    lung = lung_mask(np.asarray(hu, dtype=np.float32))
+    lung = lung_mask(hu)  # compares with a threshold only: the CT's own dtype, no float copy of it
     candidates = np.argwhere(lung & (hu > VESSEL_MIN_HU))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(candidates))[:CANDIDATE_DRAWS]
@@ -138,14 +136,13 @@ def score_clicks(ct: sitk.Image, clicks: Sequence[Dict[str, Any]]) -> List[Dict[
 
 def summarise(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     from notadiagnosis.blobness import VESSEL_WARNING
-    from notadiagnosis.finder import NO_NODULE_WARNING
+    from notadiagnosis.finder import FAR_FROM_POINT_WARNING, NO_NODULE_WARNING
 
     def said(record: Dict[str, Any], warning: str) -> bool:
-        return any(w.startswith(warning.split("{")[0][:40]) for w in record["warnings"])
+        return any(w.startswith(warning.split("{")[0]) for w in record["warnings"])
 
     return {"n": len(records), "measured": sum(r["measured"] for r in records),
-            "measured_far_from_point": sum(r["measured"] and any("outside the nodule found" in w for w in r["warnings"])
-                                           for r in records),
+            "measured_far_from_point": sum(r["measured"] and said(r, FAR_FROM_POINT_WARNING) for r in records),
             "refused_as_vessel": sum(said(r, VESSEL_WARNING) for r in records),
             "refused_no_nodule": sum(said(r, NO_NODULE_WARNING) for r in records),
             "cpu_ms_median": float(np.median([r["cpu_ms"] for r in records])) if records else None}
@@ -178,6 +175,6 @@ def run_cli(args: argparse.Namespace) -> int:
                        "nodule_clearance_mm": NODULE_CLEARANCE_MM, "min_separation_mm": MIN_SEPARATION_MM},
               "summary": summarise(records), "load_average": os.getloadavg()[0], "clicks": records}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+    write_json(args.out, report)
     print(json.dumps(report["summary"]), file=sys.stderr)
     return 0
