@@ -43,10 +43,6 @@ MIN_SIGMA_MM = 1.0
 MIN_BLOBNESS_ON = 0.15
 MIN_BLOBNESS_OFF = 0.4
 ON_CANDIDATE_MM = 2.0
-#: Lung air is below this (the finder's LUNG_AIR_HU); its median replaces the CT outside the lung.
-_AIR_HU = -400.0
-_DEFAULT_AIR_HU = -850.0
-
 VESSEL_WARNING = ("the point is on or near a vessel: what was found {where} is tubular at its own scale (blobness "
                   "{blobness:.2f}, a nodule {minimum:.2f} or more), not a nodule: nothing was measured; place the point on "
                   "the nodule itself, or classify at the click (--at-click)")
@@ -58,6 +54,10 @@ def blobness(hu: np.ndarray, lung: np.ndarray, candidate: np.ndarray, spacing_mm
 
     Scale-normalised Hessian at the candidate's centroid (nearest voxel), Gaussian derivatives by
     separable kernels over +-3 sigma (the grid's edge extended by the lung's air)."""
+    # Imported here, not at the top: the finder imports this module. Its lung air (below LUNG_AIR_HU; the
+    # median, or AERATED_LUNG_HU when the crop has none) replaces the CT outside the lung.
+    from .finder import AERATED_LUNG_HU, LUNG_AIR_HU
+
     voxels = np.argwhere(candidate)
     radius_mm = (3.0 * len(voxels) / (4.0 * np.pi)) ** (1.0 / 3.0) * spacing_mm
     sigmas = [max(MIN_SIGMA_MM, fraction * radius_mm) / spacing_mm for fraction in BLOB_SIGMA_FRACTIONS]  # voxels
@@ -67,8 +67,8 @@ def blobness(hu: np.ndarray, lung: np.ndarray, candidate: np.ndarray, spacing_mm
     inner_low, inner_high = np.maximum(low, 0), np.minimum(high, hu.shape)
     box = tuple(slice(a, b) for a, b in zip(inner_low, inner_high))
     crop_hu, crop_lung = hu[box], lung[box]
-    air = crop_lung & (crop_hu < _AIR_HU)
-    fill = float(np.median(crop_hu[air])) if air.any() else _DEFAULT_AIR_HU
+    air = crop_lung & (crop_hu < LUNG_AIR_HU)
+    fill = float(np.median(crop_hu[air])) if air.any() else AERATED_LUNG_HU
     crop = np.full((2 * half + 1,) * 3, fill, dtype=np.float64)
     crop[tuple(slice(a - l, b - l) for a, b, l in zip(inner_low, inner_high, low))] = np.where(crop_lung, crop_hu, fill)
     best = -1.0

@@ -72,6 +72,7 @@ NO_NODULE_MIN_HALF_MM = 24.0  # "no nodule" is concluded on the 48 mm cube or la
 SMOOTHING_SIGMA_MM = 0.6
 SMOOTHING_KERNEL_FLOOR = 1e-4  # weights of the smoothing kernel below this are left out
 LUNG_AIR_HU = -400.0
+AERATED_LUNG_HU = -850.0  # the lung's HU where none is around to measure (typical aerated parenchyma)
 LUNG_CLOSING_MM = 10.0
 LUNG_SPACING_MM = 2.0
 FIND_TISSUE_HU = -680.0
@@ -549,7 +550,7 @@ def _adaptive_threshold(stage: _Stage, found: np.ndarray, low_hu: float = TISSUE
     inner = found & (distance >= spacing.max() - 1e-3)  # a voxel or more deep (not on its contour; float32 rounding aside)
     tissue = stage.smooth[inner if inner.sum() >= 8 else found]
     around = (distance < -LUNG_RING_MM[0]) & (distance > -LUNG_RING_MM[1]) & (stage.smooth < LUNG_AIR_HU)
-    lung_hu = float(np.median(stage.smooth[around])) if around.sum() >= 8 else -850.0
+    lung_hu = float(np.median(stage.smooth[around])) if around.sum() >= 8 else AERATED_LUNG_HU
     outer_hu = float(np.percentile(tissue, 25)) if tissue.size else 0.0
     return float(np.clip((outer_hu + lung_hu) / 2.0, low_hu, TISSUE_HU_RANGE[1]))
 
