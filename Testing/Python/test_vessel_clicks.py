@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from helpers import physical_grid
-from notadiagnosis.blobness import MIN_BLOBNESS_OFF, MIN_BLOBNESS_ON, VESSEL_WARNING, blobness, looks_like_vessel
+from notadiagnosis.blobness import (CONTINUED_MARGIN, CONTINUES_AT, MIN_BLOBNESS_OFF, MIN_BLOBNESS_ON, VESSEL_WARNING,
+                                    blobness, continuation, looks_like_vessel)
 from notadiagnosis.centring import NOT_CENTRED_WARNING, centre_for_classification, from_measurements
 from notadiagnosis.measure import measure_nodule
 from test_nodule_measure import ANISOTROPIC, CENTRE, GRIDS, LUNG_HU, OBLIQUE, WALL_HU, _soft, make_lung_ct, sphere, tolerance
@@ -120,3 +121,46 @@ def test_a_half_blob_is_refused_only_when_the_point_is_off_it():
     tube_hu, lung, _ = _shape_on_grid((1000.0, 2.5, 2.5))
     piece = _shape_on_grid((3.0, 2.5, 2.5))[2]
     assert "at the point" in looks_like_vessel(tube_hu, lung, piece, 1.0, point_gap_mm=0.0)
+
+
+def _bead_on_a_tube(bulge_semi_axes_mm, tube_radius_mm: float, size: int = 61):
+    """HU (z, y, x, 1 mm grid) of a tube along x through the cube with an ellipsoidal bulge at the centre
+    (semi-axes x, y, z; a knot on a vessel, a nodule on a vessel), the lung mask and the bulge's mask."""
+    z, y, x = np.mgrid[:size, :size, :size] - size // 2
+    a, b, c = bulge_semi_axes_mm
+    bulge = (x / a) ** 2 + (y / b) ** 2 + (z / c) ** 2 <= 1.0
+    tube = y ** 2 + z ** 2 <= tube_radius_mm ** 2
+    hu = np.where(bulge | tube, WALL_HU, LUNG_HU).astype(np.float32)
+    return hu, np.ones(hu.shape, dtype=bool), bulge
+
+
+def test_continuation_is_high_for_a_piece_of_a_tube_and_low_for_a_lone_nodule():
+    tube_hu, lung, _ = _shape_on_grid((1000.0, 2.5, 2.5), size=61)
+    piece = _shape_on_grid((3.0, 2.5, 2.5), size=61)[2]
+    assert continuation(tube_hu, lung, piece, 1.0) > 0.9
+    for semi_axes in ((4.0, 4.0, 4.0), (12.5, 2.5, 2.5)):  # a sphere, a 5:1 cigar: beyond their ends is lung
+        hu, lung, shape = _shape_on_grid(semi_axes, size=61)
+        assert continuation(hu, lung, shape, 1.0) < 0.1
+
+
+def test_a_knot_on_a_vessel_is_refused_but_a_nodule_on_a_vessel_is_taken():
+    # Both go on along their axis (the vessel does); the knot is only half a blob, the nodule a clear one.
+    knot_hu, lung, knot = _bead_on_a_tube((4.0, 2.8, 2.8), 2.2)
+    assert continuation(knot_hu, lung, knot, 1.0) >= CONTINUES_AT
+    assert MIN_BLOBNESS_ON <= blobness(knot_hu, lung, knot, 1.0) < MIN_BLOBNESS_ON + CONTINUED_MARGIN
+    warning = looks_like_vessel(knot_hu, lung, knot, 1.0, point_gap_mm=0.0)
+    assert warning is not None and warning.startswith(VESSEL_WARNING_START) and "goes on beyond both its ends" in warning
+    nodule_hu, lung, nodule = _bead_on_a_tube((4.0, 4.0, 4.0), 2.0)  # the 8 mm nodule with a 4 mm vessel of the tests above
+    assert continuation(nodule_hu, lung, nodule, 1.0) >= CONTINUES_AT
+    assert looks_like_vessel(nodule_hu, lung, nodule, 1.0, point_gap_mm=0.0) is None
+
+
+def test_a_bulge_on_a_vessel_is_taken_when_pointed_at_and_refused_when_found_off_the_point():
+    # A 7 mm bulge on a 4 mm vessel: a clear enough blob when the user points at it; reached from a point
+    # 5 mm away (most often on the vessel itself), it goes on as the vessel does and is not taken.
+    hu, lung, bulge = _bead_on_a_tube((3.5, 3.5, 3.5), 2.0)
+    assert continuation(hu, lung, bulge, 1.0) >= CONTINUES_AT
+    assert MIN_BLOBNESS_OFF <= blobness(hu, lung, bulge, 1.0) < MIN_BLOBNESS_OFF + CONTINUED_MARGIN
+    assert looks_like_vessel(hu, lung, bulge, 1.0, point_gap_mm=0.0) is None
+    warning = looks_like_vessel(hu, lung, bulge, 1.0, point_gap_mm=5.0)
+    assert warning is not None and "5.0 mm from the point goes on beyond both its ends" in warning
