@@ -334,7 +334,7 @@ def _looks_ground_glass(nodule: np.ndarray, smooth: np.ndarray, lung_air: np.nda
     """A faint find is ground glass (or a part-solid nodule's): mostly below solid density, and denser than
     the lung around it (1.5-4 mm outside) by ``FAINT_RING_CONTRAST_HU``."""
     inside = float(np.median(smooth[nodule]))
-    outside = -_signed_distance(nodule, reference, LUNG_RING_MM[1])
+    outside = _outside_distance(nodule, reference, LUNG_RING_MM[1])
     ring = (outside > LUNG_RING_MM[0]) & (outside < LUNG_RING_MM[1]) & lung_air
     if inside > FAINT_MAX_MEDIAN_HU or ring.sum() < 8:
         return False
@@ -376,9 +376,8 @@ def _lung(image: sitk.Image, stage: _Stage) -> np.ndarray:
     # Beyond the CT's edge is unknown, not air: a slab of chest wall cut by the edge must not look like
     # tissue between two airs.
     air = (coarse.smooth < LUNG_AIR_HU) & coarse.inside_ct
-    outside_distance = -_signed_distance(air, coarse.reference, LUNG_CLOSING_MM)  # > 0 outside the air
-    dilated = outside_distance <= LUNG_CLOSING_MM
-    closed = (_signed_distance(dilated, coarse.reference, LUNG_CLOSING_MM) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
+    dilated = _outside_distance(air, coarse.reference, LUNG_CLOSING_MM) <= LUNG_CLOSING_MM
+    closed = (_inside_distance(dilated, coarse.reference, LUNG_CLOSING_MM) >= LUNG_CLOSING_MM - 1e-3) | air  # the dilation eroded back
     closed = _fill_holes_per_slice(closed)
     return _resample_mask(closed, coarse.reference, fine) | ((stage.smooth < LUNG_AIR_HU) & stage.inside_ct)
 
@@ -404,12 +403,12 @@ def _open(mask: np.ndarray, depth: np.ndarray, radius_mm: float, reference: sitk
           beyond_mm: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Morphological opening by a ball of ``radius_mm`` (``depth``: the mask's inside distance map).
 
-    Returns (opened mask, distance in mm of every voxel to the eroded core, for :func:`_restore_surface`:
+    Returns (opened mask, distance in mm of every voxel to the eroded core (0 in it), for :func:`_restore_surface`:
     exact up to ``beyond_mm`` past the opened surface, inf farther)."""
     core = depth > radius_mm + 1e-3  # the erosion: no voxel outside the mask within the ball
     if not core.any():
         return core, np.full(mask.shape, np.inf, dtype=np.float32)
-    reach = -_signed_distance(core, reference, radius_mm + beyond_mm + 1e-2)
+    reach = _outside_distance(core, reference, radius_mm + beyond_mm + 1e-2)
     return (reach <= radius_mm + 1e-3) & mask, reach
 
 
@@ -481,7 +480,7 @@ def _segment(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndar
         # mediastinum and diaphragm: tissue that close to the wall is left out.
         wall = ~lung_fine & (stage.smooth > LUNG_AIR_HU)
         if wall.any():
-            candidates &= -_signed_distance(wall, stage.reference, WALL_EDGE_MM) > WALL_EDGE_MM
+            candidates &= _outside_distance(wall, stage.reference, WALL_EDGE_MM) > WALL_EDGE_MM
     depth = _distance_inside(candidates, stage.reference, MAX_OPENING_MM + 1e-2)  # the opening (and the type's rim) look no deeper
     opened, reach = _open(candidates, depth, opening_mm, stage.reference, RESTORE_MM)
     mask = _overlapping_component(opened, found_fine, stage.reference)
@@ -545,11 +544,10 @@ def _solid_component(mask: np.ndarray, depth: np.ndarray, stage: _Stage) -> Tupl
 
 def _adaptive_threshold(stage: _Stage, found: np.ndarray, low_hu: float = TISSUE_HU_RANGE[0]) -> float:
     """Halfway between the nodule's outer tissue and the lung around it, clamped to ``TISSUE_HU_RANGE``."""
-    spacing = np.asarray(stage.reference.GetSpacing(), dtype=np.float64)[::-1]
-    distance = _signed_distance(found, stage.reference, LUNG_RING_MM[1])  # > 0 inside
-    inner = found & (distance >= spacing.max() - 1e-3)  # a voxel or more deep (not on its contour; float32 rounding aside)
+    inner = _eroded(found)  # a voxel or more deep: not on its contour
     tissue = stage.smooth[inner if inner.sum() >= 8 else found]
-    around = (distance < -LUNG_RING_MM[0]) & (distance > -LUNG_RING_MM[1]) & (stage.smooth < LUNG_AIR_HU)
+    outside = _outside_distance(found, stage.reference, LUNG_RING_MM[1])
+    around = (outside > LUNG_RING_MM[0]) & (outside < LUNG_RING_MM[1]) & (stage.smooth < LUNG_AIR_HU)
     lung_hu = float(np.median(stage.smooth[around])) if around.sum() >= 8 else AERATED_LUNG_HU
     outer_hu = float(np.percentile(tissue, 25)) if tissue.size else 0.0
     return float(np.clip((outer_hu + lung_hu) / 2.0, low_hu, TISSUE_HU_RANGE[1]))
@@ -644,37 +642,47 @@ def _as_image(array: np.ndarray, reference: Optional[sitk.Image]) -> sitk.Image:
     return image
 
 
-def _signed_distance(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional[float] = None) -> np.ndarray:
-    """Signed distance (mm) to the mask's boundary as ITK's ``SignedMaurerDistanceMap`` gives it: >= 0
-    inside (to the nearest voxel of the mask's contour, its voxels with a background voxel among their 26
-    neighbours; the grid's edge is no boundary), < 0 outside (to the nearest mask voxel); a large value
-    without a boundary.
+def _outside_distance(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional[float] = None) -> np.ndarray:
+    """Distance (mm) from each voxel to the nearest voxel of the mask, 0 on the mask, inf without a mask: ITK's
+    ``SignedMaurerDistanceMap`` outside the mask, negated. Exact up to ``reach_mm``; beyond it exact or inf
+    (``reach_mm`` None: exact everywhere). The callers that look only outside a mask need no inside map."""
+    return _one_sided_distance(mask, False, reference, reach_mm)
 
-    Exact up to ``reach_mm``; beyond it exact or +/-inf (``reach_mm`` None: exact everywhere). Within a reach of
-    ``DISTANCE_REACH_VOXELS`` it is computed in numpy (:func:`_squared_voxel_distance`: several times
-    faster than ITK's on these small grids); beyond, ITK's map."""
-    if not mask.any():
-        return np.full(mask.shape, -1e6, dtype=np.float32)
-    if mask.all():
-        return np.full(mask.shape, 1e6, dtype=np.float32)
+
+def _inside_distance(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional[float] = None) -> np.ndarray:
+    """Distance (mm) from each mask voxel to the nearest voxel of the mask's contour (its voxels with a background
+    voxel among their 26 neighbours; the grid's edge is no boundary), 0 outside the mask, inf on a mask without a
+    contour: ITK's ``SignedMaurerDistanceMap`` inside the mask. Exact up to ``reach_mm``; beyond it exact or inf
+    (``reach_mm`` None: exact everywhere)."""
+    return _one_sided_distance(mask, True, reference, reach_mm)
+
+
+def _one_sided_distance(mask: np.ndarray, inside: bool, reference: sitk.Image, reach_mm: Optional[float]) -> np.ndarray:
+    """:func:`_inside_distance` (``inside``) or :func:`_outside_distance`. Within a reach of ``DISTANCE_REACH_VOXELS``
+    it is computed in numpy (:func:`_squared_voxel_distance`: several times faster than ITK's map on these small
+    grids); beyond, by ITK's map."""
+    region = mask if inside else ~mask
+    seeds = mask & ~_eroded(mask) if inside else mask
+    if not seeds.any():
+        return np.where(region, np.inf, 0.0).astype(np.float32)
     spacing = float(reference.GetSpacing()[0])  # every grid of the finder is isotropic
     reach = DISTANCE_REACH_VOXELS if reach_mm is None else int(np.ceil(reach_mm / spacing - 1e-6))
     if reach <= DISTANCE_REACH_VOXELS:
-        outside = _squared_voxel_distance(mask, reach)
-        inside = _squared_voxel_distance(mask & ~_eroded(mask), reach)
-        beyond = reach * reach
-        if reach_mm is not None or not (np.any(inside[mask] > beyond) or np.any(outside[~mask] > beyond)):
+        # Exact everywhere: only the region's voxels need it, as far as the farthest of them can be.
+        squared = _squared_voxel_distance(seeds, reach, region if reach_mm is None else None)
+        beyond = region & (squared > reach * reach)
+        if reach_mm is not None or not beyond.any():
             # As ITK computes it: the distance in double precision, then float32.
-            squared = np.where(mask, inside, outside).astype(np.float64) * (spacing * spacing)
-            distance = np.sqrt(squared).astype(np.float32)
-            distance[(mask & (inside > beyond)) | (~mask & (outside > beyond))] = np.inf
-            np.negative(distance, out=distance, where=~mask)
+            distance = np.sqrt(squared.astype(np.float64) * (spacing * spacing)).astype(np.float32)
+            distance[beyond] = np.inf
+            distance[~region] = 0.0
             return distance
     maurer = sitk.SignedMaurerDistanceMapImageFilter()
     maurer.SetInsideIsPositive(True)
     maurer.SetSquaredDistance(False)
     maurer.SetUseImageSpacing(True)
-    return sitk.GetArrayFromImage(_execute(maurer, _as_image(mask, reference)))
+    signed = sitk.GetArrayFromImage(_execute(maurer, _as_image(mask, reference)))
+    return np.where(region, np.abs(signed), 0.0).astype(np.float32)
 
 
 def _distance_inside(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional[float] = None) -> np.ndarray:
@@ -682,20 +690,14 @@ def _distance_inside(mask: np.ndarray, reference: sitk.Image, reach_mm: Optional
     mask (ITK's signed distance is 0 on the mask's edge voxels: one voxel more); 0 outside. Exact up to
     ``reach_mm``, exact or inf beyond (None: exact everywhere)."""
     spacing = float(reference.GetSpacing()[0])
-    reach = DISTANCE_REACH_VOXELS if reach_mm is None else int(np.ceil(reach_mm / spacing - 1e-6))
-    if mask.any() and not mask.all() and reach <= DISTANCE_REACH_VOXELS:
-        squared = _squared_voxel_distance(mask & ~_eroded(mask), reach)
-        beyond = mask & (squared > reach * reach)
-        if reach_mm is not None or not beyond.any():
-            distance = np.sqrt(squared.astype(np.float64) * (spacing * spacing)).astype(np.float32)
-            distance[beyond] = np.inf
-            return np.where(mask, distance + spacing, 0.0).astype(np.float32)
-    return np.where(mask, np.maximum(_signed_distance(mask, reference), 0.0) + spacing, 0.0).astype(np.float32)
+    return np.where(mask, _inside_distance(mask, reference, reach_mm) + spacing, 0.0).astype(np.float32)
 
 
-def _squared_voxel_distance(seeds: np.ndarray, reach: int) -> np.ndarray:
+def _squared_voxel_distance(seeds: np.ndarray, reach: int, within: Optional[np.ndarray] = None) -> np.ndarray:
     """Squared distance in voxels (int16) from every voxel to the nearest voxel of ``seeds``: exact up to
-    ``reach`` voxels, above ``reach``² beyond.
+    ``reach`` voxels, above ``reach``² beyond. With ``within`` (a mask): exact up to ``reach`` only on its
+    voxels (elsewhere an upper bound), the reach lowered to what they need: no voxel is farther from a
+    seed than from the nearest seed on its own row.
 
     Separable (the squared Euclidean distance is the lower envelope of parabolas, one axis after the
     other): the nearest seed along x by running maxima of the seeds' indices, then along y and z the
@@ -708,6 +710,8 @@ def _squared_voxel_distance(seeds: np.ndarray, reach: int) -> np.ndarray:
     after = np.minimum.accumulate(np.where(seeds, index, far)[..., ::-1], axis=-1)[..., ::-1]
     along_x = np.minimum(index - before, after - index)
     np.minimum(along_x, np.int16(cap), out=along_x)
+    if within is not None and within.any():
+        reach = min(reach, int(along_x[within].max()))
     squared = along_x * along_x
     for axis in (1, 0):
         envelope = squared.copy()
@@ -818,7 +822,7 @@ def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image, ring_mm:
     mask, wall = mask[box], wall[box]
     if not wall.any():
         return False
-    ring = (-_signed_distance(mask, _crop_reference(reference, box), ring_mm) <= ring_mm) & ~mask
+    ring = (_outside_distance(mask, _crop_reference(reference, box), ring_mm) <= ring_mm) & ~mask
     if not ring.any():
         return False
     return bool(np.count_nonzero(ring & wall) >= JUXTAPLEURAL_MIN_CONTACT * np.count_nonzero(ring))

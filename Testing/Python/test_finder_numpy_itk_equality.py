@@ -37,20 +37,28 @@ def _itk_signed_distance(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_signed_distance_is_itks_within_its_reach_and_infinite_or_itks_beyond(seed):
+def test_one_sided_distances_are_itks_within_their_reach_and_infinite_or_itks_beyond(seed):
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in rng.integers(8, 40, 3))
     mask = _blobs(rng, shape)
     reference = _grid(shape, float(rng.choice(SPACINGS_MM)))
     itk = _itk_signed_distance(mask, reference)
-    np.testing.assert_allclose(finder._signed_distance(mask, reference), itk, atol=1e-4)
-    for reach_mm in (1.5, 4.0):
-        bounded = finder._signed_distance(mask, reference, reach_mm)
-        within = np.abs(itk) <= reach_mm - 1e-4
-        np.testing.assert_allclose(bounded[within], itk[within], atol=1e-4)
-        beyond = np.abs(itk) > reach_mm + 1e-4  # farther: ITK's value or infinity, on the same side
-        assert np.array_equal(np.sign(bounded[beyond]), np.sign(itk[beyond]))
-        assert np.all(np.isinf(bounded[beyond]) | np.isclose(bounded[beyond], itk[beyond], atol=1e-4))
+    expected = {"inside": np.where(mask, itk, 0.0), "outside": np.where(mask, 0.0, -itk)}
+    for side, distance in (("inside", finder._inside_distance), ("outside", finder._outside_distance)):
+        np.testing.assert_allclose(distance(mask, reference), expected[side], atol=1e-4)
+        for reach_mm in (1.5, 4.0):
+            bounded = distance(mask, reference, reach_mm)
+            within = expected[side] <= reach_mm - 1e-4
+            np.testing.assert_allclose(bounded[within], expected[side][within], atol=1e-4)
+            beyond = expected[side] > reach_mm + 1e-4  # farther: ITK's value or infinity
+            assert np.all(np.isinf(bounded[beyond]) | np.isclose(bounded[beyond], expected[side][beyond], atol=1e-4))
+
+
+def test_one_sided_distances_without_a_boundary_are_infinite_on_their_side_and_zero_elsewhere():
+    reference = _grid((6, 7, 8), 1.0)
+    empty, full = np.zeros((6, 7, 8), bool), np.ones((6, 7, 8), bool)
+    assert np.all(np.isinf(finder._outside_distance(empty, reference))) and not finder._inside_distance(empty, reference).any()
+    assert np.all(np.isinf(finder._inside_distance(full, reference))) and not finder._outside_distance(full, reference).any()
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -68,15 +76,29 @@ def test_depth_is_itks_distance_plus_one_voxel_inside_and_zero_outside(seed):
     assert np.all(bounded[expected > 2.0 + spacing + 1e-4] > 2.0)
 
 
+@pytest.mark.parametrize("semi_axes", [(15, 15, 15), (18, 9, 13)])
+def test_a_deep_mask_within_the_numpy_reach_is_itks_everywhere_inside(semi_axes):
+    # Deep enough that the nearest contour voxel of many voxels lies many rows away (the reach the
+    # numpy map keeps must not cut it short).
+    z, y, x = np.ogrid[:44, :44, :44]
+    ellipsoid = ((z - 22) / semi_axes[0]) ** 2 + ((y - 21) / semi_axes[1]) ** 2 + ((x - 22.5) / semi_axes[2]) ** 2 <= 1.0
+    reference = _grid((44, 44, 44), 0.7)
+    itk = _itk_signed_distance(ellipsoid, reference)
+    np.testing.assert_allclose(finder._inside_distance(ellipsoid, reference), np.where(ellipsoid, itk, 0.0), atol=1e-4)
+
+
 def test_a_deep_mask_beyond_the_numpy_reach_falls_back_to_itk_exactly():
     shape = (60, 60, 60)
     z, y, x = np.ogrid[:60, :60, :60]
     ball = (z - 30) ** 2 + (y - 30) ** 2 + (x - 30) ** 2 <= 27 ** 2  # deeper than DISTANCE_REACH_VOXELS
     reference = _grid(shape, 1.0)
     itk = _itk_signed_distance(ball, reference)
-    assert np.array_equal(finder._signed_distance(ball, reference), itk)
-    bounded = finder._signed_distance(ball, reference, 4.0)  # the same ball, looked at only 4 mm deep
-    assert np.isinf(bounded[30, 30, 30]) and bounded[30, 30, 30] > 0 and np.isinf(bounded[0, 0, 0]) and bounded[0, 0, 0] < 0
+    assert np.array_equal(finder._inside_distance(ball, reference), np.where(ball, itk, 0.0))
+    speck = (z - 5) ** 2 + (y - 5) ** 2 + (x - 5) ** 2 <= 9  # the far corner lies beyond the reach outside
+    assert np.array_equal(finder._outside_distance(speck, reference), np.where(speck, 0.0, -_itk_signed_distance(speck, reference)))
+    bounded = finder._inside_distance(ball, reference, 4.0)  # the same ball, looked at only 4 mm deep
+    assert np.isinf(bounded[30, 30, 30]) and bounded[0, 0, 0] == 0.0
+    assert np.isinf(finder._outside_distance(ball, reference, 4.0)[0, 0, 0])
 
 
 @pytest.mark.parametrize("spacing_mm", SPACINGS_MM)
