@@ -424,7 +424,7 @@ def _pick_component(mask: np.ndarray, depth: np.ndarray, click: np.ndarray, refe
     not a corner of chest wall)."""
     if not mask.any():
         return None
-    labels = _components(mask, reference)
+    labels = _components(mask)
     spacing = np.asarray(reference.GetSpacing(), dtype=np.float64)[::-1]
     near = _ball(mask.shape, click, radius_mm, spacing)
     best, best_distance = None, np.inf
@@ -483,7 +483,7 @@ def _segment(image: sitk.Image, point: np.ndarray, find: _Stage, nodule: np.ndar
             candidates &= _outside_distance(wall, stage.reference, WALL_EDGE_MM) > WALL_EDGE_MM
     depth = _distance_inside(candidates, stage.reference, MAX_OPENING_MM + 1e-2)  # the opening (and the type's rim) look no deeper
     opened, reach = _open(candidates, depth, opening_mm, stage.reference, RESTORE_MM)
-    mask = _overlapping_component(opened, found_fine, stage.reference)
+    mask = _overlapping_component(opened, found_fine)
     if mask is None:  # the finer threshold lost the nodule: keep the found one
         mask = found_fine & (stage.smooth > find_hu)
     else:
@@ -564,23 +564,26 @@ def _restore_surface(nodule: np.ndarray, candidates: np.ndarray, reach: np.ndarr
     if not residue.any():
         return nodule
     beyond = candidates & ~band & ~nodule
-    labels = _components(residue, reference)
+    labels = _components(residue)
     leaving = np.unique(labels[_shell(beyond) & residue])
     leaving = leaving[leaving > 0]
     # A vessel's stub is small; a fringe of ground glass that vessels leave from is not.
     voxel_mm3 = float(np.prod(reference.GetSpacing()))
     sizes = np.bincount(labels.ravel())
     stubs = leaving[sizes[leaving] * voxel_mm3 <= STUB_MAX_MM3]
-    residue &= ~np.isin(labels, stubs)
-    return _overlapping_component(nodule | residue, nodule, reference)
+    # The nodule is one component: the component of nodule | residue that holds it is the nodule and the
+    # residue's pieces that touch it (two pieces never touch: they would be one).
+    touching = np.unique(labels[_dilated(nodule) & residue])
+    touching = touching[~np.isin(touching, stubs)]
+    return nodule | np.isin(labels, touching)
 
 
-def _overlapping_component(mask: np.ndarray, reference_mask: np.ndarray, reference: sitk.Image) -> Optional[np.ndarray]:
+def _overlapping_component(mask: np.ndarray, reference_mask: np.ndarray) -> Optional[np.ndarray]:
     """The component of ``mask`` that overlaps ``reference_mask`` most."""
     overlap = mask & reference_mask
     if not overlap.any():
         return None
-    labels = _components(mask, reference)
+    labels = _components(mask)
     counts = np.bincount(labels[overlap])
     counts[0] = 0
     return labels == int(np.argmax(counts))
@@ -628,11 +631,18 @@ def _resample(image: sitk.Image, reference: sitk.Image, outside: float = 0.0) ->
     return _execute(resampler, image)
 
 
-def _components(mask: np.ndarray, reference: sitk.Image) -> np.ndarray:
-    """The mask's connected components (26-connected), labelled 1, 2, ... (0 outside the mask)."""
+def _components(mask: np.ndarray) -> np.ndarray:
+    """The mask's connected components (26-connected), labelled 1, 2, ... in raster order (0 outside the mask).
+
+    Labelled on the mask's bounding box only: the same labels (raster order is kept within a box), less to scan."""
+    labels = np.zeros(mask.shape, dtype=np.uint32)
+    if not mask.any():
+        return labels
+    box = _box_around(mask, 0)
     labelling = sitk.ConnectedComponentImageFilter()
     labelling.SetFullyConnected(True)
-    return sitk.GetArrayFromImage(_execute(labelling, _as_image(mask, reference)))
+    labels[box] = sitk.GetArrayFromImage(_execute(labelling, _as_image(mask[box], None)))  # no geometry needed
+    return labels
 
 
 def _as_image(array: np.ndarray, reference: Optional[sitk.Image]) -> sitk.Image:
@@ -739,6 +749,11 @@ def _eroded(mask: np.ndarray) -> np.ndarray:
     return eroded
 
 
+def _dilated(mask: np.ndarray) -> np.ndarray:
+    """The mask grown by its 26 neighbours (beyond the grid's edge counts as outside it)."""
+    return ~_eroded(~mask)
+
+
 def _climb(depth: np.ndarray, start: np.ndarray) -> float:
     """The depth reached by steepest ascent on the depth map from ``start`` (the blob the point is in)."""
     current = tuple(int(v) for v in start)
@@ -830,10 +845,11 @@ def _touches(mask: np.ndarray, wall: np.ndarray, reference: sitk.Image, ring_mm:
 
 def _box_around(mask: np.ndarray, margin_voxels: int) -> Tuple[slice, ...]:
     """The (z, y, x) slices of the mask's bounding box grown by ``margin_voxels``, within the array."""
-    indices = np.argwhere(mask)
-    low = np.maximum(indices.min(axis=0) - margin_voxels, 0)
-    high = np.minimum(indices.max(axis=0) + margin_voxels + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    box = []
+    for axis, length in enumerate(mask.shape):
+        present = np.flatnonzero(mask.any(axis=tuple(other for other in range(3) if other != axis)))
+        box.append(slice(max(int(present[0]) - margin_voxels, 0), min(int(present[-1]) + margin_voxels + 1, length)))
+    return tuple(box)
 
 
 def _crop_reference(reference: sitk.Image, box: Sequence[slice]) -> sitk.Image:
