@@ -59,7 +59,7 @@ import SimpleITK as sitk
 
 from .blobness import looks_like_vessel
 from .errors import InputError, PointOutsideImageError
-from .geometry import ArrayLike, _as_point, _axis_neighbours, check_image, is_inside
+from .geometry import AIR_HU, ArrayLike, _as_point, _axis_neighbours, _resample_axis_aligned, check_image, is_inside
 
 #: Label values of the nodule label map (0 is background).
 LABEL_NON_SOLID = 1
@@ -265,11 +265,16 @@ def _sample(image: sitk.Image, centre_lps: np.ndarray, half_mm: np.ndarray | flo
     reference = sitk.Image([int(n) for n in size], sitk.sitkFloat32)
     reference.SetSpacing([spacing_mm] * 3)
     reference.SetOrigin((low * spacing_mm).tolist())
-    hu_image = _resample(image, reference, _OUTSIDE_HU)
-    hu = sitk.GetArrayFromImage(hu_image)
-    inside_ct = hu > _OUTSIDE_HU / 2
-    not_finite = ~np.isfinite(hu)
-    hu[~inside_ct | not_finite] = -1000.0  # outside the CT and NaN read as air, as extract_patch does
+    # A CT whose axes are the grid's: the patch extractor's separable numpy resampling (ITK's values, several
+    # times faster); any other CT, or non-finite voxels where the grid reads: ITK.
+    resampled = _resample_axis_aligned(image, low * spacing_mm, size, spacing_mm)
+    if resampled is not None:
+        hu, (inside_z, inside_y, inside_x) = resampled  # outside the CT already air
+        inside_ct = inside_z[:, None, None] & inside_y[None, :, None] & inside_x[None, None, :]
+    else:
+        hu = sitk.GetArrayFromImage(_resample(image, reference, _OUTSIDE_HU))
+        inside_ct = hu > _OUTSIDE_HU / 2
+        hu[~inside_ct | ~np.isfinite(hu)] = AIR_HU  # outside the CT and NaN read as air, as extract_patch does
     smooth = _gaussian(hu, spacing_mm)
     return _Stage(reference=reference, hu=hu, smooth=smooth, inside_ct=inside_ct)
 

@@ -162,12 +162,13 @@ def _resample_with_itk(image: sitk.Image, origin: Tuple[float, ...], spacings: T
     return array_hu, outside_fraction
 
 
-def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int, spacing: float
+def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: Union[int, Sequence[int]], spacing: float
                            ) -> Optional[Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """ITK's linear resampling of the cube, done separably in numpy: the cube (float32 (z, y, x), voxels
-    outside the CT set to air) and which of its planes lie inside the CT along z, y and x (a voxel is
-    inside when it is on all three); or ``None`` when the CT's axes are not the patch's or the voxels it
-    needs are not all finite (ITK then resamples). Its voxels are then all finite.
+    """ITK's linear resampling of the LPS-aligned grid of ``size`` voxels (one for all axes, or x, y, z) and
+    ``spacing`` from ``origin_lps``, done separably in numpy: the grid (float32 (z, y, x), voxels outside
+    the CT set to air) and which of its planes lie inside the CT along z, y and x (a voxel is inside when
+    it is on all three); or ``None`` when the CT's axes are not the grid's or the voxels it needs are not
+    all finite (ITK then resamples). Its voxels are then all finite.
 
     Per axis: the continuous index of each cube voxel, inside when in [-0.5, n - 0.5) as ITK's
     ``IsInsideBuffer``; the lower neighbour ``floor`` clamped to the CT, the upper one clamped too (a
@@ -180,9 +181,10 @@ def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int,
         return None
     voxels = sitk.GetArrayViewFromImage(image)  # (z, y, x)
     scale = signs / np.array(image.GetSpacing(), dtype=np.float64)
-    cube_mm = origin_lps[:, None] + spacing * np.arange(size, dtype=np.float64)[None, :]
-    index = (cube_mm - np.array(image.GetOrigin(), dtype=np.float64)[:, None]) * scale[:, None]  # (3, size): x, y, z
-    axes = [_axis_neighbours(index[axis], image.GetSize()[axis]) for axis in range(3)]
+    size_x, size_y, size_z = sizes = [int(n) for n in np.broadcast_to(size, (3,))]
+    ct_origin = np.array(image.GetOrigin(), dtype=np.float64)
+    axes = [_axis_neighbours((origin_lps[axis] + spacing * np.arange(sizes[axis], dtype=np.float64) - ct_origin[axis]) * scale[axis],
+                             image.GetSize()[axis]) for axis in range(3)]
     (x0, x1, dx, inside_x), (y0, y1, dy, inside_y), (z0, z1, dz, inside_z) = axes
     box = tuple(slice(int(low.min()), int(high.max()) + 1) for low, high in ((z0, z1), (y0, y1), (x0, x1)))
     block = voxels[box]
@@ -193,14 +195,14 @@ def _resample_axis_aligned(image: sitk.Image, origin_lps: np.ndarray, size: int,
     z0, z1 = z0 - box[0].start, z1 - box[0].start
     # Slice by slice of the CT, then of the cube: small temporaries only (fresh large arrays cost more in
     # page faults than the arithmetic), and the double arithmetic cast once into the float32 cube.
-    along_xy = np.empty((block.shape[0], size, size), dtype=np.float64)
+    along_xy = np.empty((block.shape[0], size_y, size_x), dtype=np.float64)
     for k, ct_slice in enumerate(block):
         ct_slice = ct_slice.astype(np.float64)  # ITK reads each voxel as a double
         along_x = _lerp(ct_slice[:, x0], ct_slice[:, x1], dx)
         _lerp(along_x[y0], along_x[y1], dy[:, None], out=along_xy[k])
-    cube = np.empty((size, size, size), dtype=np.float32)
-    upper = np.empty((size, size), dtype=np.float64)
-    for k in range(size):
+    cube = np.empty((size_z, size_y, size_x), dtype=np.float32)
+    upper = np.empty((size_y, size_x), dtype=np.float64)
+    for k in range(size_z):
         np.copyto(upper, along_xy[z1[k]])
         _lerp(along_xy[z0[k]], upper, dz[k], out=cube[k])
     # Outside the CT along any axis is outside: air, plane by plane (no mask of the whole cube).

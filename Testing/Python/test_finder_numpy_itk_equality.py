@@ -145,3 +145,24 @@ def test_mask_resampling_is_itks_linear_resampling_at_one_half(seed):
     decided = np.abs(itk - 0.5) > 1e-5  # exactly one half: float rounding decides, either way is right
     assert np.array_equal(ours[decided], itk[decided] >= 0.5)
     assert ours.any() and not ours.all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sampling_an_axis_aligned_ct_is_itks_linear_resampling(seed):
+    # The finder's grids (a box around the point, its own size along each axis) reach beyond the CT's faces.
+    rng = np.random.default_rng(seed)
+    array = rng.integers(-1024, 400, (18, 40, 36)).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.7, 0.75, 2.5))
+    image.SetOrigin(tuple(rng.uniform(-30.0, 30.0, 3)))
+    image.SetDirection(np.diag([1.0, 1.0, float(rng.choice([1.0, -1.0]))]).ravel().tolist())
+    point = np.array(image.TransformContinuousIndexToPhysicalPoint(rng.uniform(-0.4, 3.0, 3).tolist()))  # near a corner
+    half_mm = rng.uniform(4.0, 16.0, 3)
+    spacing = float(rng.choice((0.55, 1.0, 2.0)))
+    stage = finder._sample(image, point, half_mm, spacing)
+    assert len(set(stage.hu.shape)) > 1
+    itk = sitk.GetArrayFromImage(finder._resample(image, stage.reference, finder._OUTSIDE_HU))
+    inside = itk > finder._OUTSIDE_HU / 2
+    assert np.array_equal(stage.inside_ct, inside) and not inside.all()
+    np.testing.assert_allclose(stage.hu[inside], itk[inside], rtol=2.0**-22, atol=1e-5)
+    assert np.all(stage.hu[~inside] == -1000.0)
