@@ -119,6 +119,7 @@ REFINE_MAX_VOXELS = 64
 FILTER_THREADS = 1
 # Distance maps reaching this far (voxels) are computed in numpy; farther ones (the depth of a large nodule) by ITK.
 DISTANCE_REACH_VOXELS = 20
+_IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # Outside the CT: a value no CT holds, so the truncation check can see where the CT ends.
 _OUTSIDE_HU = -5000.0
 # A nodule found up to SEARCH_RADIUS_MM from the point is measured, but when the point lies this far
@@ -608,7 +609,10 @@ def _on_ct_grid(fine_labels: sitk.Image, image: sitk.Image) -> sitk.Image:
     crop.SetSpacing(image.GetSpacing())
     crop.SetDirection(image.GetDirection())
     crop.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in low]))
-    on_crop = lambda mask: sitk.GetArrayFromImage(_resample(_as_image(mask.astype(np.float32), fine_labels), crop)) >= 0.5  # noqa: E731
+    if image.GetDirection() == _IDENTITY_DIRECTION:  # both grids LPS-aligned: separable, in numpy
+        on_crop = lambda mask: _resample_mask(mask, fine_labels, crop)  # noqa: E731
+    else:
+        on_crop = lambda mask: sitk.GetArrayFromImage(_resample(_as_image(mask.astype(np.float32), fine_labels), crop)) >= 0.5  # noqa: E731
     nodule = on_crop(array > 0)
     labels = np.where(nodule, LABEL_NON_SOLID, 0).astype(np.uint8)
     solid = array == LABEL_SOLID

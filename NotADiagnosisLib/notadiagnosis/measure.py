@@ -12,6 +12,7 @@ between the outermost voxel centres plus one voxel).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -133,7 +134,7 @@ def measure_nodule(image: sitk.Image, point_lps: ArrayLike, model_card: Optional
     if segmentation is None:
         return NoduleResult(point_tuple, None, None, warnings)
     if size_only is None:
-        size_only = SizeOnlyModel.from_card(model_card if model_card is not None else _bundled_card())
+        size_only = SizeOnlyModel.from_card(model_card) if model_card is not None else _bundled_size_only()
     measurement = measure_segmentation(segmentation, size_only)
     warnings = warnings + segmentation.warnings
     if measurement.calcified and measurement.lung_rads != "1":
@@ -194,7 +195,7 @@ def axial_axes(mask: np.ndarray, spacing_mm: float):
         return 0.0, 0.0, ((0, 0), (0, 0)), ((0, 0), (0, 0)), 0
     best = (-1.0, None, None, 0)
     for z in np.flatnonzero(areas >= _LONG_AXIS_AREA_SHARE * areas.max()):
-        points = _outline(mask[z])
+        points = _row_ends(mask[z])
         distance2 = ((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
         i, j = np.unravel_index(int(np.argmax(distance2)), distance2.shape)
         length = float(np.sqrt(distance2[i, j]))
@@ -221,22 +222,38 @@ def axial_axes(mask: np.ndarray, spacing_mm: float):
     return float(long_mm), float(short_mm), (tuple(a), tuple(b)), short_ends, z
 
 
-def _outline(plane: np.ndarray) -> np.ndarray:
-    """(y, x) indices of the plane's mask voxels that touch the background (4-neighbourhood)."""
-    padded = np.pad(plane, 1)
-    interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return np.argwhere(plane & ~interior).astype(np.float64)
+def _row_ends(plane: np.ndarray) -> np.ndarray:
+    """(y, x) indices of the first and last mask voxel of each row of the plane, in raster order.
+
+    The longest chord of a set of voxels joins two vertices of its convex hull, and a hull vertex is the
+    first or last voxel of its row (any other lies between two): the search for the long axis needs no
+    other voxel, and keeps the order (so the same chord wins a tie)."""
+    rows = np.flatnonzero(plane.any(axis=1))
+    ends = np.zeros(plane.shape, dtype=bool)
+    ends[rows, np.argmax(plane[rows], axis=1)] = True
+    ends[rows, plane.shape[1] - 1 - np.argmax(plane[rows, ::-1], axis=1)] = True
+    return np.argwhere(ends).astype(np.float64)
 
 
-def _bundled_card() -> Optional[Dict[str, Any]]:
-    """The bundled default model's card (read only; None when no model is bundled)."""
+def _bundled_size_only() -> Optional[SizeOnlyModel]:
+    """The bundled default model's size-only model (None when no model is bundled or its card has none), its
+    card read once per version of the file (path, size, modification time), not at every call."""
     from .errors import NoDefaultModelError
-    from .weights import default_model_path, read_card
+    from .weights import default_model_path
 
     try:
-        return read_card(default_model_path())
+        path = default_model_path()
     except NoDefaultModelError:
         return None
+    stat = path.stat()
+    return _size_only_of_card(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _size_only_of_card(path: str, _mtime_ns: int, _size: int) -> Optional[SizeOnlyModel]:
+    from .weights import read_card
+
+    return SizeOnlyModel.from_card(read_card(path))
 
 
 __all__ = ["NoduleMeasurement", "NoduleResult", "SUMMARY_KEYS", "axial_axes", "measure_nodule", "measure_segmentation",

@@ -166,3 +166,27 @@ def test_sampling_an_axis_aligned_ct_is_itks_linear_resampling(seed):
     assert np.array_equal(stage.inside_ct, inside) and not inside.all()
     np.testing.assert_allclose(stage.hu[inside], itk[inside], rtol=2.0**-22, atol=1e-5)
     assert np.all(stage.hu[~inside] == -1000.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_label_map_on_an_axis_aligned_ct_grid_is_itks_linear_resampling_of_each_label(seed):
+    rng = np.random.default_rng(200 + seed)
+    shape = tuple(int(n) for n in rng.integers(12, 30, 3))
+    nodule = _blobs(rng, shape)
+    labels = np.where(nodule, finder.LABEL_NON_SOLID, 0).astype(np.uint8)
+    labels[nodule & _blobs(rng, shape)] = finder.LABEL_SOLID
+    fine = sitk.GetImageFromArray(labels)
+    fine.CopyInformation(_grid(shape, float(rng.choice((0.55, 0.7))), tuple(rng.uniform(-20.0, 20.0, 3))))
+    ct = sitk.Image([80, 80, 40], sitk.sitkInt16)  # anisotropic, on its own lattice
+    ct.SetSpacing((0.703125, 0.75, 2.5))
+    ct.SetOrigin(tuple(np.array(fine.GetOrigin()) - rng.uniform(10.0, 20.0, 3)))
+    result = finder._on_ct_grid(fine, ct)
+    ours = sitk.GetArrayFromImage(result)
+    for label, mask in ((finder.LABEL_NON_SOLID, labels > 0), (finder.LABEL_SOLID, labels == finder.LABEL_SOLID)):
+        image = sitk.GetImageFromArray(mask.astype(np.float32))
+        image.CopyInformation(fine)
+        itk = sitk.GetArrayFromImage(sitk.Resample(image, result, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        decided = np.abs(itk - 0.5) > 1e-5  # exactly one half: float rounding decides, either way is right
+        expected = itk >= 0.5
+        got = ours >= label if label == finder.LABEL_NON_SOLID else ours == label
+        assert np.array_equal(got[decided], expected[decided]) and expected.any()

@@ -5,6 +5,9 @@ anisotropic axial grid or an oblique one, with a nodule whose size and type are 
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,7 +17,7 @@ from hypothesis import strategies as st
 from helpers import physical_grid, rotation_matrix
 from notadiagnosis.errors import PointOutsideImageError, WeightsError
 from notadiagnosis.finder import FAR_FROM_POINT_MM, LABEL_NON_SOLID, LABEL_SOLID, NO_NODULE_WARNING, NOT_CT_WARNING
-from notadiagnosis.measure import SUMMARY_KEYS, measure_nodule
+from notadiagnosis.measure import SUMMARY_KEYS, axial_axes, measure_nodule
 from notadiagnosis.references import SizeOnlyModel, lung_rads_category
 
 LUNG_HU, SOLID_HU, GGO_HU, WALL_HU = -850.0, 30.0, -550.0, 40.0
@@ -254,6 +257,39 @@ def test_bundled_card_carries_the_size_only_model():
     image = make_lung_ct(shapes=[sphere(10.0)], **ANISOTROPIC)
     m = measure_nodule(image, CENTRE).measurement
     assert 0.0 < m.size_only_probability < 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_axis_is_the_longest_chord_between_any_two_voxels_of_its_slice(seed):
+    rng = np.random.default_rng(seed)
+    noise = sitk.GetImageFromArray(rng.random((5, 28, 30)).astype(np.float32))
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(noise, float(rng.uniform(1.0, 3.0))))
+    mask = smooth > np.percentile(smooth, rng.uniform(40.0, 80.0))
+    long_mm, _short, (a, b), _ends, z = axial_axes(mask, 0.5)
+    areas = mask.sum(axis=(1, 2))
+    longest = 0.0
+    for plane in mask[areas >= 0.6 * areas.max()]:  # the slices the long axis is searched on
+        voxels = np.argwhere(plane).astype(float)
+        longest = max(longest, float(np.sqrt(((voxels[:, None] - voxels[None]) ** 2).sum(-1).max())))
+    assert long_mm == pytest.approx((longest + 1.0) * 0.5)
+    assert mask[z][tuple(np.int_(a))] and mask[z][tuple(np.int_(b))]
+    assert np.linalg.norm(np.subtract(a, b)) == pytest.approx(longest)
+
+
+def test_the_bundled_size_only_model_is_read_again_when_its_card_changes(tmp_path, monkeypatch):
+    from notadiagnosis import measure, weights
+
+    card = json.loads(weights.default_model_path().read_text(encoding="utf-8"))
+    card_path = tmp_path / "default.json"
+    card_path.write_text(json.dumps(card), encoding="utf-8")
+    monkeypatch.setattr(weights, "default_model_path", lambda: card_path)
+    first = measure._bundled_size_only()
+    assert first == SizeOnlyModel.from_card(card)
+    card["size_only"]["intercept"] += 1.0
+    mtime_ns = card_path.stat().st_mtime_ns
+    card_path.write_text(json.dumps(card), encoding="utf-8")
+    os.utime(card_path, ns=(mtime_ns + 10**9, mtime_ns + 10**9))
+    assert measure._bundled_size_only() == SizeOnlyModel.from_card(card) != first
 
 
 @pytest.mark.parametrize("mean, kind, solid, calcified, expected", [
