@@ -1,4 +1,4 @@
 """`python -m notadiagnosis` runs the command line."""
-from .cli import main
+from .cli import entry_point
 
-raise SystemExit(main())
+entry_point()

@@ -7,7 +7,7 @@ bad input costs no model load, and both produce the same result rows.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,9 +32,10 @@ def collect_points(point_args: Sequence[str], point_files: Sequence[str | os.Pat
 
 
 def read_case(ct: str | os.PathLike, series_uid: Optional[str], points: Sequence[LabelledPoint],
-              progress: bool = False) -> sitk.Image:
-    """Read the CT and check that it holds data and that every point lies inside it; returns the CT."""
-    image = read_ct(ct, series_uid=series_uid, progress=progress)
+              progress: bool = False, before_pixels: Optional[Callable[[], None]] = None) -> sitk.Image:
+    """Read the CT and check that it holds data and that every point lies inside it; returns the CT.
+    ``before_pixels``: called when the CT's pixels begin to be read (:func:`.ct_reader.read_ct`)."""
+    image = read_ct(ct, series_uid=series_uid, progress=progress, before_pixels=before_pixels)
     check_ct_values(image, f"The CT {ct}")
     check_points_inside(image, points)
     return image

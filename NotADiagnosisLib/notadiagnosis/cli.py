@@ -14,8 +14,9 @@ import platform
 import re
 import sys
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -36,12 +37,37 @@ EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 130, 141
 # A cohort run that wrote every row but some CTs failed (their reasons are in the results file): not 0, so a
 # job array or a pipeline notices; not 1, which means nothing was done.
 EXIT_CTS_FAILED = 3
+# Output that could not be written out at the end (Python's own status when it cannot flush stdout at exit).
+EXIT_OUTPUT_FAILED = 120
 DEMO_CT_NAME = "synthetic-chest-ct.nrrd"
 DEMO_POINTS_NAME = "synthetic-nodules.mrk.json"
+T, U = TypeVar("T"), TypeVar("U")
+
+
+def entry_point() -> NoReturn:
+    """The ``notadiagnosis`` console script and ``python -m notadiagnosis``: :func:`main` on the command line's
+    arguments, then the process ends at once with its status.
+
+    Once the output is flushed nothing is left to do, and the interpreter's teardown (freeing every object,
+    SimpleITK's, ITK's and ONNX Runtime's destructors) took 70-90 ms of a one-point ``classify`` (measured;
+    as mypy does, the command skips it). Every file the command writes is closed by then, and its threads are
+    idle. An exception out of :func:`main` (a programming error, argparse's exits) ends the process as usual.
+    """
+    status = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        status = EXIT_BROKEN_PIPE  # the reader went away before the last of the output: as main() says it
+    except OSError as error:  # e.g. a full disk under `> results.json`: the output is incomplete
+        print(f"notadiagnosis: error: the output could not be written ({error.strerror or error}).", file=sys.stderr)
+        status = EXIT_OUTPUT_FAILED
+    os._exit(status)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``notadiagnosis`` console script; returns the exit status."""
+    """The command line (``argv``, or the process's arguments); returns the exit status. Programs and tests call
+    this; the installed command calls :func:`entry_point`."""
     parser = build_parser()
     args = parser.parse_args(_join_negative_points(sys.argv[1:] if argv is None else list(argv)))
     check_argument_combinations(parser, args)
@@ -229,8 +255,9 @@ def run_classify(args: argparse.Namespace) -> int:
         prepare_folder(args.saliency, "saliency")
     if args.segmentation:
         prepare_folder(args.segmentation, "segmentation")
-    image = read_case(args.ct, args.series, points, progress=True)
-    classifier = load_classifier(args)
+    image, classifier = read_while_loading(
+        lambda start_load: read_case(args.ct, args.series, points, progress=True, before_pixels=start_load),
+        lambda: load_classifier(args))
     rows = classify_case(classifier, image, points, tta=not args.no_tta, batch_size=args.batch_size,
                          saliency_dir=args.saliency, progress=True, measure=not args.no_measure,
                          segmentation_dir=args.segmentation, at_click=args.at_click)
@@ -252,6 +279,29 @@ def run_classify(args: argparse.Namespace) -> int:
             print(f"\n{measurement_note(classifier.card)}")
         print(f"\n{REMINDER}")
     return EXIT_OK
+
+
+def read_while_loading(read: Callable[[Callable[[], None]], T], load: Callable[[], U]) -> Tuple[T, U]:
+    """``read(start_load)`` (the CT) in this thread and ``load()`` (the model) on a thread of its own, begun when
+    ``read`` calls ``start_load`` (or when it returns); both results.
+
+    The read calls it when the CT's pixels begin (:func:`.ct_reader.read_ct`): SimpleITK reads them with Python's
+    lock released, so on two cores the load (ONNX Runtime's library, the model's sha256, its session) hides
+    behind the read. Begun sooner, ONNX Runtime's import, which holds the lock, would stall the threads that read
+    the DICOM headers, and a CT refused on its headers would cost a load. Errors come as when the two ran one
+    after the other: the read's first (the load's outcome is then dropped), then the load's; either way the
+    loading thread has ended before this returns or raises.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="notadiagnosis-load") as pool:
+        loading: List[Future] = []
+
+        def start_load() -> None:
+            if not loading:
+                loading.append(pool.submit(load))
+
+        image = read(start_load)  # on an error, leaving the block waits for a started load, whose outcome is dropped
+        start_load()
+        return image, loading[0].result()
 
 
 def check_measure_options(args: argparse.Namespace) -> None:
@@ -400,4 +450,4 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry_point()

@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -86,32 +86,39 @@ class DicomSeries:
 
 
 
-def read_ct(path: str | os.PathLike, series_uid: str | None = None, progress: bool = False) -> sitk.Image:
+def read_ct(path: str | os.PathLike, series_uid: str | None = None, progress: bool = False,
+            before_pixels: Optional[Callable[[], None]] = None) -> sitk.Image:
     """Read a CT from a volume file (NRRD, NIfTI, MHA...) or a DICOM folder; the input is never modified.
 
     ``series_uid`` picks one series when a DICOM folder holds several (the error raised otherwise
     lists them). Raises :class:`InputError` with one actionable sentence when the path is missing,
     unreadable or not a 3D scalar volume. Integer images whose values fit are returned as int16.
+    ``before_pixels`` is called once, when the pixels' read begins (a DICOM series' after its headers are
+    read and checked), so that other work can run meanwhile: SimpleITK reads them with Python's lock released.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"The CT path {path} does not exist; give a volume file (.nrrd, .nii.gz, .mha) or a DICOM folder.")
     if path.is_dir():
-        return read_dicom_series(path, series_uid=series_uid, progress=progress)
+        return read_dicom_series(path, series_uid=series_uid, progress=progress, before_pixels=before_pixels)
     header = _slice_header(path) if path.suffix.lower() in (".dcm", ".dicom", ".ima", "") else None
     if header is not None:
         # One slice of a series was given: read the whole series it belongs to from its folder.
         if series_uid is not None and series_uid.strip() != header.uid:
             raise InputError(f"{path.name} belongs to series {header.uid}, not {series_uid}; pass the DICOM folder instead.")
-        return read_dicom_series(path.parent, series_uid=header.uid, progress=progress)
+        return read_dicom_series(path.parent, series_uid=header.uid, progress=progress, before_pixels=before_pixels)
     if series_uid is not None:
         raise InputError(f"A series UID was given but {path} is a single volume file; pass the DICOM folder instead.")
-    return read_volume_file(path, progress=progress)
+    return read_volume_file(path, progress=progress, before_pixels=before_pixels)
 
 
-def read_volume_file(path: str | os.PathLike, progress: bool = False) -> sitk.Image:
-    """Read one volume file with SimpleITK and check that it is a 3D scalar image."""
+def read_volume_file(path: str | os.PathLike, progress: bool = False,
+                     before_pixels: Optional[Callable[[], None]] = None) -> sitk.Image:
+    """Read one volume file with SimpleITK and check that it is a 3D scalar image (``before_pixels``: as
+    :func:`read_ct`'s)."""
     path = Path(path)
+    if before_pixels is not None:
+        before_pixels()
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = _execute(
@@ -310,13 +317,14 @@ def _series_range(ranges: List[Optional[Tuple[int, int]]]) -> Optional[Tuple[int
 
 
 def read_dicom_series(
-    folder: str | os.PathLike, series_uid: str | None = None, progress: bool = False
+    folder: str | os.PathLike, series_uid: str | None = None, progress: bool = False,
+    before_pixels: Optional[Callable[[], None]] = None,
 ) -> sitk.Image:
     """Read one DICOM series from a folder as a 3D image in HU (GDCM applies rescale slope/intercept).
 
     With several series and no ``series_uid``, raises :class:`InputError` listing each series'
     UID, description and number of slices, asking for ``--series UID``. Unevenly spaced slices are
-    refused before any pixel is read.
+    refused before any pixel is read. ``before_pixels``: as :func:`read_ct`'s.
     """
     folder = Path(folder)
     series = list_dicom_series(folder)
@@ -341,6 +349,8 @@ def read_dicom_series(
             f"Series {chosen.uid} in {folder} has a single slice; a 3D CT needs the whole series of slices."
         )
     _check_slice_positions(chosen)
+    if before_pixels is not None:
+        before_pixels()
 
     def read(pixel_id: Optional[int]) -> sitk.Image:
         reader = sitk.ImageSeriesReader()

@@ -8,9 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import SimpleITK as sitk
 from helpers import save_random_model
 from notadiagnosis import Classifier
 from notadiagnosis.cli import REMINDER, main
-from notadiagnosis.errors import NoDefaultModelError
+from notadiagnosis.errors import InputError, NoDefaultModelError, WeightsError
 from notadiagnosis.measure import measure_nodule
 from notadiagnosis.readers import LabelledPoint, read_points, write_markups_json
 from notadiagnosis.synthetic import make_synthetic_chest_ct
@@ -278,6 +281,28 @@ def test_installed_command_reports_a_user_mistake_without_traceback(tmp_path):
     assert result.stderr.startswith("notadiagnosis: error: ")
 
 
+def test_installed_command_prints_the_whole_output_before_it_ends_the_process_at_once(capsys, chest, model_path):
+    path, _, nodules = chest
+    point = ras_text(nodules[0]["center_lps"])
+    code, expected, _ = run_cli(capsys, "classify", path, "--point", point, "--model", model_path, "--json")
+    result = subprocess.run([sys.executable, "-m", "notadiagnosis", "classify", str(path), "--point", point, "--model",
+                             str(model_path), "--json"], capture_output=True, text=True, timeout=300)
+    assert (result.returncode, code) == (0, 0), result.stderr
+    assert json.loads(result.stdout) == json.loads(expected)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_at_the_end_is_an_error_not_a_silent_success(chest, model_path):
+    path, _, nodules = chest
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # written at the end
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "notadiagnosis", "classify", str(path), "--point",
+                                 ras_text(nodules[0]["center_lps"]), "--model", str(model_path), "--csv"],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300, env=environment)
+    assert result.returncode == 120
+    assert "notadiagnosis: error: the output could not be written" in result.stderr and "Traceback" not in result.stderr
+
+
 # ----------------------------------------------------------------------------------------- info
 
 
@@ -480,8 +505,10 @@ def ct_with_nan(tmp_path: Path) -> Path:
     return small_ct(tmp_path / "nan.nrrd", np.full((20, 40, 40), np.nan, dtype=np.float32))
 
 
-@pytest.mark.parametrize("mistake", ["missing CT", "bad points file", "point outside", "CT without data", "missing model"])
+@pytest.mark.parametrize("mistake", ["missing CT", "bad points file", "missing model", "uneven DICOM series"])
 def test_input_mistakes_are_reported_before_the_model_is_loaded(capsys, monkeypatch, chest, tmp_path, mistake):
+    from test_readers import THIN_UID, gradient_ct, write_dicom_series
+
     from notadiagnosis import cli
 
     def must_not_load(*args, **kwargs):
@@ -492,15 +519,88 @@ def test_input_mistakes_are_reported_before_the_model_is_loaded(capsys, monkeypa
     path, _, _ = chest
     bad_points = tmp_path / "points.csv"
     bad_points.write_text("a,b,c\n1,2,3\n")
+    if mistake == "uneven DICOM series":  # refused on its headers, before any pixel is read
+        write_dicom_series(tmp_path / "dicom", gradient_ct((16, 16, 8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), THIN_UID,
+                           "gap", "s")
+        (tmp_path / "dicom" / "s004.dcm").unlink()
     args = {
         "missing CT": [tmp_path / "none.nrrd", "--point", "1,2,3"],
         "bad points file": [path, "--points", bad_points],
-        "point outside": [path, "--point", "900,0,0"],
-        "CT without data": [ct_with_nan(tmp_path), "--lps", "--point", "20,20,20"],
         "missing model": [path, "--point", "1,2,3", "--model", tmp_path / "none.json"],
+        "uneven DICOM series": [tmp_path / "dicom", "--lps", "--point", "8,8,4"],
     }[mistake]
     code, _, err = run_cli(capsys, "classify", *args)
     assert_one_sentence_error(code, err)
+
+
+@pytest.mark.parametrize("mistake, fragment", [("point outside", "lies outside the CT"),
+                                               ("CT without data", "no finite voxel")])
+def test_mistakes_found_in_the_ct_pixels_win_over_the_model_loading_meanwhile_and_leave_no_thread(
+        capsys, monkeypatch, chest, tmp_path, mistake, fragment):
+    from notadiagnosis import cli
+
+    loads = []
+
+    def broken_load(*args, **kwargs):
+        loads.append(threading.current_thread().name)
+        time.sleep(0.2)  # still loading when the CT is refused
+        raise WeightsError("the model is broken")
+
+    monkeypatch.setattr(cli, "load_classifier", broken_load)
+    path, _, _ = chest
+    args = {"point outside": [path, "--point", "900,0,0"],
+            "CT without data": [ct_with_nan(tmp_path), "--lps", "--point", "20,20,20"]}[mistake]
+    code, _, err = run_cli(capsys, "classify", *args)
+    assert_one_sentence_error(code, err, fragment)
+    assert len(loads) == 1 and loads[0].startswith("notadiagnosis-load")  # it loaded beside the read, and waited for
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("notadiagnosis-load")]
+
+
+def test_model_loads_on_a_thread_of_its_own_from_when_the_ct_pixels_are_read():
+    from notadiagnosis.cli import read_while_loading
+
+    loaded = threading.Event()
+
+    def read(start_load):
+        assert not loaded.is_set()  # nothing loads while the headers are read
+        start_load()
+        assert loaded.wait(60)  # the model loads while this thread reads the pixels
+        return "image"
+
+    def load():
+        assert threading.current_thread() is not threading.main_thread()
+        loaded.set()
+        return "classifier"
+
+    assert read_while_loading(read, load) == ("image", "classifier")
+
+
+def test_a_ct_refused_on_its_headers_costs_no_load_and_a_ct_read_without_the_signal_still_gets_its_model():
+    from notadiagnosis.cli import read_while_loading
+
+    loads = []
+
+    def refused(start_load):
+        raise InputError("uneven slices")
+
+    with pytest.raises(InputError, match="uneven slices"):
+        read_while_loading(refused, lambda: loads.append("loaded"))
+    assert loads == []
+    assert read_while_loading(lambda start_load: "image", lambda: "classifier") == ("image", "classifier")
+
+
+def test_a_model_error_is_raised_once_the_ct_is_read(monkeypatch):
+    from notadiagnosis.cli import read_while_loading
+
+    def broken_load():
+        raise WeightsError("the model's sha256 does not match its card")
+
+    def read(start_load):
+        start_load()
+        return "image"
+
+    with pytest.raises(WeightsError, match="sha256"):
+        read_while_loading(read, broken_load)
 
 
 def test_missing_ct_is_reported_without_importing_the_inference_runtime(tmp_path):

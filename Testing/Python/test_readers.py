@@ -596,6 +596,21 @@ def test_real_lidc_series_is_read_straight_as_int16_once(lidc_0001_dir, monkeypa
     assert asked == [sitk.sitkInt16] and image.GetPixelID() == sitk.sitkInt16
 
 
+@pytest.mark.parametrize("value_range, values, exact", [
+    ((-33792, 31743), (-3000, 31743), True),  # signed 16 bits, intercept -1024 (LIDC's): the highest value that fits
+    ((-33792, 31743), (-3000, 31744), False),  # -33,792 wrapped to 31,744: only a value below int16 lands there
+    ((0, 65535), (0, 32767), True),  # unsigned 16 bits: no negative voxel, where a value above 32,767 wraps to
+    ((0, 65535), (-1, 100), False),  # 65,535 wrapped to -1
+    ((-1024, 3071), (-32768, 32767), True),  # a range that fits int16 cannot wrap, whatever the image holds
+    ((-40000, 40000), (0, 0), False),  # a span over 65,536: never trusted
+])
+def test_int16_read_is_exact_unless_a_voxel_lies_where_a_wrapped_value_would(value_range, values, exact):
+    from notadiagnosis.ct_reader import _exact_as_int16
+
+    image = sitk.GetImageFromArray(np.array(values, dtype=np.int16).reshape(1, 1, 2))
+    assert _exact_as_int16(image, value_range) is exact
+
+
 def test_series_whose_values_wrap_in_int16_is_read_again_in_its_own_type(tmp_path, monkeypatch):
     ct = gradient_ct((16, 16, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
     wide = sitk.GetImageFromArray((sitk.GetArrayFromImage(ct).astype(np.int32) + 41000).astype(np.uint16))
