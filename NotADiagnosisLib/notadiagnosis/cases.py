@@ -1,8 +1,10 @@
 """One case: a CT and the points on it, read and checked before any model is loaded.
 
 The command line's single-CT path and each row of a cohort go through :func:`read_case` (no model
-needed) and then :func:`classify_case`, so both refuse the same inputs with the same sentences, a
-bad input costs no model load, and both produce the same result rows.
+needed) and then :func:`classify_case`, so both refuse the same inputs with the same sentences, and
+both produce the same result rows. The single-CT command loads the model while the CT's pixels are
+read (``before_pixels``): a mistake in the points, the CT's path or its headers costs no model load;
+one found in its pixels (a point outside it, no usable data) is reported as before, once that load ends.
 """
 from __future__ import annotations
 

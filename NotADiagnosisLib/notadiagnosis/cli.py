@@ -1,8 +1,9 @@
 """The ``notadiagnosis`` command line: ``classify`` (one CT, or a cohort from a manifest), ``info`` and ``demo``.
 
 User mistakes (a missing file, a point outside the CT, no model) end with one sentence on stderr
-and a non-zero exit status, never a traceback; programming errors still raise. Inputs are read and
-checked before the model is loaded, and the inference runtime is imported only by the commands
+and a non-zero exit status, never a traceback; programming errors still raise. Inputs are checked
+before the model is loaded (``classify`` loads it on a thread of its own while the CT's pixels are
+read, and a CT's error still comes first), and the inference runtime is imported only by the commands
 that need it, so ``--help`` and input mistakes stay fast.
 """
 from __future__ import annotations
@@ -247,7 +248,8 @@ def run_classify(args: argparse.Namespace) -> int:
         return run_cohort(args)
     from .cases import classify_case, collect_points, describe_image, read_case
 
-    # Every input is checked before the model is loaded: a mistake costs no model load.
+    # The points, the model's path and the options are checked before anything is read or loaded; the model then
+    # loads while the CT's pixels are read, and the CT's own errors (headers, pixels, points outside) come first.
     points = collect_points(args.point, args.points, lps=args.lps)
     check_model_path(args.model)
     check_measure_options(args)
